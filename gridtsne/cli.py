@@ -1,0 +1,40 @@
+"""The ``gridtsne`` console script: ``gridtsne <command> [flags]`` runs one pipeline module.
+
+Each command forwards its flags untouched to that module's ``run(argv)``, so Beam's own flags
+(``--runner``, ``--direct_num_workers`` ...) pass straight through.
+"""
+import importlib
+import sys
+
+COMMANDS = {
+    "run": ("pipelines.run", "embed, lay out and render in one job (no flags: the offline demo)"),
+    "embed": ("pipelines.embed", "embed images into a Parquet table of vectors and thumbnails"),
+    "layout": ("pipelines.layout", "t-SNE and grid assignment of a vectors table"),
+    "render": ("pipelines.render", "tiled Deep Zoom mosaic, overview images and the web page"),
+    "evaluate": ("pipelines.evaluate", "quality figures (DPQ, neighbour label agreement) of a layout"),
+    "export-projector": ("pipelines.projector", "a TensorBoard Projector folder of the vectors"),
+}
+
+
+def _usage():
+    lines = ["usage: gridtsne <command> [flags]", "", "commands:"]
+    lines += [f"  {name:<18} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"gridtsne: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    result = module.run(rest)
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

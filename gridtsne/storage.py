@@ -1,0 +1,113 @@
+"""Reading and writing any fsspec URL: local paths, ``s3://``, ``gs://``, ``memory://`` ...
+
+Everything a stage writes goes through here, so every destination behaves the same way.
+"""
+import logging
+import mimetypes
+import posixpath
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+# Object stores need an explicit content type to serve files to a browser correctly.
+_EXTRA_TYPES = {".dzi": "application/xml", ".webp": "image/webp", ".pbtxt": "text/plain",
+                ".tsv": "text/tab-separated-values", ".parquet": "application/vnd.apache.parquet",
+                ".json": "application/json", ".js": "text/javascript", ".bytes": "application/octet-stream"}
+
+
+def url_join(base, *parts):
+    """Join path parts onto a URL or a local path, keeping the protocol and any ``::`` chain."""
+    base = str(base)
+    tail = posixpath.join(*[str(p).strip("/") for p in parts]) if parts else ""
+    if not tail:
+        return base
+    return base.rstrip("/") + "/" + tail
+
+
+def filesystem(url, **storage_options):
+    """The fsspec filesystem and the protocol-less path for ``url``."""
+    fs, path = fsspec.core.url_to_fs(str(url), **storage_options)
+    return fs, path
+
+
+def content_type(url):
+    """The MIME type object stores should serve ``url`` with."""
+    ext = posixpath.splitext(str(url))[1].lower()
+    return _EXTRA_TYPES.get(ext) or mimetypes.guess_type(str(url))[0] or "application/octet-stream"
+
+
+def _is_object_store(fs):
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return any(p in ("s3", "s3a", "gs", "gcs") for p in protocols)
+
+
+def write_bytes(url, data):
+    """Write ``data`` to ``url`` in one piece, with the right content type on object stores."""
+    fs, path = filesystem(url)
+    parent = posixpath.dirname(path)
+    if parent and not _is_object_store(fs):
+        fs.makedirs(parent, exist_ok=True)
+    if _is_object_store(fs):
+        key = "ContentType" if "s3" in str(fs.protocol) else "content_type"
+        fs.pipe_file(path, data, **{key: content_type(url)})
+    else:
+        fs.pipe_file(path, data)
+
+
+def read_bytes(url):
+    """The whole content of ``url``."""
+    fs, path = filesystem(url)
+    return fs.cat_file(path)
+
+
+def exists(url):
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def makedirs(url):
+    """Create a local-style directory; object stores need none, so this is a no-op there."""
+    fs, path = filesystem(url)
+    if not _is_object_store(fs):
+        fs.makedirs(path, exist_ok=True)
+
+
+def parquet_files(url):
+    """The Parquet files that make up ``url``: the file itself, or every ``*.parquet`` under it."""
+    fs, path = filesystem(url)
+    if fs.isfile(path):
+        return fs, [path]
+    files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+    return fs, files
+
+
+def read_parquet(url, columns=None):
+    """Read a Parquet file or a directory of Parquet files at ``url`` into one Arrow table."""
+    fs, files = parquet_files(url)
+    if not files:
+        raise FileNotFoundError(f"no Parquet files at {url!r}")
+    tables = [pq.read_table(f, columns=columns, filesystem=fs) for f in files]
+    return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+
+
+def iter_parquet_batches(url, columns=None, batch_size=65536):
+    """Stream record batches of the Parquet file(s) at ``url`` without loading them whole."""
+    fs, files = parquet_files(url)
+    if not files:
+        raise FileNotFoundError(f"no Parquet files at {url!r}")
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            yield from pq.ParquetFile(fh).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def write_parquet(url, table, **kwargs):
+    """Write ``table`` as one Parquet file at ``url`` through fsspec."""
+    fs, path = filesystem(url)
+    parent = posixpath.dirname(path)
+    if parent and not _is_object_store(fs):
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as fh:
+        pq.write_table(table, fh, **kwargs)

@@ -1,0 +1,1 @@
+"""Entry points: each module has ``run(argv=None)`` and a build step; no algorithms here."""
