@@ -1,0 +1,200 @@
+"""Assignment of 2-D points to grid cells, minimising the total squared Euclidean distance.
+
+Three methods:
+
+``exact``
+    The optimal assignment of a dense cost matrix with SciPy's ``linear_sum_assignment``
+    (measured here 2-3x faster than ``lap.lapjv`` on such grid costs: 1,024 points 0.38 s vs
+    0.84 s, 4,096 points 26 s vs 60 s). Time grows roughly cubically and memory quadratically,
+    so it is only practical up to a few thousand points.
+``scalable``
+    Near-linear time and memory for 10,000 to 1,000,000+ points: a recursive balanced
+    partition splits the grid into halves along its longer side and the points at the
+    matching quantile of that axis (the 1-D optimal transport of their marginal), down to
+    small blocks solved exactly; then passes of overlapping windows, each re-solved exactly
+    with the points it holds, remove the seams the partition leaves between blocks. Every
+    window solve can only lower the total cost, so the refinement never makes things worse.
+``auto``
+    ``exact`` up to :data:`EXACT_AUTO_LIMIT` points (a few seconds), ``scalable`` above.
+
+All functions take points already in grid units (see :func:`gridtsne.grid.to_grid_units`)
+and return the flat cell index (``row * cols + col``) of every point.
+"""
+import logging
+import time
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from gridtsne.grid import cell_centres
+
+log = logging.getLogger(__name__)
+
+METHODS = ("exact", "scalable", "auto")
+# Largest N for which ``auto`` still solves exactly: ~2-3 s here on clustered t-SNE output.
+EXACT_AUTO_LIMIT = 2048
+
+
+def squared_costs(points, centres):
+    """Dense (n_points, n_cells) matrix of squared Euclidean distances."""
+    d = points[:, None, :] - centres[None, :, :]
+    return np.einsum("ijk,ijk->ij", d, d)
+
+
+def solve_cells(points, cells, shape):
+    """Optimal assignment of ``points`` to the flat cell indices ``cells`` (len(points) <= len(cells)).
+
+    Returns the cell index given to each point, in the order of ``points``.
+    """
+    cells = np.asarray(cells)
+    if len(points) > len(cells):
+        raise ValueError(f"{len(points)} points cannot fit into {len(cells)} cells")
+    if len(points) == 0:
+        return np.empty(0, dtype=np.int64)
+    cost = squared_costs(np.asarray(points, dtype=np.float64), cell_centres(shape, cells))
+    _, col = linear_sum_assignment(cost)
+    return cells[col]
+
+
+def assign_exact(points, shape):
+    """The optimal assignment of every point to a distinct cell of a ``shape`` grid."""
+    rows, cols = shape
+    return solve_cells(points, np.arange(rows * cols), shape)
+
+
+def _partition(points, shape, leaf_cells):
+    """Recursive balanced partition of points and grid into blocks, each solved exactly."""
+    rows, cols = shape
+    n = len(points)
+    cell_of = np.empty(n, dtype=np.int64)
+    stack = [(0, rows, 0, cols, np.arange(n))]
+    while stack:
+        r0, r1, c0, c1, idx = stack.pop()
+        h, w = r1 - r0, c1 - c0
+        m = len(idx)
+        if m == 0:
+            continue
+        if h * w <= leaf_cells:
+            rr, cc = np.meshgrid(np.arange(r0, r1), np.arange(c0, c1), indexing="ij")
+            cell_of[idx] = solve_cells(points[idx], (rr * cols + cc).ravel(), shape)
+            continue
+        if w >= h:
+            axis, mid = 0, c0 + w // 2
+            k1, k2 = h * (mid - c0), h * (c1 - mid)
+            halves = ((r0, r1, c0, mid), (r0, r1, mid, c1))
+        else:
+            axis, mid = 1, r0 + h // 2
+            k1, k2 = (mid - r0) * w, (r1 - mid) * w
+            halves = ((r0, mid, c0, c1), (mid, r1, c0, c1))
+        coord = points[idx, axis]
+        # Points stay on their side of the cut when capacity allows, so holes (fewer points
+        # than cells) end up where the embedding is sparse, as in the exact solution.
+        n1 = int(np.count_nonzero(coord < mid))
+        n1 = min(max(n1, m - k2), k1)
+        if n1 == 0:
+            first, second = idx[:0], idx
+        elif n1 == m:
+            first, second = idx, idx[:0]
+        else:
+            order = np.argpartition(coord, n1)
+            first, second = idx[order[:n1]], idx[order[n1:]]
+        stack.append((*halves[1], second))
+        stack.append((*halves[0], first))
+    return cell_of
+
+
+def _refine(points, shape, cell_of, window, offsets):
+    """Re-solve overlapping ``window`` x ``window`` blocks exactly; returns the number of moves."""
+    rows, cols = shape
+    owner = np.full(rows * cols, -1, dtype=np.int64)
+    owner[cell_of] = np.arange(len(cell_of))
+    moved = 0
+    for oy, ox in offsets:
+        for r0 in range(-oy, rows, window):
+            ra, rb = max(r0, 0), min(r0 + window, rows)
+            if rb <= ra:
+                continue
+            for c0 in range(-ox, cols, window):
+                ca, cb = max(c0, 0), min(c0 + window, cols)
+                if cb <= ca:
+                    continue
+                cells = (np.arange(ra, rb)[:, None] * cols + np.arange(ca, cb)[None, :]).ravel()
+                who = owner[cells]
+                who = who[who >= 0]
+                if len(who) < 2:
+                    continue
+                new = solve_cells(points[who], cells, shape)
+                changed = new != cell_of[who]
+                if changed.any():
+                    moved += int(changed.sum())
+                    owner[cell_of[who]] = -1
+                    owner[new] = who
+                    cell_of[who] = new
+    return moved
+
+
+def assign_scalable(points, shape, leaf_cells=256, window=16, passes=2):
+    """Near-linear assignment: balanced recursive partition, then overlapping-window refinement.
+
+    Parameters
+    ----------
+    points : (n, 2) array in grid units, n <= rows * cols.
+    shape : (rows, cols).
+    leaf_cells : blocks of at most this many cells are solved exactly by the partition.
+    window : side of the square refinement windows (``window**2`` cells solved exactly each).
+    passes : refinement passes; each pass runs windows at two offsets (aligned and shifted by
+        half a window diagonally), so every partition seam lies inside some window.
+    """
+    rows, cols = shape
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) > rows * cols:
+        raise ValueError(f"{len(points)} points cannot fit into a {rows}x{cols} grid")
+    if leaf_cells < 1 or window < 2 or passes < 0:
+        raise ValueError(f"bad scalable parameters leaf_cells={leaf_cells!r} window={window!r} "
+                         f"passes={passes!r}")
+    cell_of = _partition(points, shape, leaf_cells)
+    half = window // 2
+    for i in range(passes):
+        moved = _refine(points, shape, cell_of, window, [(half, half), (0, 0)] if i % 2 == 0
+                        else [(half, 0), (0, half)])
+        log.debug("refinement pass %d moved %d points", i + 1, moved)
+        if moved == 0:
+            break
+    return cell_of
+
+
+def choose_method(method, n):
+    """The concrete method (``exact`` or ``scalable``) that ``method`` means for ``n`` points."""
+    if method not in METHODS:
+        raise ValueError(f"assignment method must be one of {METHODS}, got {method!r}")
+    if method == "auto":
+        return "exact" if n <= EXACT_AUTO_LIMIT else "scalable"
+    return method
+
+
+def assign_to_grid(points, shape, method="auto", **scalable_options):
+    """Assign each point (grid units) to a distinct cell; returns ``(row, col, method_used)``.
+
+    ``row`` and ``col`` are int32 arrays in the order of ``points``.
+    """
+    rows, cols = shape
+    n = len(points)
+    if n > rows * cols:
+        raise ValueError(f"{n} images do not fit into a {rows}x{cols} grid ({rows * cols} cells)")
+    used = choose_method(method, n)
+    start = time.perf_counter()
+    if used == "exact":
+        cell_of = assign_exact(points, shape)
+    else:
+        cell_of = assign_scalable(points, shape, **scalable_options)
+    log.info("assigned %d points to a %dx%d grid (%s) in %.2f s", n, rows, cols, used,
+             time.perf_counter() - start)
+    row, col = np.divmod(cell_of, cols)
+    return row.astype(np.int32), col.astype(np.int32), used
+
+
+def total_cost(points, row, col):
+    """Total squared distance of points (grid units) to the centres of their cells."""
+    dx = points[:, 0] - (np.asarray(col) + 0.5)
+    dy = points[:, 1] - (np.asarray(row) + 0.5)
+    return float(np.sum(dx * dx + dy * dy))

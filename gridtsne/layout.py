@@ -1,0 +1,292 @@
+"""The layout stage: vectors table -> t-SNE -> grid cells -> ``layout.parquet`` + ``layout.json``.
+
+:func:`compute_layout` is the in-memory composition (arrays in, arrays out);
+:func:`run_layout` adds the I/O: it streams the ``uri``, ``sha256`` and ``vector`` columns of a
+``vectors/`` table from any fsspec URL into one float32 matrix (no Python object per row),
+and writes the layout table and a short JSON summary through fsspec.
+"""
+import dataclasses
+import json
+import logging
+import time
+from typing import Optional, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from gridtsne import __version__, schema, storage
+from gridtsne.assign import METHODS, assign_to_grid, total_cost
+from gridtsne.grid import parse_grid, resolve_grid, to_grid_units
+from gridtsne.tsne import embed_2d
+
+log = logging.getLogger(__name__)
+
+LAYOUT_SUMMARY_FILE = "layout.json"
+
+
+def _auto_or_int(value, name, minimum):
+    if value == "auto" or value is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be 'auto', None or an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutConfig:
+    """Every parameter of the layout stage, validated on construction.
+
+    Attributes
+    ----------
+    grid : ``"auto"`` (smallest near-square grid holding every image) or ``"RxC"``.
+    assign : ``"exact"``, ``"scalable"`` or ``"auto"`` (exact up to 2,048 images).
+    perplexity, seed, n_jobs, n_iter, early_exaggeration_iter : t-SNE settings.
+    pca_dims : ``"auto"`` (200 dimensions above 50,000 images), None (never) or a number.
+    fit_sample : ``"auto"`` (fit 100,000 and transform the rest above 200,000 images), None
+        (fit all) or the number of images to fit t-SNE on.
+    sample : lay out a seeded random sample when there are more images than cells, instead
+        of failing.
+    sample_size : lay out a seeded random sample of at most this many images.
+    leaf_cells, window, passes : parameters of the scalable assignment.
+    verbose : log t-SNE progress every 50 iterations.
+    """
+
+    grid: str = "auto"
+    assign: str = "auto"
+    perplexity: float = 30.0
+    seed: int = 0
+    n_jobs: int = -1
+    pca_dims: Union[str, int, None] = "auto"
+    n_iter: int = 500
+    early_exaggeration_iter: int = 250
+    fit_sample: Union[str, int, None] = "auto"
+    sample: bool = False
+    sample_size: Optional[int] = None
+    leaf_cells: int = 256
+    window: int = 16
+    passes: int = 2
+    verbose: bool = True
+
+    def __post_init__(self):
+        parse_grid(self.grid)  # raises on a malformed grid
+        if self.assign not in METHODS:
+            raise ValueError(f"assign must be one of {METHODS}, got {self.assign!r}")
+        if not isinstance(self.perplexity, (int, float)) or not self.perplexity > 0:
+            raise ValueError(f"perplexity must be a positive number, got {self.perplexity!r}")
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.n_jobs, int) or self.n_jobs == 0 or self.n_jobs < -1:
+            raise ValueError(f"n_jobs must be -1 (all cores) or a positive integer, "
+                             f"got {self.n_jobs!r}")
+        for name in ("n_iter", "early_exaggeration_iter"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        _auto_or_int(self.pca_dims, "pca_dims", 2)
+        _auto_or_int(self.fit_sample, "fit_sample", 100)
+        if self.sample_size is not None and (not isinstance(self.sample_size, int)
+                                             or self.sample_size < 4):
+            raise ValueError(f"sample_size must be an integer >= 4, got {self.sample_size!r}")
+        if self.leaf_cells < 1 or self.window < 2 or self.passes < 0:
+            raise ValueError(f"bad scalable assignment parameters: leaf_cells={self.leaf_cells!r}, "
+                             f"window={self.window!r}, passes={self.passes!r}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def select_images(n, config):
+    """``(indices, (rows, cols))``: which of ``n`` images to lay out, and the grid shape.
+
+    Raises a ValueError when the images do not fit the requested grid and sampling is off.
+    """
+    shape = parse_grid(config.grid)
+    keep = n if config.sample_size is None else min(n, config.sample_size)
+    if shape is not None and keep > shape[0] * shape[1]:
+        if not config.sample:
+            raise ValueError(
+                f"{keep} images do not fit into the {config.grid!r} grid of "
+                f"{shape[0] * shape[1]} cells: use a larger --grid, --grid auto, or --sample to "
+                f"lay out a random sample")
+        keep = shape[0] * shape[1]
+    if keep < 4:
+        raise ValueError(f"a layout needs at least 4 images, got {keep!r}")
+    if keep == n:
+        index = np.arange(n)
+    else:
+        index = np.sort(np.random.default_rng(config.seed).choice(n, size=keep, replace=False))
+        log.info("laying out a random sample of %d of %d images", keep, n)
+    return index, resolve_grid(config.grid, keep)
+
+
+def compute_layout(vectors, config=LayoutConfig()):
+    """t-SNE of ``vectors`` and assignment of each to a grid cell.
+
+    Parameters
+    ----------
+    vectors : (n, d) float array.
+    config : :class:`LayoutConfig`.
+
+    Returns
+    -------
+    x, y : float32 t-SNE coordinates of the laid-out images.
+    row, col : int32 cells of the laid-out images.
+    info : dict with ``index`` (int64 positions in ``vectors`` of the laid-out images, in the
+        order of the other arrays: all of them unless sampling), ``rows``, ``cols``,
+        ``method`` (the one used), ``cost`` (mean squared displacement in cells) and
+        ``timings`` (seconds per step).
+    """
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors must be an (n, d) array, got shape {vectors.shape!r}")
+    index, shape = select_images(len(vectors), config)
+    chosen = vectors if len(index) == len(vectors) else vectors[index]
+    timings = {}
+    start = time.perf_counter()
+    xy, tsne_info = embed_2d(chosen, perplexity=config.perplexity, seed=config.seed,
+                             n_jobs=config.n_jobs, pca_dims=config.pca_dims, n_iter=config.n_iter,
+                             early_exaggeration_iter=config.early_exaggeration_iter,
+                             fit_sample=config.fit_sample, verbose=config.verbose)
+    timings["tsne_s"] = round(time.perf_counter() - start, 3)
+    start = time.perf_counter()
+    points = to_grid_units(xy, shape)
+    row, col, used = assign_to_grid(points, shape, config.assign, leaf_cells=config.leaf_cells,
+                                    window=config.window, passes=config.passes)
+    timings["assign_s"] = round(time.perf_counter() - start, 3)
+    info = {
+        "index": index,
+        "rows": shape[0],
+        "cols": shape[1],
+        "method": used,
+        "cost": total_cost(points, row, col) / len(points),
+        "tsne": tsne_info,
+        "timings": timings,
+    }
+    return xy[:, 0].copy(), xy[:, 1].copy(), row, col, info
+
+
+def _vector_matrix(column, dim, where):
+    """A (rows, dim) float32 view of an Arrow list column, refusing nulls and ragged rows."""
+    if column.null_count:
+        raise ValueError(f"{column.null_count} null vectors in {where}")
+    if pa.types.is_fixed_size_list(column.type):
+        if column.type.list_size != dim:
+            raise ValueError(f"vector width {column.type.list_size} in {where} differs from {dim}")
+    else:
+        lengths = pc.list_value_length(column)
+        if pc.min(lengths).as_py() != dim or pc.max(lengths).as_py() != dim:
+            raise ValueError(f"vectors of varying width in {where} (expected {dim})")
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return values.astype(np.float32, copy=False).reshape(-1, dim)
+
+
+def read_vectors(vectors_url):
+    """Stream a ``vectors/`` table into ``(uri, sha256, vectors, metadata)``.
+
+    ``uri`` and ``sha256`` stay Arrow arrays, ``vectors`` is one preallocated float32 matrix,
+    ``metadata`` the table's gridtsne metadata (model, ...). Only those three columns are read.
+    """
+    fs, files = storage.parquet_files(vectors_url)
+    if not files:
+        raise FileNotFoundError(f"no Parquet files at {vectors_url!r}")
+    total, dim, metadata = 0, None, {}
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            arrow_schema = pf.schema_arrow
+            missing = {"uri", "vector"} - set(arrow_schema.names)
+            if missing:
+                raise ValueError(f"{f!r} lacks the column(s) {sorted(missing)}: not a vectors table")
+            vtype = arrow_schema.field("vector").type
+            if not (pa.types.is_list(vtype) or pa.types.is_fixed_size_list(vtype)
+                    or pa.types.is_large_list(vtype)):
+                raise ValueError(f"column 'vector' of {f!r} has type {vtype}, not a list of floats")
+            if pa.types.is_fixed_size_list(vtype):
+                if dim not in (None, vtype.list_size):
+                    raise ValueError(f"vector width {vtype.list_size} in {f!r} differs from {dim}")
+                dim = vtype.list_size
+            metadata = metadata or schema.read_metadata(arrow_schema)
+            total += pf.metadata.num_rows
+    has_sha = True
+    uris, shas, vectors, filled = [], [], None, 0
+    start = time.perf_counter()
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            columns = [c for c in ("uri", "sha256", "vector") if c in pf.schema_arrow.names]
+            has_sha = has_sha and "sha256" in columns
+            for batch in pf.iter_batches(batch_size=16384, columns=columns):
+                col = batch.column("vector")
+                if dim is None:
+                    first = pc.list_value_length(col)[0].as_py() if len(col) else None
+                    dim = first
+                if vectors is None and dim:
+                    vectors = np.empty((total, dim), dtype=np.float32)
+                if len(col) == 0:
+                    continue
+                vectors[filled:filled + len(col)] = _vector_matrix(col, dim, f)
+                filled += len(col)
+                uris.append(batch.column("uri"))
+                shas.append(batch.column("sha256") if "sha256" in columns
+                            else pa.nulls(len(col), pa.string()))
+        log.info("read %d/%d vectors (%.1f s)", filled, total, time.perf_counter() - start)
+    if not filled:
+        raise ValueError(f"the vectors table at {vectors_url!r} is empty")
+    uri = pa.concat_arrays([a.cast(pa.string()) for a in uris])
+    sha = pa.concat_arrays([a.cast(pa.string()) for a in shas])
+    if uri.null_count:
+        raise ValueError(f"{uri.null_count} rows of {vectors_url!r} have no uri")
+    return uri, sha, vectors[:filled], metadata
+
+
+def layout_table(uri, sha256, x, y, row, col, metadata):
+    """The ``layout.parquet`` table, with ``metadata`` in the schema (see gridtsne.schema)."""
+    return pa.Table.from_arrays(
+        [uri, sha256, pa.array(np.asarray(x, np.float32)), pa.array(np.asarray(y, np.float32)),
+         pa.array(np.asarray(row, np.int32)), pa.array(np.asarray(col, np.int32))],
+        schema=schema.layout_schema(metadata))
+
+
+def run_layout(vectors_url, output_url, config=LayoutConfig()):
+    """Lay out the vectors table at ``vectors_url``; write ``<output_url>/layout.parquet`` and
+    ``<output_url>/layout.json``. Returns the summary written to ``layout.json`` (a dict).
+    """
+    started = time.perf_counter()
+    start = time.perf_counter()
+    uri, sha, vectors, vectors_meta = read_vectors(vectors_url)
+    read_s = time.perf_counter() - start
+    log.info("read %d vectors of %d dimensions from %s in %.1f s", len(vectors),
+             vectors.shape[1], vectors_url, read_s)
+    x, y, row, col, info = compute_layout(vectors, config)
+    index = pa.array(info["index"])
+    timings = {"read_s": round(read_s, 3), **info["timings"]}
+    summary = {
+        "images": int(len(info["index"])),
+        "input_images": int(len(vectors)),
+        "rows": info["rows"],
+        "cols": info["cols"],
+        "cells": info["rows"] * info["cols"],
+        "holes": info["rows"] * info["cols"] - int(len(info["index"])),
+        "method": info["method"],
+        "mean_squared_displacement": round(info["cost"], 6),
+        "seed": config.seed,
+        "parameters": config.to_dict(),
+        "tsne": info["tsne"],
+        "vectors": vectors_url,
+        "vectors_metadata": vectors_meta,
+        "vector_dim": int(vectors.shape[1]),
+        "gridtsne_version": __version__,
+        "timings": timings,
+    }
+    start = time.perf_counter()
+    table = layout_table(uri.take(index), sha.take(index), x, y, row, col, summary)
+    storage.write_parquet(storage.url_join(output_url, schema.LAYOUT_FILE), table)
+    timings["write_s"] = round(time.perf_counter() - start, 3)
+    timings["total_s"] = round(time.perf_counter() - started, 3)
+    storage.write_bytes(storage.url_join(output_url, LAYOUT_SUMMARY_FILE),
+                        json.dumps(summary, indent=2, sort_keys=True).encode())
+    log.info("wrote a %dx%d layout of %d images to %s in %.1f s", summary["rows"],
+             summary["cols"], summary["images"], output_url, timings["total_s"])
+    return summary
