@@ -1,0 +1,305 @@
+"""The embedding stage: any fsspec image collection in, ``vectors/`` and ``errors/`` Parquet out.
+
+    python -m pipelines.embed --input 's3://photos/2024/**' --input ./more_photos \\
+        --output s3://maps/run1 [--model NAME] [Beam flags: --runner, --direct_num_workers ...]
+
+``run()`` parses and validates the flags, ``build_pipeline()`` only wires the transforms, so a
+bigger job can embed its own file list inside one pipeline (see ``docs/embed.md``).
+"""
+import argparse
+import dataclasses
+import datetime
+import logging
+import os
+import sys
+import uuid
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+
+from gridtsne import models, schema, storage
+from gridtsne.decode import DecodeConfig
+from gridtsne.flagfiles import expand_flags_files
+from transforms import embed_counters as C
+from transforms.embed import EmbedConfig, EmbedImages
+from transforms.listing import ListFiles, SkipKnownFiles
+from transforms.write import WriteTable
+
+log = logging.getLogger(__name__)
+
+PART = "part"
+
+
+def _add(parser, *args, **kwargs):
+    # Every PipelineOptions subclass imported in a process adds its flags to one parser; a
+    # flag that another stage already defines is shared rather than a crash.
+    try:
+        parser.add_argument(*args, **kwargs)
+    except argparse.ArgumentError:
+        pass
+
+
+class EmbedOptions(PipelineOptions):
+    """Flags of the embedding stage; everything else passes to Beam untouched."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        defaults = DecodeConfig()
+        _add(parser, "--input", action="append", default=None,
+             help="fsspec URL, glob (** = any depth) or directory of images; repeatable")
+        _add(parser, "--manifest", action="append", default=None,
+             help="URL of a text file listing one image URL (or glob) per line; repeatable")
+        _add(parser, "--output", default=None,
+             help="URL under which vectors/ and errors/ are written")
+        _add(parser, "--model", default=models.DEFAULT_MODEL,
+             help=f"one of {models.model_names()} or 'package.module:SPEC'")
+        _add(parser, "--weights", default=None,
+             help="path or URL of a state dict to use instead of the model's default weights")
+        _add(parser, "--batch_size", type=int, default=32, help="images per forward pass")
+        _add(parser, "--device", default="auto", choices=models.DEVICES,
+             help="auto: a GPU when the worker has one, else the CPU")
+        _add(parser, "--thumbnail_size", type=int, default=defaults.thumbnail_size,
+             help="longest side of the stored JPEG thumbnails, in pixels")
+        _add(parser, "--max_pixels", type=int, default=defaults.max_pixels,
+             help="refuse images that declare more pixels (decompression-bomb guard)")
+        _add(parser, "--max_bytes", type=int, default=defaults.max_bytes,
+             help="refuse files larger than this many bytes")
+        _add(parser, "--torch_threads", type=int, default=None,
+             help="torch intra-op threads per worker process (default: torch's choice)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedJobConfig:
+    """A validated embedding job: what :func:`build_pipeline` wires.
+
+    Attributes
+    ----------
+    inputs, manifests : tuple of str
+        Patterns and manifest URLs; at least one of them.
+    output : str
+        Where ``vectors/`` and ``errors/`` go, unless the prefixes below say otherwise.
+    embed : EmbedConfig
+    metadata : dict
+        The ``vectors/`` schema metadata (model, weights' sha256, preprocessing ...), from
+        :func:`describe_job`.
+    vectors_prefix, errors_prefix : str
+        File prefixes of the written shards (``<prefix>-SSSSS-of-NNNNN.parquet``); default
+        ``<output>/vectors/part-<run_id>`` and ``<output>/errors/part-<run_id>``.
+    run_id : str
+    """
+
+    inputs: tuple = ()
+    manifests: tuple = ()
+    output: str = None
+    embed: EmbedConfig = EmbedConfig()
+    metadata: dict = None
+    vectors_prefix: str = None
+    errors_prefix: str = None
+    run_id: str = None
+
+    def __post_init__(self):
+        if not self.inputs and not self.manifests:
+            raise ValueError("give at least one --input or --manifest")
+        run_id = self.run_id or new_run_id()
+        object.__setattr__(self, "run_id", run_id)
+        for attr, table in (("vectors_prefix", schema.VECTORS_DIR),
+                            ("errors_prefix", schema.ERRORS_DIR)):
+            if getattr(self, attr) is None:
+                if not self.output:
+                    raise ValueError(f"give --output (or {attr})")
+                object.__setattr__(self, attr, storage.url_join(
+                    self.output, table, f"{PART}-{run_id}"))
+
+    @property
+    def vectors_schema(self):
+        meta = self.metadata if self.metadata is not None else describe_job(self.embed)
+        return schema.vectors_schema(meta["vector_dim"], meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedOutputs:
+    """The PCollections :func:`build_pipeline` creates, for a bigger job to extend."""
+
+    files: beam.PCollection
+    vectors: beam.PCollection
+    errors: beam.PCollection
+    written_vectors: beam.PCollection
+    written_errors: beam.PCollection
+
+
+def new_run_id():
+    """A sortable, unique id for the file names of one run."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def describe_job(embed_config):
+    """The ``vectors/`` schema metadata of ``embed_config``.
+
+    Builds the model once on the CPU to hash its weights, so a wrong ``--model`` or an
+    unreadable ``--weights`` fails here, before any worker starts.
+    """
+    spec = models.get_spec(embed_config.model)
+    _, sha, source = spec.build(embed_config.weights)
+    meta = models.describe(spec, sha, source)
+    meta["preprocessing"] = embed_config.decode.describe()
+    return meta
+
+
+def build_pipeline(p, config, known_keys=None, skip=None):
+    """Wire the embedding stage into ``p``.
+
+    Parameters
+    ----------
+    p : apache_beam.Pipeline
+    config : EmbedJobConfig
+    known_keys : PCollection, optional
+        Change keys ``(uri, size, mtime_us)`` of files already embedded; listed files with
+        the same key (and a known mtime) are not read again (:class:`SkipKnownFiles`).
+    skip : callable, optional
+        ``skip(file_info) -> bool``, a picklable predicate; True drops the file unread.
+
+    Returns
+    -------
+    EmbedOutputs
+    """
+    emb = config.embed
+    files, list_errors = p | "ListFiles" >> ListFiles(config.inputs, config.manifests,
+                                                      emb.storage_options)
+    if known_keys is not None:
+        files = files | "SkipKnownFiles" >> SkipKnownFiles(known_keys)
+    if skip is not None:
+        files = files | "SkipFiles" >> beam.Filter(lambda info, fn=skip: not fn(info))
+    vectors, embed_errors = files | "EmbedImages" >> EmbedImages(emb)
+    errors = (list_errors, embed_errors) | "FlattenErrors" >> beam.Flatten()
+    written_vectors = vectors | "WriteVectors" >> WriteTable(config.vectors_prefix,
+                                                            config.vectors_schema)
+    written_errors = errors | "WriteErrors" >> WriteTable(config.errors_prefix,
+                                                         schema.ERRORS_SCHEMA)
+    return EmbedOutputs(files, vectors, errors, written_vectors, written_errors)
+
+
+def storage_options_from(options):
+    """fsspec options matching Beam's ``--s3_*`` flags, so both see the same S3 endpoint."""
+    s3 = options.view_as(S3Options)
+    opts = {}
+    if s3.s3_endpoint_url:
+        opts["endpoint_url"] = s3.s3_endpoint_url
+    if s3.s3_access_key_id:
+        opts["key"] = s3.s3_access_key_id
+    if s3.s3_secret_access_key:
+        opts["secret"] = s3.s3_secret_access_key
+    if s3.s3_region_name:
+        opts["client_kwargs"] = {"region_name": s3.s3_region_name}
+    return {"s3": opts} if opts else {}
+
+
+def config_from_options(options):
+    """Validate the flags and turn them into an :class:`EmbedJobConfig` (with metadata)."""
+    o = options.view_as(EmbedOptions)
+    if not o.output:
+        raise ValueError("--output is required")
+    output = o.output
+    if "://" not in output and "::" not in output:
+        output = os.path.abspath(output)
+    decode = DecodeConfig(input_size=models.get_spec(o.model).input_size,
+                          thumbnail_size=o.thumbnail_size, max_pixels=o.max_pixels,
+                          max_bytes=o.max_bytes)
+    embed = EmbedConfig(model=o.model, weights=o.weights, device=o.device,
+                        batch_size=o.batch_size, decode=decode,
+                        storage_options=storage_options_from(options),
+                        torch_threads=o.torch_threads)
+    metadata = describe_job(embed)
+    embed = dataclasses.replace(embed, weights_sha256=metadata["weights_sha256"])
+    return EmbedJobConfig(inputs=tuple(o.input or ()), manifests=tuple(o.manifest or ()),
+                          output=output, embed=embed, metadata=metadata)
+
+
+def counters(result):
+    """The stage's Beam counters after a run, ``{name: value}`` (empty if the runner has none)."""
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(C.NAMESPACE))
+    except Exception as exc:  # some runners report no metrics
+        log.warning("no metrics from the runner: %s", exc)
+        return {}
+    values = {}
+    for c in found["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        values[c.key.metric.name] = values.get(c.key.metric.name, 0) + (value or 0)
+    return values
+
+
+def _rows_written(prefix):
+    fs, base = storage.filesystem(prefix)
+    files = sorted(fs.glob(base + "-*.parquet"))
+    return sum(pq.ParquetFile(fs.open(f, "rb")).metadata.num_rows for f in files), files
+
+
+def _remove_previous_parts(prefix):
+    """Delete the other runs' shards beside ``prefix`` (a re-run replaces the table)."""
+    fs, base = storage.filesystem(prefix)
+    folder = base.rsplit("/", 1)[0]
+    if not fs.exists(folder):
+        return
+    for f in fs.ls(folder, detail=False):
+        name = f.rsplit("/", 1)[-1]
+        if name.endswith(".parquet") and not f.startswith(base + "-"):
+            fs.rm(f)
+
+
+def summarize(config, result):
+    """Counts read back from the output, checked against the counters; prints and returns them.
+
+    Raises
+    ------
+    RuntimeError
+        When images found (plus listing failures) differ from vectors + errors written: an
+        image got lost, which must never pass silently.
+    """
+    counts = counters(result)
+    n_vectors, _ = _rows_written(config.vectors_prefix)
+    n_errors, _ = _rows_written(config.errors_prefix)
+    summary = {
+        "images_found": counts.get(C.IMAGES_FOUND),
+        "listing_errors": counts.get(C.LISTING_ERRORS, 0) if counts else None,
+        "vectors": n_vectors, "errors": n_errors,
+        "skipped_not_images": counts.get(C.NOT_IMAGES, 0) if counts else None,
+        "skipped_hidden": counts.get(C.HIDDEN_SKIPPED, 0) if counts else None,
+        "skipped_unchanged": counts.get(C.FILES_UNCHANGED, 0) if counts else None,
+        "vectors_prefix": config.vectors_prefix, "errors_prefix": config.errors_prefix,
+    }
+    print(f"embed: {summary['images_found'] if counts else '?'} images found, "
+          f"{n_vectors} vectors, {n_errors} errors "
+          f"({summary['listing_errors']} inputs that could not be listed), "
+          f"{summary['skipped_not_images']} other files skipped, "
+          f"{summary['skipped_hidden']} hidden files skipped\n"
+          f"  vectors: {config.vectors_prefix}-*.parquet\n"
+          f"  errors:  {config.errors_prefix}-*.parquet")
+    if counts:
+        expected = counts.get(C.IMAGES_FOUND, 0) + counts.get(C.LISTING_ERRORS, 0)
+        if expected != n_vectors + n_errors:
+            raise RuntimeError(f"images found ({counts.get(C.IMAGES_FOUND, 0)}) + listing "
+                               f"errors ({counts.get(C.LISTING_ERRORS, 0)}) != vectors "
+                               f"({n_vectors}) + errors ({n_errors}): rows were lost")
+    return summary
+
+
+def run(argv=None):
+    """Parse ``argv``, run the stage, print and return the summary dict."""
+    argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
+    options = PipelineOptions(argv)
+    config = config_from_options(options)
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, config)
+    result = p.run()
+    result.wait_until_finish()
+    for prefix in (config.vectors_prefix, config.errors_prefix):
+        _remove_previous_parts(prefix)
+    return summarize(config, result)
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()

@@ -1,0 +1,219 @@
+"""Beam side of the embedding stage: file infos in, ``vectors/`` rows and ``errors/`` rows out.
+
+``EmbedImages`` = ``ReadAndDecodeFn`` (gridtsne.ingest) -> ``RunInference`` with a keyed
+:class:`EmbeddingModelHandler` (gridtsne.models) -> rows (gridtsne.rows). Every file that is
+an image leaves as exactly one vector row or one error row.
+"""
+import dataclasses
+import logging
+import time
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+
+from gridtsne import models
+from gridtsne.decode import STAGE_DECODE, STAGE_EMBED, DecodeConfig, DecodeError
+from gridtsne.ingest import read_and_decode
+from gridtsne.rows import error_row, error_row_from, vector_row
+from transforms import embed_counters as C
+
+log = logging.getLogger(__name__)
+
+ERRORS = "errors"
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedConfig:
+    """What the embedding DoFns need, and nothing else (not the PipelineOptions).
+
+    Attributes
+    ----------
+    model : str
+        Registry name (:func:`gridtsne.models.model_names`) or ``"module:ATTRIBUTE"``.
+    weights : str or None
+        Path or URL of a state dict replacing the model's default weights.
+    weights_sha256 : str or None
+        When set, workers refuse weights whose digest differs (what the launcher recorded in
+        the schema metadata is then what the vectors were computed with).
+    device : {"auto", "cpu", "cuda"}
+        Resolved on the worker, where the GPU is (or is not).
+    batch_size : int
+        Images per forward pass.
+    decode : DecodeConfig
+    storage_options : dict
+        Per-protocol fsspec options (``{"s3": {"endpoint_url": ...}}``).
+    channels_last : bool
+    torch_threads : int or None
+        ``torch.set_num_threads`` in each worker process; None keeps torch's default.
+    """
+
+    model: str = models.DEFAULT_MODEL
+    weights: str = None
+    weights_sha256: str = None
+    device: str = "auto"
+    batch_size: int = 32
+    decode: DecodeConfig = DecodeConfig()
+    storage_options: dict = dataclasses.field(default_factory=dict)
+    channels_last: bool = True
+    torch_threads: int = None
+
+    def __post_init__(self):
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.device not in models.DEVICES:
+            raise ValueError(f"device must be one of {models.DEVICES}, got {self.device!r}")
+        if self.torch_threads is not None and self.torch_threads <= 0:
+            raise ValueError(f"torch_threads must be positive, got {self.torch_threads!r}")
+
+
+class ReadAndDecodeFn(beam.DoFn):
+    """A file info -> ``(ImageRecord, pixels)``; unusable images go to the ``errors`` output.
+
+    Files whose content is not an image (and that were neither named explicitly nor carry an
+    image extension) are dropped and counted as ``files_skipped_not_images``.
+    """
+
+    def __init__(self, decode_config, storage_options=None):
+        self._config = decode_config
+        self._storage_options = dict(storage_options or {})
+        self._found = C.counter(C.IMAGES_FOUND)
+        self._skipped = C.counter(C.NOT_IMAGES)
+        self._errors = C.counter(C.DECODE_ERRORS)
+        self._bytes = C.counter(C.BYTES_READ)
+        self._msec = C.distribution(C.DECODE_MSEC)
+
+    def process(self, info):
+        start = time.perf_counter()
+        try:
+            result = read_and_decode(info, self._config, self._storage_options)
+        except DecodeError as exc:
+            self._found.inc()
+            self._errors.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row_from(info.uri, exc))
+            return
+        except Exception as exc:  # a bug or an exotic failure still must not lose the file
+            self._found.inc()
+            self._errors.inc()
+            log.exception("unexpected failure decoding %s", info.uri)
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(
+                info.uri, STAGE_DECODE, type(exc).__name__, str(exc) or repr(exc)))
+            return
+        if result is None:
+            self._skipped.inc()
+            return
+        self._found.inc()
+        self._bytes.inc(result[0].bytes)
+        self._msec.update(int((time.perf_counter() - start) * 1000))
+        yield result
+
+
+class EmbeddingModelHandler(ModelHandler):
+    """RunInference handler for :mod:`gridtsne.models`: uint8 HWC arrays in, vectors out.
+
+    Our own handler rather than ``PytorchModelHandlerTensor`` because (a) the default model
+    is loaded by mapping another implementation's state dict, which that handler's
+    ``state_dict_path`` + ``model_class`` cannot express; (b) the examples travel as uint8
+    (a quarter of a float tensor) and are normalised once per batch on the device; (c) it runs
+    under ``torch.inference_mode()`` with channels-last activations; (d) ``--device auto`` is
+    resolved on the worker, not on the launcher.
+
+    Only names and numbers are stored here; the model is built in :meth:`load_model`, once
+    per worker process (RunInference shares it between the process's threads).
+    """
+
+    def __init__(self, config):
+        super().__init__(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
+        self._config = config
+
+    def load_model(self):
+        import torch
+
+        if self._config.torch_threads:
+            torch.set_num_threads(self._config.torch_threads)
+        loaded = models.load_model(self._config.model, self._config.weights,
+                                   self._config.device, self._config.channels_last)
+        expected = self._config.weights_sha256
+        if expected and loaded.weights_sha256 != expected:
+            raise ValueError(f"weights {loaded.weights_source!r} have sha256 "
+                             f"{loaded.weights_sha256}, the job was launched with {expected}")
+        return loaded
+
+    def run_inference(self, batch, model, inference_args=None):
+        vectors = models.embed_batch(model, np.stack(batch))
+        return list(vectors)
+
+    def get_num_bytes(self, batch):
+        return sum(int(a.nbytes) for a in batch)
+
+    def get_metrics_namespace(self):
+        return "gridtsne.embed.RunInference"
+
+
+def _failed_batch_rows(failure):
+    batch, exc_info = failure
+    exc_type, message = _describe_exception(exc_info)
+    for record, _ in batch:
+        yield error_row(record.uri, STAGE_EMBED, exc_type, message)
+
+
+def _describe_exception(exc_info):
+    if isinstance(exc_info, BaseException):
+        return type(exc_info).__name__, str(exc_info)
+    if isinstance(exc_info, (tuple, list)) and exc_info:
+        exc_type = exc_info[0]
+        name = getattr(exc_type, "__name__", str(exc_type))
+        message = str(exc_info[1]) if len(exc_info) > 1 else ""
+        return name, message
+    return "Exception", str(exc_info)
+
+
+class _ToVectorRowFn(beam.DoFn):
+    def __init__(self):
+        self._vectors = C.counter(C.VECTORS)
+
+    def process(self, keyed):
+        record, vector = keyed
+        self._vectors.inc()
+        yield vector_row(record, vector)
+
+
+class _CountEmbedErrorsFn(beam.DoFn):
+    def __init__(self):
+        self._errors = C.counter(C.EMBED_ERRORS)
+
+    def process(self, failure):
+        for row in _failed_batch_rows(failure):
+            self._errors.inc()
+            yield row
+
+
+class EmbedImages(beam.PTransform):
+    """File infos -> ``(vector rows, error rows)``, both dicts matching :mod:`gridtsne.schema`.
+
+    The composable heart of the stage: listing, filtering and writing stay outside, so a
+    bigger job (the incremental re-index) can feed it any file infos and send its rows
+    anywhere. A batch whose inference fails becomes one error row per image (stage
+    ``embed``) instead of failing the job.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self._config = config
+
+    def expand(self, files):
+        decoded, decode_errors = (
+            files
+            | "ReadAndDecodeImages" >> beam.ParDo(
+                ReadAndDecodeFn(self._config.decode, self._config.storage_options))
+            .with_outputs(ERRORS, main="decoded"))
+        embedded, failures = (
+            decoded
+            | "RunInference" >> RunInference(
+                KeyedModelHandler(EmbeddingModelHandler(self._config)))
+            .with_exception_handling())
+        vectors = embedded | "ToVectorRows" >> beam.ParDo(_ToVectorRowFn())
+        embed_errors = (failures.failed_inferences
+                        | "ToEmbedErrorRows" >> beam.ParDo(_CountEmbedErrorsFn()))
+        errors = (decode_errors, embed_errors) | "FlattenEmbedErrors" >> beam.Flatten()
+        return vectors, errors

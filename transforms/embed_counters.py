@@ -1,0 +1,25 @@
+"""Names of the embedding stage's Beam counters, in one place for the DoFns and the summary."""
+from apache_beam.metrics import Metrics
+
+NAMESPACE = "gridtsne.embed"
+
+PATTERNS = "patterns_expanded"
+FILES_LISTED = "files_listed"
+HIDDEN_SKIPPED = "hidden_files_skipped"
+LISTING_ERRORS = "listing_errors"
+FILES_UNCHANGED = "files_unchanged"
+NOT_IMAGES = "files_skipped_not_images"
+IMAGES_FOUND = "images_found"
+BYTES_READ = "bytes_read"
+DECODE_ERRORS = "decode_errors"
+EMBED_ERRORS = "embed_errors"
+VECTORS = "vectors"
+DECODE_MSEC = "decode_msec"
+
+
+def counter(name):
+    return Metrics.counter(NAMESPACE, name)
+
+
+def distribution(name):
+    return Metrics.distribution(NAMESPACE, name)

@@ -1,0 +1,141 @@
+"""Beam side of :mod:`gridtsne.listing`: patterns and manifests in, file-info records out.
+
+Globs are expanded by workers (one DoFn call per pattern, then a reshuffle that spreads the
+files), so listing millions of objects never happens on the launching machine.
+"""
+import logging
+
+import apache_beam as beam
+
+from gridtsne.decode import STAGE_LIST
+from gridtsne.listing import expand_pattern, read_manifest
+from gridtsne.rows import error_row
+from transforms import embed_counters as C
+
+log = logging.getLogger(__name__)
+
+ERRORS = "errors"
+
+
+class ExpandPatternsFn(beam.DoFn):
+    """A URL, directory or glob -> its files as :class:`~gridtsne.listing.FileInfo`.
+
+    A pattern that fails to list or matches nothing becomes an ``errors/`` row (stage
+    ``list``) on the ``errors`` output, so a mistyped ``--input`` is reported, not ignored.
+    """
+
+    def __init__(self, storage_options=None):
+        self._storage_options = dict(storage_options or {})
+        self._patterns = C.counter(C.PATTERNS)
+        self._listed = C.counter(C.FILES_LISTED)
+        self._hidden = C.counter(C.HIDDEN_SKIPPED)
+        self._errors = C.counter(C.LISTING_ERRORS)
+
+    def process(self, pattern):
+        self._patterns.inc()
+        count = 0
+        try:
+            for info in expand_pattern(pattern, self._storage_options,
+                                       on_hidden=lambda _: self._hidden.inc()):
+                count += 1
+                self._listed.inc()
+                yield info
+        except Exception as exc:
+            self._errors.inc()
+            log.warning("cannot list %r: %s: %s", pattern, type(exc).__name__, exc)
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(
+                pattern, STAGE_LIST, type(exc).__name__, str(exc) or repr(exc)))
+            return
+        if count == 0:
+            self._errors.inc()
+            log.warning("input %r matched no files", pattern)
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(
+                pattern, STAGE_LIST, "NoMatch", "the input matched no files"))
+
+
+class ReadManifestFn(beam.DoFn):
+    """A manifest URL -> its entries (one URL, path or glob per line)."""
+
+    def __init__(self, storage_options=None):
+        self._storage_options = dict(storage_options or {})
+        self._errors = C.counter(C.LISTING_ERRORS)
+
+    def process(self, manifest):
+        try:
+            yield from read_manifest(manifest, self._storage_options)
+        except Exception as exc:
+            self._errors.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(
+                manifest, STAGE_LIST, type(exc).__name__, str(exc) or repr(exc)))
+
+
+class ListFiles(beam.PTransform):
+    """``--input`` patterns and ``--manifest`` files -> (file infos, listing error rows).
+
+    Applied to a pipeline (``p | ListFiles(...)``). Returns a tuple ``(files, errors)``; the
+    files are reshuffled so that reading them spreads over all workers.
+    """
+
+    def __init__(self, inputs=(), manifests=(), storage_options=None):
+        super().__init__()
+        self._inputs = list(inputs)
+        self._manifests = list(manifests)
+        self._storage_options = dict(storage_options or {})
+        if not self._inputs and not self._manifests:
+            raise ValueError("ListFiles needs at least one input pattern or manifest")
+
+    def expand(self, pbegin):
+        patterns = [pbegin | "CreatePatterns" >> beam.Create(self._inputs)]
+        errors = []
+        if self._manifests:
+            entries, manifest_errors = (
+                pbegin
+                | "CreateManifests" >> beam.Create(self._manifests)
+                | "ReadManifests" >> beam.ParDo(ReadManifestFn(self._storage_options))
+                .with_outputs(ERRORS, main="entries"))
+            patterns.append(entries | "ReshuffleManifestEntries" >> beam.Reshuffle())
+            errors.append(manifest_errors)
+        files, list_errors = (
+            patterns
+            | "FlattenPatterns" >> beam.Flatten()
+            | "ExpandPatterns" >> beam.ParDo(ExpandPatternsFn(self._storage_options))
+            .with_outputs(ERRORS, main="files"))
+        errors.append(list_errors)
+        files = files | "ReshuffleFiles" >> beam.Reshuffle()
+        return files, errors | "FlattenListingErrors" >> beam.Flatten()
+
+
+class _DropKnownFn(beam.DoFn):
+    def __init__(self):
+        self._unchanged = C.counter(C.FILES_UNCHANGED)
+
+    def process(self, joined):
+        _, grouped = joined
+        known = set(grouped["known"])
+        for info in grouped["files"]:
+            # Without a modification time a file can never be proven unchanged.
+            if info.mtime_us is not None and info.key in known:
+                self._unchanged.inc()
+            else:
+                yield info
+
+
+class SkipKnownFiles(beam.PTransform):
+    """Drop file infos whose change key ``(uri, size, mtime_us)`` is in ``known_keys``.
+
+    Files whose store reports no modification time are always kept (embedded again).
+
+    ``known_keys`` is a PCollection of keys (see :func:`gridtsne.listing.keys_of_table`),
+    joined by URI (a CoGroupByKey, so millions of known files need no side input in memory).
+    """
+
+    def __init__(self, known_keys):
+        super().__init__()
+        self._known = known_keys
+
+    def expand(self, files):
+        return (
+            {"files": files | "KeyFilesByUri" >> beam.Map(lambda f: (f.uri, f)),
+             "known": self._known | "KeyKnownByUri" >> beam.Map(lambda k: (k[0], tuple(k)))}
+            | "JoinKnownFiles" >> beam.CoGroupByKey()
+            | "DropKnownFiles" >> beam.ParDo(_DropKnownFn()))
