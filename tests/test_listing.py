@@ -1,0 +1,116 @@
+"""Listing: fsspec URLs, globs, directories, archives and manifests -> file infos, no bytes read."""
+import datetime
+import os
+import zipfile
+
+import fsspec
+import pyarrow as pa
+import pytest
+
+from gridtsne import schema
+from gridtsne.ingest import read_and_decode
+from gridtsne.listing import (FileInfo, expand_pattern, keys_of_table, read_manifest,
+                              to_epoch_us)
+from gridtsne.rows import vector_row
+from tests import image_corpus as corpus
+
+
+@pytest.fixture
+def tree(tmp_path):
+    jpg = corpus.jpeg_bytes(corpus.photo("chelsea"))
+    for rel in ["a.jpg", "sub/b.jpg", "sub/deep/c.JPG", "sub/notes.txt", ".hidden.jpg",
+                "sub/.cache/d.jpg"]:
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(jpg)
+    return tmp_path
+
+
+def _names(infos, root):
+    return sorted(os.path.relpath(i.uri, root) for i in infos)
+
+
+def test_directory_is_searched_recursively_and_hidden_files_are_skipped(tree):
+    hidden = []
+    infos = list(expand_pattern(str(tree), on_hidden=hidden.append))
+    assert _names(infos, tree) == ["a.jpg", "sub/b.jpg", "sub/deep/c.JPG", "sub/notes.txt"]
+    assert len(hidden) == 2
+    info = next(i for i in infos if i.uri.endswith("a.jpg"))
+    assert info.size == os.path.getsize(tree / "a.jpg") and not info.explicit
+    assert abs(info.mtime_us / 1e6 - os.path.getmtime(tree / "a.jpg")) < 1e-3
+
+
+def test_globs(tree):
+    assert _names(expand_pattern(str(tree / "*.jpg")), tree) == ["a.jpg"]
+    assert _names(expand_pattern(str(tree / "**" / "*.jpg")), tree) == ["a.jpg", "sub/b.jpg"]
+    # A glob that matches a directory searches it.
+    assert _names(expand_pattern(str(tree / "su*")), tree) == [
+        "sub/b.jpg", "sub/deep/c.JPG", "sub/notes.txt"]
+
+
+def test_relative_paths_and_file_urls(tree, monkeypatch):
+    monkeypatch.chdir(tree)
+    (info,) = expand_pattern("sub/b.jpg")
+    assert info.uri == str(tree / "sub" / "b.jpg") and info.explicit
+    (info,) = expand_pattern(f"file://{tree}/a.jpg")
+    assert info.uri == f"file://{tree}/a.jpg"
+    assert read_and_decode(info)[0].width == 451
+
+
+def test_missing_file_raises():
+    with pytest.raises(FileNotFoundError):
+        list(expand_pattern("/no/such/file.jpg"))
+
+
+def test_memory_urls_can_be_opened_again():
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/listing-test/x/one.jpg", corpus.jpeg_bytes(corpus.photo("coffee")))
+    fs.pipe("/listing-test/x/two.png", corpus.png_bytes(corpus.photo("coffee")))
+    infos = list(expand_pattern("memory://listing-test/x/*"))
+    assert [i.uri for i in infos] == ["memory:///listing-test/x/one.jpg",
+                                      "memory:///listing-test/x/two.png"]
+    assert all(read_and_decode(i)[0].width == 600 for i in infos)
+    fs.rm("/listing-test", recursive=True)
+
+
+def test_zip_chain(tmp_path):
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("in/cat.jpg", corpus.jpeg_bytes(corpus.photo("chelsea")))
+        zf.writestr("in/readme.txt", "hi")
+    infos = list(expand_pattern(f"zip://in/*.jpg::{archive}"))
+    assert [i.uri for i in infos] == [f"zip://in/cat.jpg::{archive}"]
+    assert infos[0].mtime_us is not None and infos[0].size > 0
+    assert read_and_decode(infos[0])[0].width == 451
+
+
+def test_manifest_entries_resolve_relative_to_the_manifest(tree):
+    manifest = tree / "list.txt"
+    manifest.write_text(f"# photos\na.jpg\n\n{tree}/sub/b.jpg\nsub/deep/*.JPG\n")
+    entries = list(read_manifest(str(manifest)))
+    assert entries == [f"{tree}/a.jpg", f"{tree}/sub/b.jpg", f"{tree}/sub/deep/*.JPG"]
+
+
+def test_mtime_conversions():
+    t = datetime.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=datetime.timezone.utc)
+    us = to_epoch_us(t)
+    assert to_epoch_us(t.replace(tzinfo=None)) == us
+    assert to_epoch_us("2024-05-06T07:08:09.123456Z") == us
+    assert to_epoch_us(t.timestamp()) == us
+    assert to_epoch_us((2024, 5, 6, 7, 8, 9)) == us - 123456
+    assert to_epoch_us(None) is None and to_epoch_us("yesterday") is None
+
+
+def test_change_keys_survive_a_parquet_round_trip(tmp_path):
+    """What a re-index compares: the key of a listed file equals the key read back."""
+    from gridtsne.ingest import ImageRecord
+
+    info = FileInfo("s3://b/x.jpg", 1234, 1_700_000_000_123_456)
+    record = ImageRecord(info.uri, "0" * 64, 1234, info.mtime_us, 4, 3, b"")
+    no_mtime = ImageRecord("s3://b/y.jpg", "1" * 64, 99, None, 4, 3, b"")
+    rows = [vector_row(record, [0.0, 1.0]), vector_row(no_mtime, [1.0, 0.0])]
+    table = pa.Table.from_pylist(rows, schema=schema.vectors_schema(2))
+    import pyarrow.parquet as pq
+    pq.write_table(table, tmp_path / "v.parquet")
+    keys = keys_of_table(pq.read_table(tmp_path / "v.parquet"))
+    assert info.key in keys and ("s3://b/y.jpg", 99, None) in keys
