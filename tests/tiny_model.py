@@ -37,3 +37,20 @@ def build_tiny(weights=None):
 
 TINY = ModelSpec(name="tiny_cnn", dim=16, input_size=32, mean=(0.5, 0.5, 0.5),
                  std=(0.25, 0.25, 0.25), build=build_tiny, description="test model")
+
+
+class _FailingCNN(TinyCNN):
+    def forward(self, x):
+        raise RuntimeError("simulated inference failure (e.g. out of GPU memory)")
+
+
+def build_failing(weights=None):
+    net, sha, _ = build_tiny(weights)
+    failing = _FailingCNN()
+    failing.load_state_dict(net.state_dict())
+    return failing, sha, "tests.tiny_model (always fails)"
+
+
+FAILING = ModelSpec(name="failing_cnn", dim=16, input_size=32, mean=(0.5, 0.5, 0.5),
+                    std=(0.25, 0.25, 0.25), build=build_failing,
+                    description="test model whose forward pass raises")

@@ -1,0 +1,145 @@
+"""TestPipeline tests of the embedding transforms, with a tiny real CNN."""
+import os
+
+import apache_beam as beam
+import fsspec
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to, is_not_empty
+
+from gridtsne import schema, storage
+from gridtsne.decode import DecodeConfig
+from gridtsne.listing import FileInfo, expand_pattern
+from tests import image_corpus as corpus
+from transforms.embed import EmbedConfig, EmbedImages, ReadAndDecodeFn
+from transforms.listing import ListFiles, SkipKnownFiles
+from transforms.write import WriteTable, beam_can_write
+
+TINY = "tests.tiny_model:TINY"
+CONFIG = EmbedConfig(model=TINY, device="cpu", batch_size=4,
+                     decode=DecodeConfig(input_size=32, thumbnail_size=32))
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mixed")
+    counts = corpus.write_mixed_folder(str(folder))
+    return folder, counts
+
+
+def _basenames(rows):
+    return sorted(os.path.basename(r["uri"]) for r in rows)
+
+
+BAD = ["bomb.png", "empty.jpg", "text.jpg", "truncated.jpg"]
+
+
+def test_list_files_reports_patterns_that_fail_or_match_nothing(mixed):
+    folder, (good, bad, other) = mixed
+    with BeamTestPipeline() as p:
+        files, errors = p | ListFiles([str(folder), str(folder / "*.nothing"),
+                                       str(folder / "missing.jpg")])
+        assert_that(files | beam.combiners.Count.Globally(), equal_to([good + bad + other]),
+                    label="CountFiles")
+        assert_that(errors | beam.Map(lambda r: (os.path.basename(r["uri"]), r["stage"],
+                                                 r["error_type"])),
+                    equal_to([("*.nothing", "list", "NoMatch"),
+                              ("missing.jpg", "list", "FileNotFoundError")]),
+                    label="CheckErrors")
+
+
+def test_read_and_decode_tags_every_bad_image_and_skips_other_files(mixed):
+    folder, (good, bad, other) = mixed
+    infos = list(expand_pattern(str(folder)))
+    with BeamTestPipeline() as p:
+        decoded, errors = (p | beam.Create(infos) | beam.ParDo(
+            ReadAndDecodeFn(CONFIG.decode)).with_outputs("errors", main="decoded"))
+        assert_that(decoded | beam.Map(lambda kv: kv[1].shape) | beam.Distinct(),
+                    equal_to([(32, 32, 3)]), label="Shapes")
+        assert_that(decoded | beam.combiners.Count.Globally(), equal_to([good]),
+                    label="CountDecoded")
+        assert_that(errors | beam.combiners.ToList() | beam.Map(_basenames), equal_to([BAD]),
+                    label="ErrorUris")
+
+
+def _check_vectors(rows):
+    assert rows, "no vectors"
+    for r in rows:
+        v = np.asarray(r["vector"])
+        assert v.shape == (16,) and v.dtype == np.float32
+        assert abs(np.linalg.norm(v) - 1.0) < 1e-4
+        assert r["thumbnail"][:2] == b"\xff\xd8" and len(r["sha256"]) == 64
+        assert r["width"] > 0 and r["height"] > 0 and r["bytes"] > 0
+
+
+def test_embed_images_gives_one_row_per_image(mixed):
+    folder, (good, bad, other) = mixed
+    infos = list(expand_pattern(str(folder)))
+    with BeamTestPipeline() as p:
+        vectors, errors = p | beam.Create(infos) | EmbedImages(CONFIG)
+        assert_that(vectors | "VectorList" >> beam.combiners.ToList(), _check_vectors_matcher(good),
+                    label="Vectors")
+        assert_that(errors | "ErrorList" >> beam.combiners.ToList() | beam.Map(_basenames),
+                    equal_to([BAD]), label="Errors")
+
+
+def _check_vectors_matcher(expected_count):
+    def check(lists):
+        (rows,) = lists
+        assert len(rows) == expected_count, len(rows)
+        _check_vectors(rows)
+        names = _basenames(rows)
+        assert "Café photo ü.jpg" in names and "no_extension" in names
+    return check
+
+
+def test_failed_inference_becomes_error_rows(mixed):
+    folder, (good, bad, other) = mixed
+    infos = [i for i in expand_pattern(str(folder)) if i.uri.endswith((".png", ".gif"))]
+    config = EmbedConfig(model="tests.tiny_model:FAILING", device="cpu", batch_size=2,
+                         decode=CONFIG.decode)
+    with BeamTestPipeline() as p:
+        vectors, errors = p | beam.Create(infos) | EmbedImages(config)
+        assert_that(vectors, equal_to([]), label="NoVectors")
+        assert_that(errors | beam.Map(lambda r: (os.path.basename(r["uri"]), r["stage"],
+                                                 r["error_type"])),
+                    equal_to([("anim.gif", "embed", "RuntimeError"),
+                              ("coffee.png", "embed", "RuntimeError"),
+                              ("grey16.png", "embed", "RuntimeError"),
+                              ("palette.png", "embed", "RuntimeError"),
+                              ("bomb.png", "decode", "DecompressionBombError")]),
+                    label="Errors")
+
+
+def test_skip_known_files():
+    a, b = FileInfo("memory:///a.jpg", 10, 1000), FileInfo("memory:///b.jpg", 10, 1000)
+    b_changed = FileInfo("memory:///b.jpg", 11, 2000)
+    no_mtime = FileInfo("memory:///c.jpg", 10, None)
+    with BeamTestPipeline() as p:
+        known = p | "Known" >> beam.Create([a.key, b.key, no_mtime.key])
+        files = p | "Files" >> beam.Create([a, b_changed, no_mtime])
+        assert_that(files | SkipKnownFiles(known) | beam.Map(lambda f: f.uri),
+                    equal_to(["memory:///b.jpg", "memory:///c.jpg"]))
+
+
+def test_write_table_through_fsspec_for_urls_beam_cannot_write():
+    assert beam_can_write("/tmp/x") and beam_can_write("s3://b/x") and beam_can_write("gs://b/x")
+    assert not beam_can_write("memory://x") and not beam_can_write("zip://a::/tmp/b.zip")
+    rows = [{"uri": f"u{i}", "stage": "decode", "error_type": "E", "message": "m"}
+            for i in range(5)]
+    with BeamTestPipeline() as p:
+        written = (p | "Rows" >> beam.Create(rows)
+                   | "Write" >> WriteTable("memory://wt-test/errors/part", schema.ERRORS_SCHEMA))
+        empty = (p | "NoRows" >> beam.Create([]) | "WriteEmpty" >> WriteTable(
+            "memory://wt-test/empty/part", schema.ERRORS_SCHEMA))
+        assert_that(written, is_not_empty(), label="Written")
+        assert_that(empty, equal_to(["memory://wt-test/empty/part-00000-of-00001.parquet"]),
+                    label="Empty")
+    table = storage.read_parquet("memory://wt-test/errors")
+    assert sorted(table.column("uri").to_pylist()) == [f"u{i}" for i in range(5)]
+    assert table.schema.equals(schema.ERRORS_SCHEMA)
+    assert storage.read_parquet("memory://wt-test/empty").num_rows == 0
+    fs = fsspec.filesystem("memory")
+    assert not [p for p in fs.find("/wt-test") if ".temp-" in p]  # temporary parts are gone
+    fs.rm("/wt-test", recursive=True)
