@@ -1,0 +1,232 @@
+"""The web page next to the pyramid and the lazily loaded indexes it reads.
+
+The page itself (``gridtsne/web/``) is static; this module fills in its configuration and
+writes the two indexes it loads on demand, so a page for a million images opens at once:
+
+* ``cells/<br>_<bc>.js``: the images of one block of ``CELL_BLOCK`` x ``CELL_BLOCK`` cells
+  (URI, label, original size), loaded when the pointer first reaches that block;
+* ``search/index.js`` + ``search/<chunk>.js``: every image's file name, sorted and cut into
+  chunks, with a small directory of chunk ranges, so a search loads one or two chunks.
+
+Index files are JavaScript that hands its JSON to ``gridtsneData(name, data)`` ("JSONP"):
+script tags load from ``file://`` and from a bucket without any CORS setup, where ``fetch``
+of a JSON file would be refused.
+"""
+import csv
+import dataclasses
+import html
+import importlib.resources
+import io
+import json
+import logging
+import os
+import posixpath
+import re
+
+from gridtsne import storage
+
+log = logging.getLogger(__name__)
+
+CELL_BLOCK = 32
+SEARCH_CHUNK = 2000
+# Names are grouped by their first characters before sorting; each group is sorted on its own.
+SEARCH_PREFIX = 2
+CELLS_DIR = "cells"
+SEARCH_DIR = "search"
+SEARCH_DIRECTORY = "search/index.js"
+SUMMARY_FILE = "site.json"
+INDEX_FILE = "index.html"
+# Files of gridtsne/web/ copied next to index.html unchanged.
+STATIC_FILES = ("gridtsne.js", "gridtsne.css")
+
+OSD_VERSION = "6.1.1"
+DEFAULT_OSD_URL = (f"https://cdn.jsdelivr.net/npm/openseadragon@{OSD_VERSION}"
+                   "/build/openseadragon/openseadragon.min.js")
+
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def uri_key(uri):
+    """The form of a URI used to match labels to images: ``file://`` dropped, path normalised."""
+    uri = str(uri)
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if not _SCHEME.match(uri):
+        uri = posixpath.normpath(uri)
+    return uri
+
+
+def read_labels(url):
+    """``(uri, label)`` pairs from a CSV with a ``label`` column and a ``uri`` or ``path`` column.
+
+    A ``path`` that is relative is taken relative to the CSV's own folder, as in the
+    ``labels.csv`` files that sit at the top of a photo set (``test/cat/0001.jpg,cat``).
+
+    Raises
+    ------
+    ValueError
+        When the header lacks ``label`` or both ``uri`` and ``path``.
+    """
+    text = storage.read_bytes(url).decode("utf-8-sig")
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    key = "uri" if "uri" in header else "path" if "path" in header else None
+    if key is None or "label" not in header:
+        raise ValueError(f"labels CSV {url!r} needs columns 'label' and 'uri' or 'path', "
+                         f"got {header!r}")
+    base = posixpath.dirname(str(url))
+    for rec in reader:
+        where = rec[key]
+        if not where:
+            continue
+        if key == "path" and not _SCHEME.match(where) and not where.startswith("/"):
+            where = storage.url_join(base, where)
+        yield uri_key(where), rec["label"]
+
+
+def cell_block(row, col, block=CELL_BLOCK):
+    return row // block, col // block
+
+
+def cell_shard_name(br, bc):
+    return f"{CELLS_DIR}/{br}_{bc}"
+
+
+def jsonp(name, data):
+    """A script that hands ``data`` to the page: ``gridtsneData("<name>", {...});``."""
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    # "</" would end an inline script; escaping it keeps the JSON identical once parsed.
+    body = body.replace("</", "<\\/")
+    return f'gridtsneData({json.dumps(name)},{body});\n'.encode()
+
+
+def cell_shard(br, bc, entries, block=CELL_BLOCK):
+    """``(file name, bytes)`` of the cell index of block ``(br, bc)``.
+
+    ``entries`` are ``(row, col, uri, label, width, height, nbytes)``; label and sizes may be
+    None.
+    """
+    rows = sorted(entries, key=lambda e: (e[0], e[1]))
+    for e in rows:
+        if cell_block(e[0], e[1], block) != (br, bc):
+            raise ValueError(f"cell {(e[0], e[1])!r} of {e[2]!r} is not in block {(br, bc)!r}")
+    name = cell_shard_name(br, bc)
+    data = {"block": [br, bc], "size": block, "cells": [list(e) for e in rows]}
+    return f"{name}.js", jsonp(name, data)
+
+
+def search_key(uri):
+    """What the search box matches: the file name, lower case."""
+    return posixpath.basename(str(uri).rstrip("/")).lower()
+
+
+def search_prefix(uri):
+    return search_key(uri)[:SEARCH_PREFIX]
+
+
+def search_chunks(prefix, entries, chunk=SEARCH_CHUNK):
+    """Sorted chunks of the search index for one prefix group.
+
+    ``entries`` are ``(uri, row, col)``. Returns ``[(file name, bytes, directory entry)]``, the
+    directory entry being ``[first key, last key, name, count]``.
+    """
+    rows = sorted((search_key(uri), uri, row, col) for uri, row, col in entries)
+    tag = prefix.encode("utf-8").hex() or "empty"
+    out = []
+    for i in range(0, len(rows), chunk):
+        part = rows[i:i + chunk]
+        name = f"{SEARCH_DIR}/{tag}-{i // chunk}"
+        out.append((f"{name}.js", jsonp(name, {"entries": [list(r) for r in part]}),
+                    [part[0][0], part[-1][0], name, len(part)]))
+    return out
+
+
+def search_directory(entries):
+    """``search/index.js``: every chunk's key range, sorted, so the page can binary-search."""
+    chunks = sorted(entries, key=lambda e: (e[0], e[1], e[2]))
+    return jsonp(SEARCH_DIRECTORY[:-3], {"chunks": chunks})
+
+
+def _web_file(name):
+    return importlib.resources.files("gridtsne").joinpath("web", name).read_bytes()
+
+
+@dataclasses.dataclass(frozen=True)
+class PageConfig:
+    """What ``index.html`` needs to know, written into the page itself."""
+
+    title: str
+    rows: int
+    cols: int
+    cell: int
+    tile: int
+    ext: str
+    width: int
+    height: int
+    images: int
+    osd_url: str = DEFAULT_OSD_URL
+    cell_block: int = CELL_BLOCK
+    labels: bool = False
+    overviews: tuple = ("mosaic.jpg", "tsne.jpg")
+    projector: bool = False
+
+    def to_json(self):
+        return {
+            "title": self.title, "rows": self.rows, "cols": self.cols, "cell": self.cell,
+            "cellBlock": self.cell_block, "images": self.images, "labels": self.labels,
+            "overviews": list(self.overviews), "projector": self.projector,
+            "search": SEARCH_DIRECTORY,
+            # An inline tile source: no XHR for mosaic.dzi, so the page also works from file://.
+            "tileSource": {"Image": {
+                "xmlns": "http://schemas.microsoft.com/deepzoom/2008",
+                "Url": "mosaic_files/", "Format": self.ext, "Overlap": "0",
+                "TileSize": str(self.tile),
+                "Size": {"Width": str(self.width), "Height": str(self.height)}}},
+        }
+
+
+def index_html(config):
+    """``index.html`` with ``config`` (a :class:`PageConfig`) filled in."""
+    template = _web_file("index.html").decode("utf-8")
+    config_json = json.dumps(config.to_json(), ensure_ascii=False, sort_keys=True)
+    config_json = config_json.replace("</", "<\\/")
+    page = (template.replace("{{TITLE}}", html.escape(config.title))
+            .replace("{{OSD_URL}}", html.escape(config.osd_url, quote=True))
+            .replace("{{CONFIG_JSON}}", config_json))
+    return page.encode("utf-8")
+
+
+def write_page(output, config):
+    """Write ``index.html`` and its script and style sheet under ``output``."""
+    for name in STATIC_FILES:
+        storage.write_bytes(storage.url_join(output, name), _web_file(name))
+    storage.write_bytes(storage.url_join(output, INDEX_FILE), index_html(config))
+
+
+def is_url(text):
+    """True for ``scheme://...`` and protocol-relative ``//host/...`` addresses."""
+    return bool(_SCHEME.match(str(text))) or str(text).startswith("//")
+
+
+def copy_osd(osd_path, output):
+    """Copy a user's local OpenSeadragon build into ``<output>/openseadragon/``.
+
+    Copies the script and its ``images/`` folder (the navigation buttons) beside it, so the
+    site works offline and from a bucket alike; returns the page's relative ``<script src>``.
+    """
+    path = str(osd_path)
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    if not os.path.isfile(path):
+        raise ValueError(f"--osd_url must be a URL or an existing local file, got {osd_path!r}")
+    name = os.path.basename(path)
+    storage.write_bytes(storage.url_join(output, "openseadragon", name),
+                        open(path, "rb").read())
+    images = os.path.join(os.path.dirname(path), "images")
+    if os.path.isdir(images):
+        for entry in sorted(os.listdir(images)):
+            full = os.path.join(images, entry)
+            if os.path.isfile(full):
+                storage.write_bytes(storage.url_join(output, "openseadragon", "images", entry),
+                                    open(full, "rb").read())
+    return f"openseadragon/{name}"

@@ -1,0 +1,158 @@
+"""The rendering stage: vectors + layout in, a zoomable Deep Zoom mosaic and its web page out.
+
+    python -m pipelines.render --vectors s3://maps/run1/vectors \\
+        --layout s3://maps/run1/layout.parquet --output s3://maps/run1/site \\
+        [--cell 128] [--tile 256] [--format jpeg|webp] [--labels labels.csv] [--projector] \\
+        [--osd_url URL-or-local-file] [Beam flags: --runner, --direct_num_workers ...]
+
+Then open ``<output>/index.html``. ``run()`` parses and validates, ``build_pipeline()`` only
+wires :class:`transforms.render.RenderMosaic`, which a bigger job can also apply itself.
+"""
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+
+from gridtsne import storage
+from gridtsne.flagfiles import expand_flags_files
+from gridtsne.render_inputs import plan_render
+from gridtsne.site import DEFAULT_OSD_URL, SUMMARY_FILE, is_url
+from gridtsne.tiles import FORMATS
+from transforms.render import RenderConfig, RenderMosaic
+
+log = logging.getLogger(__name__)
+
+
+def _add(parser, *args, **kwargs):
+    # Every PipelineOptions subclass imported in a process adds its flags to one parser; a
+    # flag that another stage already defines (--output, --vectors) is shared, not a crash.
+    try:
+        parser.add_argument(*args, **kwargs)
+    except argparse.ArgumentError:
+        pass
+
+
+class RenderOptions(PipelineOptions):
+    """Flags of the rendering stage; everything else passes to Beam untouched.
+
+    ``--labels`` is taken out of the command line before Beam sees it (Beam's own
+    ``--labels`` means Dataflow job labels; give those as ``--label key=value``).
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        defaults = RenderConfig()
+        _add(parser, "--vectors", default=None, help="the embedding stage's vectors/ folder")
+        _add(parser, "--layout", default=None, help="the layout stage's layout.parquet")
+        _add(parser, "--output", default=None,
+             help="folder (any fsspec URL) for index.html, mosaic.dzi, mosaic_files/ ...")
+        _add(parser, "--cell", type=int, default=defaults.cell, help="grid cell side, px")
+        _add(parser, "--tile", type=int, default=defaults.tile, help="pyramid tile side, px")
+        _add(parser, "--format", dest="tile_format", default=defaults.fmt,
+             choices=sorted(FORMATS), help="tile image format")
+        _add(parser, "--quality", type=int, default=defaults.quality, help="tile quality 1-100")
+        _add(parser, "--overview", type=int, default=defaults.overview,
+             help="longest side of mosaic.jpg and tsne.jpg, px")
+        _add(parser, "--title", default=defaults.title, help="the page's title")
+        _add(parser, "--osd_url", default=DEFAULT_OSD_URL,
+             help="OpenSeadragon script: a URL (default: its public CDN) or a local "
+                  "openseadragon.min.js, copied next to the page with its images/ folder")
+        _add(parser, "--projector", action="store_true", default=False,
+             help="also write a TensorBoard Projector folder under <output>/projector")
+        _add(parser, "--projector_max_points", type=int, default=None,
+             help="at most this many points in the Projector export (default 16,384)")
+
+
+def split_labels(argv):
+    """``(labels CSV or None, argv without --labels)``."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--labels", default=None)
+    known, rest = parser.parse_known_args(argv)
+    return known.labels, rest
+
+
+def _local_abs(url):
+    if url is None or "://" in url or "::" in url:
+        return url
+    return os.path.abspath(url)
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderJob:
+    """A validated render: inputs, output and :class:`RenderConfig`."""
+
+    vectors: str
+    layout: str
+    output: str
+    config: RenderConfig
+
+
+def job_from_options(options, labels=None):
+    """Validate the flags (and the layout, read once here) into a :class:`RenderJob`.
+
+    Reading the layout before building the graph lets a bad table fail before any worker
+    starts, and gives the exact number of pyramid levels to build stages for.
+    """
+    o = options.view_as(RenderOptions)
+    for flag in ("vectors", "layout", "output"):
+        if not getattr(o, flag):
+            raise ValueError(f"--{flag} is required")
+    osd_url = o.osd_url if is_url(o.osd_url) else _local_abs(o.osd_url)
+    if not is_url(osd_url) and not os.path.isfile(osd_url):
+        raise ValueError(f"--osd_url must be a URL or an existing local file, got {o.osd_url!r}")
+    if labels is not None and not storage.exists(_local_abs(labels)):
+        raise ValueError(f"--labels file does not exist: {labels!r}")
+    config = RenderConfig(cell=o.cell, tile=o.tile, fmt=o.tile_format, quality=o.quality,
+                          overview=o.overview, osd_url=osd_url, labels=_local_abs(labels),
+                          title=o.title, projector=o.projector,
+                          projector_max_points=o.projector_max_points)
+    layout = _local_abs(o.layout)
+    plan = plan_render(layout, config.cell, config.tile, config.fmt, config.overview)
+    config = dataclasses.replace(config, max_levels=max(1, plan.geometry.max_level))
+    log.info("rendering %d images on a %dx%d grid: %d levels, %d tiles", plan.images,
+             plan.geometry.rows, plan.geometry.cols, plan.geometry.max_level + 1,
+             plan.geometry.tile_count())
+    return RenderJob(_local_abs(o.vectors), layout, _local_abs(o.output), config)
+
+
+def build_pipeline(p, job):
+    """Wire the render into ``p``; returns the PCollection holding the summary dict."""
+    return p | "RenderMosaic" >> RenderMosaic(job.vectors, job.layout, job.output, job.config)
+
+
+def _use_s3_endpoint(options):
+    # fsspec (which writes every file here) should talk to the same endpoint as Beam's S3 IO.
+    endpoint = options.view_as(S3Options).s3_endpoint_url
+    if endpoint:
+        import fsspec.config
+
+        os.environ["FSSPEC_S3_ENDPOINT_URL"] = endpoint
+        fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = endpoint
+
+
+def run(argv=None):
+    """Parse ``argv``, render, print and return the summary (also in ``<output>/site.json``)."""
+    argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
+    labels, argv = split_labels(argv)
+    options = PipelineOptions(argv)
+    _use_s3_endpoint(options)
+    job = job_from_options(options, labels)
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, job)
+    p.run().wait_until_finish()
+    summary = json.loads(storage.read_bytes(storage.url_join(job.output, SUMMARY_FILE)))
+    print(f"render: {summary['images']} images on a {summary['grid']['rows']}x"
+          f"{summary['grid']['cols']} grid, {summary['tiles_total']} tiles in "
+          f"{summary['levels']} levels, {summary['placeholders']} placeholders\n"
+          f"  page: {storage.url_join(job.output, 'index.html')}")
+    return summary
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()

@@ -1,0 +1,408 @@
+"""Beam side of rendering: :class:`RenderMosaic` writes the pyramid, overviews, indexes and page.
+
+Work items and what each holds:
+
+* a top-level tile: the thumbnails of the cells it covers (keyed by tile after joining
+  layout rows with vector rows by URI), drawn once, written, and handed on as its half;
+* a tile of a lower level: the halves of its (up to four) children, keyed by parent, one
+  Beam stage per level;
+* a block of ``tsne.jpg``, a cell-index block, a search-index prefix: only their own rows.
+
+So no worker ever holds the full mosaic. Every file goes through :mod:`gridtsne.storage`.
+The pixels and file formats are in the Beam-free modules :mod:`gridtsne.tiles`,
+:mod:`gridtsne.overview`, :mod:`gridtsne.site` and :mod:`gridtsne.projector`.
+"""
+import dataclasses
+import json
+import logging
+import time
+import typing
+
+import apache_beam as beam
+from apache_beam import typehints
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import AsSingleton, TaggedOutput
+from PIL import Image
+
+from gridtsne import __version__, storage
+from gridtsne.overview import (DEFAULT_LONGEST, MOSAIC_OVERVIEW, TSNE_OVERVIEW, check_longest,
+                               compose_mosaic_overview, encode_jpeg, paint_block, stitch_blocks)
+from gridtsne.projector import export_projector
+from gridtsne.render_inputs import plan_render, read_layout_part, read_thumbnail_part, table_parts
+from gridtsne.site import (CELL_BLOCK, DEFAULT_OSD_URL, SEARCH_DIRECTORY, SUMMARY_FILE, PageConfig,
+                           cell_block, cell_shard, copy_osd, is_url, read_labels, search_chunks,
+                           search_directory, search_prefix, write_page)
+from gridtsne.tiles import (DZI_NAME, MosaicGeometry, assemble_parent, decode_image,
+                            encode_intermediate, encode_tile, half, render_top_tile)
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "gridtsne.render"
+WRITTEN, MISSING, TSNE = "written", "missing", "tsne"
+# Reduction stages built into the graph. The grid is only known at run time (the layout may
+# be written by the same job), so the graph carries enough stages for any pyramid of up to
+# 2**24 px a side; stages below level 0 receive nothing and cost next to nothing.
+DEFAULT_MAX_LEVELS = 24
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderConfig:
+    """Rendering parameters (validated on construction, before any worker starts).
+
+    cell: side of a grid cell in px; tile: side of a pyramid tile (even); fmt: ``jpeg`` or
+    ``webp``; quality: tile encoder quality; overview: longest side of ``mosaic.jpg`` and
+    ``tsne.jpg``; osd_url: the page's ``<script src>`` for OpenSeadragon; labels: optional
+    CSV (``uri``/``path``, ``label``); projector: also export a TensorBoard Projector folder.
+    """
+
+    cell: int = 128
+    tile: int = 256
+    fmt: str = "jpeg"
+    quality: int = 85
+    overview: int = DEFAULT_LONGEST
+    osd_url: str = DEFAULT_OSD_URL
+    labels: typing.Optional[str] = None
+    title: str = "gridtsne mosaic"
+    projector: bool = False
+    projector_max_points: typing.Optional[int] = None
+    max_levels: int = DEFAULT_MAX_LEVELS
+
+    def __post_init__(self):
+        MosaicGeometry(1, 1, cell=self.cell, tile=self.tile, fmt=self.fmt)  # raises if bad
+        if not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be an integer in 1..100, got {self.quality!r}")
+        check_longest(self.overview)
+        if not isinstance(self.max_levels, int) or not 1 <= self.max_levels <= 40:
+            raise ValueError(f"max_levels must be an integer in 1..40, got {self.max_levels!r}")
+        if not self.osd_url:
+            raise ValueError(f"osd_url must not be empty, got {self.osd_url!r}")
+
+
+def _timer(name):
+    return Metrics.distribution(NAMESPACE, name)
+
+
+class _TileFn(beam.DoFn):
+    """Base of the tile DoFns: their main output is ``(parent tile key, half)`` pairs."""
+
+    def __init__(self, output, config):
+        self.output = output
+        self.config = config
+
+    def infer_output_type(self, input_type):
+        # Inference sees the TaggedOutputs too; the main output is always a key-value pair.
+        return typehints.Tuple[typehints.Any, typehints.Any]
+
+
+class RenderTopTileFn(_TileFn):
+    """Draw and write one full-resolution tile; hand its half to the parent level.
+
+    Input: ``((tx, ty), {"cells": [(uri, row, col, thumbnail, x, y)], "tile": [...]})``.
+    Outputs: main ``((level, ptx, pty), (dx, dy, half))``; ``written``: the level;
+    ``missing``: URIs drawn as placeholders; ``tsne``: ``(block, point)`` for ``tsne.jpg``.
+    """
+
+    def setup(self):
+        self.cells = Metrics.counter(NAMESPACE, "cells_drawn")
+        self.placeholders = Metrics.counter(NAMESPACE, "placeholders")
+        self.tiles = Metrics.counter(NAMESPACE, "top_tiles_written")
+        self.ms = _timer("top_tile_ms")
+
+    def process(self, element, plan):
+        start = time.perf_counter()
+        (tx, ty), groups = element
+        cells = list(groups["cells"])
+        g = plan.geometry
+        top = render_top_tile(g, tx, ty, [(c[0], c[1], c[2], c[3]) for c in cells])
+        storage.write_bytes(storage.url_join(self.output, g.tile_path(g.max_level, tx, ty)),
+                            encode_tile(top.image, g.fmt, self.config.quality))
+        self.tiles.inc()
+        self.cells.inc(len(top.fitted))
+        self.placeholders.inc(len(top.missing))
+        yield TaggedOutput(WRITTEN, g.max_level)
+        for uri in top.missing:
+            yield TaggedOutput(MISSING, uri)
+        for uri, row, col, _, x, y in cells:
+            fitted = top.fitted.get((row, col))
+            if fitted is None:
+                continue  # not owned by this tile, or a placeholder: not drawn in tsne.jpg
+            small = plan.tsne.point_image(fitted)
+            px, py = plan.tsne.position(x, y)
+            point = ((row, col), px, py, small.width, small.height, small.tobytes())
+            for block in plan.tsne.blocks(px, py, small.width, small.height):
+                yield TaggedOutput(TSNE, (block, point))
+        if g.max_level > 0:
+            level, ptx, pty, dx, dy = g.parent(g.max_level, tx, ty)
+            yield (level, ptx, pty), (dx, dy, encode_intermediate(half(top.image)))
+        self.ms.update(int((time.perf_counter() - start) * 1000))
+
+
+class ReduceTileFn(_TileFn):
+    """Assemble one lower-level tile from its children's halves, write it, pass its half on."""
+
+    def setup(self):
+        self.tiles = Metrics.counter(NAMESPACE, "lower_tiles_written")
+
+    def process(self, element, plan):
+        (level, tx, ty), children = element
+        g = plan.geometry
+        halves, seen = [], set()
+        for dx, dy, data in children:
+            if (dx, dy) in seen:
+                raise ValueError(f"tile {(level, tx, ty)!r} got child {(dx, dy)!r} twice")
+            seen.add((dx, dy))
+            halves.append((dx, dy, decode_image(data)))
+        img = assemble_parent(g, level, tx, ty, halves)
+        storage.write_bytes(storage.url_join(self.output, g.tile_path(level, tx, ty)),
+                            encode_tile(img, g.fmt, self.config.quality))
+        self.tiles.inc()
+        yield TaggedOutput(WRITTEN, level)
+        if level > 0:
+            plevel, ptx, pty, dx, dy = g.parent(level, tx, ty)
+            yield (plevel, ptx, pty), (dx, dy, encode_intermediate(half(img)))
+
+
+def join_cells(element):
+    """One cell per layout row: ``(uri, row, col, x, y, thumbnail, width, height, bytes, label)``.
+
+    A layout row without a vectors row gets thumbnail None (drawn as a placeholder); vectors
+    rows without a layout row are counted and skipped.
+    """
+    _, groups = element
+    layout = list(groups["layout"])
+    thumbs = list(groups["thumbs"])
+    labels = list(groups.get("labels", ()))
+    if not layout:
+        Metrics.counter(NAMESPACE, "vectors_not_in_layout").inc(len(thumbs))
+        return
+    if len(thumbs) > 1:
+        Metrics.counter(NAMESPACE, "duplicate_vector_rows").inc(len(thumbs) - 1)
+    thumb, width, height, nbytes = thumbs[0] if thumbs else (None, None, None, None)
+    if not thumbs:
+        Metrics.counter(NAMESPACE, "layout_rows_without_vectors").inc()
+    label = labels[0] if labels else None
+    for uri, row, col, x, y in layout:
+        yield uri, row, col, x, y, thumb, width, height, nbytes, label
+
+
+def _key_by_tiles(cell, plan):
+    uri, row, col, x, y, thumb = cell[:6]
+    for tile in plan.geometry.tiles_of_cell(row, col):
+        yield tile, (uri, row, col, thumb, x, y)
+
+
+def _paint_tsne_block(element, plan):
+    (bx, by), points = element
+    decoded = [(order, px, py, Image.frombytes("RGB", (w, h), raw))
+               for order, px, py, w, h, raw in points]
+    block = paint_block(plan.tsne, bx, by, decoded)
+    return bx, by, encode_jpeg(block, quality=95)
+
+
+def _write_tsne(blocks, output, plan):
+    images = [(bx, by, decode_image(data)) for bx, by, data in blocks]
+    img = stitch_blocks(plan.tsne, images)
+    storage.write_bytes(storage.url_join(output, TSNE_OVERVIEW), encode_jpeg(img))
+    return {"file": TSNE_OVERVIEW, "width": img.width, "height": img.height,
+            "point": plan.tsne.point}
+
+
+def _write_mosaic_overview(_, output, config, plan, tiles_written):
+    g = plan.geometry
+    expected = g.tile_count()
+    if tiles_written != expected:
+        raise ValueError(f"the pyramid has {tiles_written} tiles, expected {expected}: raise "
+                         f"max_levels (now {config.max_levels}) for a {g.max_level + 1}-level "
+                         f"pyramid")
+
+    def read_tile(level, tx, ty):
+        return decode_image(storage.read_bytes(storage.url_join(output, g.tile_path(level, tx, ty))))
+
+    img = compose_mosaic_overview(g, read_tile, config.overview)
+    storage.write_bytes(storage.url_join(output, MOSAIC_OVERVIEW), encode_jpeg(img))
+    return {"file": MOSAIC_OVERVIEW, "width": img.width, "height": img.height}
+
+
+def _write_cell_shard(element, output):
+    (br, bc), entries = element
+    name, data = cell_shard(br, bc, entries, CELL_BLOCK)
+    storage.write_bytes(storage.url_join(output, name), data)
+    return 1
+
+
+def _write_search_chunks(element, output):
+    prefix, entries = element
+    for name, data, entry in search_chunks(prefix, entries):
+        storage.write_bytes(storage.url_join(output, name), data)
+        yield entry
+
+
+def _write_search_directory(entries, output):
+    storage.write_bytes(storage.url_join(output, SEARCH_DIRECTORY), search_directory(entries))
+    return len(entries)
+
+
+def _write_site(_, output, config, plan, tiles, placeholders, examples, cells, shards,
+                search, mosaic, tsne, projector):
+    """Last step: ``mosaic.dzi``, the page and ``site.json``, once everything else exists."""
+    g = plan.geometry
+    storage.write_bytes(storage.url_join(output, DZI_NAME), g.dzi_xml())
+    osd_url = config.osd_url
+    if not is_url(osd_url):
+        osd_url = copy_osd(osd_url, output)
+    page = PageConfig(title=config.title, rows=g.rows, cols=g.cols, cell=g.cell, tile=g.tile,
+                      ext=g.ext, width=g.width, height=g.height, images=cells, osd_url=osd_url,
+                      labels=bool(config.labels), projector=projector is not None)
+    write_page(output, page)
+    summary = {
+        "images": cells,
+        "grid": {"rows": g.rows, "cols": g.cols, "holes": g.rows * g.cols - cells},
+        "cell": g.cell, "tile": g.tile, "format": g.fmt, "quality": config.quality,
+        "levels": g.max_level + 1,
+        "tiles": {str(level): n for level, n in sorted(tiles.items())},
+        "tiles_total": sum(tiles.values()),
+        "placeholders": placeholders,
+        "placeholder_examples": sorted(examples),
+        "index": {"cell_shards": shards, "search_chunks": search, "cell_block": CELL_BLOCK},
+        "overviews": {"mosaic": mosaic, "tsne": tsne},
+        "projector": projector,
+        "files": {"page": "index.html", "dzi": DZI_NAME, "tiles": "mosaic_files/",
+                  "mosaic": MOSAIC_OVERVIEW, "tsne": TSNE_OVERVIEW, "cells": "cells/",
+                  "search": "search/index.js", "summary": SUMMARY_FILE},
+        "osd_url": osd_url,
+        "labels": config.labels,
+        "gridtsne_version": __version__,
+    }
+    storage.write_bytes(storage.url_join(output, SUMMARY_FILE),
+                        json.dumps(summary, indent=2, sort_keys=True).encode())
+    if placeholders:
+        log.warning("%d of %d images had a missing or undecodable thumbnail and were drawn as "
+                    "placeholders, e.g. %s", placeholders, cells, sorted(examples)[:3])
+    log.info("rendered %d images into a %d-level pyramid of %d tiles at %s", cells,
+             g.max_level + 1, summary["tiles_total"], output)
+    return summary
+
+
+def _start(pcoll):
+    """One element that appears only once ``pcoll`` (if a PCollection) is complete."""
+    if isinstance(pcoll, beam.pvalue.PBegin):
+        return pcoll | "Start" >> beam.Create([None])
+    done = pcoll | "CountUpstream" >> beam.combiners.Count.Globally()
+    return (pcoll.pipeline | "Start" >> beam.Create([None])
+            | "WaitForUpstream" >> beam.Map(lambda _, n: None, AsSingleton(done)))
+
+
+class RenderMosaic(beam.PTransform):
+    """Render the site for a vectors table and a layout into ``output``.
+
+    Apply it to a pipeline (``p | RenderMosaic(...)``) or to any PCollection that must be
+    complete first, e.g. the result of the step that writes ``layout.parquet``: all reading
+    happens at run time, so the layout may be written by the same job. Returns a
+    single-element PCollection: the summary dict also written to ``site.json``.
+
+    Parameters
+    ----------
+    vectors_url : str
+        The embedding stage's ``vectors/`` folder (thumbnails are read from it).
+    layout_url : str
+        The layout stage's ``layout.parquet``.
+    output : str
+        The site's folder (any fsspec URL): ``index.html`` etc. are written there.
+    config : RenderConfig
+    """
+
+    def __init__(self, vectors_url, layout_url, output, config=RenderConfig()):
+        super().__init__()
+        self.vectors_url = str(vectors_url)
+        self.layout_url = str(layout_url)
+        self.output = str(output)
+        self.config = config
+
+    def expand(self, pcoll):
+        cfg, out = self.config, self.output
+        start = _start(pcoll)
+        layout_url, vectors_url = self.layout_url, self.vectors_url
+        plan = start | "PlanRender" >> beam.Map(
+            lambda _: plan_render(layout_url, cfg.cell, cfg.tile, cfg.fmt, cfg.overview))
+        plan_si = AsSingleton(plan)
+
+        layout = (start
+                  | "ListLayoutParts" >> beam.FlatMap(lambda _: table_parts(layout_url))
+                  | "SpreadLayoutParts" >> beam.Reshuffle()
+                  | "ReadLayout" >> beam.FlatMap(read_layout_part))
+        thumbs = (start
+                  | "ListVectorParts" >> beam.FlatMap(lambda _: table_parts(vectors_url))
+                  | "SpreadVectorParts" >> beam.Reshuffle()
+                  | "ReadThumbnails" >> beam.FlatMap(read_thumbnail_part))
+        sources = {"layout": layout, "thumbs": thumbs}
+        if cfg.labels:
+            labels_url = cfg.labels
+            sources["labels"] = start | "ReadLabels" >> beam.FlatMap(
+                lambda _: read_labels(labels_url))
+        cells = (sources
+                 | "JoinByUri" >> beam.CoGroupByKey()
+                 | "MakeCells" >> beam.FlatMap(join_cells))
+
+        # Top level: every tile is a work item, even one of holes only.
+        by_tile = cells | "KeyCellsByTile" >> beam.FlatMap(_key_by_tiles, plan_si)
+        all_tiles = plan | "ListTopTiles" >> beam.FlatMap(
+            lambda p: ((key, None) for key in p.geometry.tile_keys(p.geometry.max_level)))
+        top = ({"cells": by_tile, "tile": all_tiles}
+               | "GroupCellsByTile" >> beam.CoGroupByKey()
+               | "RenderTopTiles" >> beam.ParDo(RenderTopTileFn(out, cfg), plan_si)
+               .with_outputs(WRITTEN, MISSING, TSNE, main="parents"))
+        written = [top[WRITTEN]]
+        parents = top.parents
+        for stage in range(1, cfg.max_levels + 1):
+            lower = (parents
+                     | f"GroupTilesStage{stage:02d}" >> beam.GroupByKey()
+                     | f"ReduceTilesStage{stage:02d}" >> beam.ParDo(ReduceTileFn(out, cfg), plan_si)
+                     .with_outputs(WRITTEN, main="parents"))
+            written.append(lower[WRITTEN])
+            parents = lower.parents
+
+        tiles = (written
+                 | "FlattenWrittenTiles" >> beam.Flatten()
+                 | "CountTilesPerLevel" >> beam.combiners.Count.PerElement()
+                 | "CollectTileCounts" >> beam.combiners.ToDict())
+        tiles_total = tiles | "SumTiles" >> beam.Map(lambda d: sum(d.values()))
+        mosaic = start | "WriteMosaicOverview" >> beam.Map(
+            _write_mosaic_overview, out, cfg, plan_si, AsSingleton(tiles_total))
+
+        tsne = (top[TSNE]
+                | "GroupTsnePoints" >> beam.GroupByKey()
+                | "PaintTsneBlocks" >> beam.Map(_paint_tsne_block, plan_si)
+                | "CollectTsneBlocks" >> beam.combiners.ToList()
+                | "WriteTsneOverview" >> beam.Map(_write_tsne, out, plan_si))
+
+        placeholders = top[MISSING] | "CountPlaceholders" >> beam.combiners.Count.Globally()
+        examples = top[MISSING] | "SamplePlaceholders" >> beam.combiners.Sample.FixedSizeGlobally(20)
+        cell_count = cells | "CountCells" >> beam.combiners.Count.Globally()
+
+        shards = (cells
+                  | "KeyCellsByBlock" >> beam.Map(
+                      lambda c: (cell_block(c[1], c[2], CELL_BLOCK),
+                                 (c[1], c[2], c[0], c[9], c[6], c[7], c[8])))
+                  | "GroupCellsByBlock" >> beam.GroupByKey()
+                  | "WriteCellShards" >> beam.Map(_write_cell_shard, out)
+                  | "CountCellShards" >> beam.CombineGlobally(sum))
+        search = (cells
+                  | "KeyNamesByPrefix" >> beam.Map(lambda c: (search_prefix(c[0]),
+                                                              (c[0], c[1], c[2])))
+                  | "GroupNamesByPrefix" >> beam.GroupByKey()
+                  | "WriteSearchChunks" >> beam.FlatMap(_write_search_chunks, out)
+                  | "CollectSearchChunks" >> beam.combiners.ToList()
+                  | "WriteSearchDirectory" >> beam.Map(_write_search_directory, out))
+
+        if cfg.projector:
+            labels_url, max_points = cfg.labels, cfg.projector_max_points
+            projector = start | "ExportProjector" >> beam.Map(
+                lambda _: export_projector(vectors_url, storage.url_join(out, "projector"),
+                                           labels_url, max_points=max_points))
+        else:
+            projector = start | "NoProjector" >> beam.Map(lambda _: None)
+
+        return start | "WriteSite" >> beam.Map(
+            _write_site, out, cfg, plan_si, AsSingleton(tiles), AsSingleton(placeholders),
+            AsSingleton(examples), AsSingleton(cell_count), AsSingleton(shards),
+            AsSingleton(search), AsSingleton(mosaic), AsSingleton(tsne), AsSingleton(projector))
