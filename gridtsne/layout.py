@@ -27,10 +27,11 @@ LAYOUT_SUMMARY_FILE = "layout.json"
 
 
 def _auto_or_int(value, name, minimum):
-    if value == "auto" or value is None:
+    if value == "auto" or value is None or (value == 0 and not isinstance(value, bool)):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be 'auto', None or an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be 'auto', None, 0 or an integer >= {minimum}, "
+                         f"got {value!r}")
     return int(value)
 
 
@@ -43,9 +44,9 @@ class LayoutConfig:
     grid : ``"auto"`` (smallest near-square grid holding every image) or ``"RxC"``.
     assign : ``"exact"``, ``"scalable"`` or ``"auto"`` (exact up to 2,048 images).
     perplexity, seed, n_jobs, n_iter, early_exaggeration_iter : t-SNE settings.
-    pca_dims : ``"auto"`` (200 dimensions above 50,000 images), None (never) or a number.
+    pca_dims : ``"auto"`` (200 dimensions above 50,000 images), None or 0 (never) or a number.
     fit_sample : ``"auto"`` (fit 100,000 and transform the rest above 200,000 images), None
-        (fit all) or the number of images to fit t-SNE on.
+        or 0 (fit all) or the number of images to fit t-SNE on.
     sample : lay out a seeded random sample when there are more images than cells, instead
         of failing.
     sample_size : lay out a seeded random sample of at most this many images.

@@ -1,0 +1,125 @@
+"""The layout stage: a ``vectors/`` table in, ``layout.parquet`` and ``layout.json`` out.
+
+    python -m pipelines.layout --vectors s3://maps/run1/vectors --output s3://maps/run1 \\
+        [--grid 32x32 | --grid auto] [--assign exact|scalable|auto] [--perplexity 30] \\
+        [--seed 0] [--sample] [Beam flags: --runner ...]
+
+The stage runs on one worker (see ``transforms/layout.py``); ``run()`` validates the flags
+before anything starts and ``build_pipeline()`` only wires the transform.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from gridtsne import storage
+from gridtsne.assign import METHODS
+from gridtsne.flagfiles import expand_flags_files
+from gridtsne.layout import LAYOUT_SUMMARY_FILE, LayoutConfig
+from transforms.layout import LayOutVectors, LayoutJob
+
+log = logging.getLogger(__name__)
+
+
+def _add(parser, *args, **kwargs):
+    # Flags another stage already defines (--output) are shared rather than a crash.
+    try:
+        parser.add_argument(*args, **kwargs)
+    except argparse.ArgumentError:
+        pass
+
+
+def _auto_or_int(text):
+    """``auto`` stays ``auto``; ``none`` means 0 (never); anything else must be an integer."""
+    if text == "auto":
+        return "auto"
+    if str(text).lower() == "none":
+        return 0
+    return int(text)
+
+
+class LayoutOptions(PipelineOptions):
+    """Flags of the layout stage (defaults None: :class:`LayoutConfig` holds the real ones)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        d = LayoutConfig()
+        _add(parser, "--vectors", default=None,
+             help="URL of the vectors table (a folder of Parquet files or one file)")
+        _add(parser, "--output", default=None,
+             help="URL under which layout.parquet and layout.json are written")
+        _add(parser, "--grid", default=None,
+             help=f"ROWSxCOLS, or auto: the smallest near-square grid (default {d.grid})")
+        _add(parser, "--assign", default=None, choices=METHODS,
+             help=f"grid assignment: exact, scalable or auto (default {d.assign})")
+        _add(parser, "--perplexity", type=float, default=None,
+             help=f"t-SNE perplexity (default {d.perplexity})")
+        _add(parser, "--seed", type=int, default=None,
+             help=f"random seed; the same seed gives the same layout (default {d.seed})")
+        _add(parser, "--sample", action="store_true", default=None,
+             help="lay out a random sample when there are more images than grid cells")
+        _add(parser, "--sample_size", type=int, default=None,
+             help="lay out a random sample of at most this many images")
+        _add(parser, "--pca_dims", type=_auto_or_int, default=None,
+             help="reduce vectors to this many PCA dimensions first: a number, none, or auto "
+                  "(200 above 50,000 images)")
+        _add(parser, "--fit_sample", type=_auto_or_int, default=None,
+             help="fit t-SNE on this many images and place the rest with transform: a number, "
+                  "none/0 (all), or auto (100,000 above 200,000 images)")
+        _add(parser, "--n_iter", type=int, default=None,
+             help=f"t-SNE iterations after early exaggeration (default {d.n_iter})")
+        _add(parser, "--early_exaggeration_iter", type=int, default=None,
+             help=f"t-SNE early exaggeration iterations (default {d.early_exaggeration_iter})")
+        _add(parser, "--tsne_threads", type=int, default=None,
+             help="threads for t-SNE (default -1: all cores)")
+
+
+def config_from_options(options):
+    """Validate the flags into a :class:`LayoutJob` (ValueError on anything wrong)."""
+    o = options.view_as(LayoutOptions)
+    if not o.vectors:
+        raise ValueError("--vectors is required (the URL of a vectors table)")
+    if not o.output:
+        raise ValueError("--output is required")
+    fields = {"grid": o.grid, "assign": o.assign, "perplexity": o.perplexity, "seed": o.seed,
+              "sample": o.sample, "sample_size": o.sample_size, "pca_dims": o.pca_dims,
+              "fit_sample": o.fit_sample, "n_iter": o.n_iter,
+              "early_exaggeration_iter": o.early_exaggeration_iter, "n_jobs": o.tsne_threads}
+    given = {k: v for k, v in fields.items() if v is not None}
+    vectors, output = o.vectors, o.output
+    vectors = vectors if "://" in vectors or "::" in vectors else os.path.abspath(vectors)
+    output = output if "://" in output or "::" in output else os.path.abspath(output)
+    return LayoutJob(vectors, output, LayoutConfig(**given))
+
+
+def build_pipeline(p, job, upstream=None):
+    """Wire the layout stage into ``p`` (after ``upstream`` when given); returns the summary
+    PCollection (one dict)."""
+    source = p if upstream is None else upstream
+    return source | "LayOutVectors" >> LayOutVectors(job)
+
+
+def run(argv=None):
+    """Parse ``argv``, run the stage, print and return the summary dict."""
+    argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
+    options = PipelineOptions(argv)
+    job = config_from_options(options)
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, job)
+    p.run().wait_until_finish()
+    summary = json.loads(storage.read_bytes(storage.url_join(job.output_url, LAYOUT_SUMMARY_FILE)))
+    t = summary["timings"]
+    print(f"layout: {summary['images']} images on a {summary['rows']}x{summary['cols']} grid "
+          f"({summary['holes']} empty cells, {summary['method']} assignment) in "
+          f"{t['total_s']:.1f} s (t-SNE {t['tsne_s']:.1f} s, assignment {t['assign_s']:.1f} s) "
+          f"-> {storage.url_join(job.output_url, 'layout.parquet')}")
+    return summary
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run()
