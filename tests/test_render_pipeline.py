@@ -1,0 +1,199 @@
+"""The render stage on Beam's DirectRunner: files, levels, pixels, counts, and destinations."""
+import json
+import re
+import xml.etree.ElementTree as ET
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from gridtsne import storage, tiles
+from gridtsne.tiles import BACKGROUND, MosaicGeometry
+from pipelines import render as render_pipeline
+from tests.render_tables import real_photos, thumbnail_jpeg, write_tables
+from transforms.render import NAMESPACE, RenderConfig, RenderMosaic
+
+ROWS, COLS = 4, 4
+
+
+@pytest.fixture(scope="module")
+def collection():
+    """Nine real photos, one undecodable thumbnail, one layout row without a vectors row."""
+    photos = real_photos()
+    records = [{"uri": f"/photos/{name}.jpg", "thumbnail": thumbnail_jpeg(arr)}
+               for name, arr in sorted(photos.items())]
+    records.append({"uri": "/photos/broken.jpg", "thumbnail": b"\xff\xd8 not really"})
+    cells = [(r["uri"], i // COLS, i % COLS) for i, r in enumerate(records)]
+    cells.append(("/photos/no-vector.jpg", 3, 3))
+    return records, cells
+
+
+def _files(fs, base):
+    return sorted(p[len(base):].lstrip("/") for p in fs.find(base))
+
+
+def _expected_files(g):
+    want = {f"{g.tile_path(level, tx, ty)}"
+            for level in range(g.max_level + 1) for tx, ty in g.tile_keys(level)}
+    return want | {"mosaic.dzi", "index.html", "gridtsne.js", "gridtsne.css", "mosaic.jpg",
+                   "tsne.jpg", "site.json", "cells/0_0.js", "search/index.js"}
+
+
+def _jsonp(data):
+    return json.loads(re.fullmatch(r'gridtsneData\("[^"]*",(.*)\);\n', data.decode(), re.S)[1])
+
+
+def test_render_writes_every_level_and_puts_each_thumbnail_in_its_cell(tmp_path, collection):
+    records, cells = collection
+    vectors, layout = write_tables(str(tmp_path / "in"), records, cells, ROWS, COLS)
+    out = str(tmp_path / "site")
+    config = RenderConfig(cell=96, tile=128)  # 96 px cells straddle 128 px tiles
+    p = BeamTestPipeline()
+    summary = p | RenderMosaic(vectors, layout, out, config)
+    assert_that(summary | beam.Map(lambda s: (s["images"], s["placeholders"], s["levels"])),
+                equal_to([(11, 2, 10)]))
+    result = p.run()
+    result.wait_until_finish()
+
+    g = MosaicGeometry(ROWS, COLS, cell=96, tile=128)
+    fs, base = storage.filesystem(out)
+    files = set(_files(fs, base))
+    missing = _expected_files(g) - files
+    assert not missing, sorted(missing)[:5]
+    assert not any(f.startswith("mosaic_files/10/") for f in files)
+
+    root = ET.fromstring((tmp_path / "site" / "mosaic.dzi").read_bytes())
+    assert root.attrib["TileSize"] == "128" and root.attrib["Format"] == "jpg"
+    assert root[0].attrib == {"Width": "384", "Height": "384"}
+
+    # Reassemble the top level from its tiles and check every cell.
+    top = Image.new("RGB", (g.width, g.height))
+    for tx, ty in g.tile_keys(g.max_level):
+        tile = Image.open(tmp_path / "site" / g.tile_path(g.max_level, tx, ty)).convert("RGB")
+        assert tile.size == tuple(np.subtract(g.tile_box(g.max_level, tx, ty)[2:],
+                                              g.tile_box(g.max_level, tx, ty)[:2]))
+        top.paste(tile, g.tile_box(g.max_level, tx, ty)[:2])
+    arr = np.asarray(top, dtype=np.float64)
+
+    def cell(row, col):
+        return arr[row * 96:(row + 1) * 96, col * 96:(col + 1) * 96]
+
+    def expected(data):
+        canvas = Image.new("RGB", (96, 96), BACKGROUND)
+        fitted = tiles.fit_thumbnail(data, 96)
+        canvas.paste(fitted, ((96 - fitted.width) // 2, (96 - fitted.height) // 2))
+        return np.asarray(canvas, dtype=np.float64)
+
+    by_uri = {r["uri"]: r["thumbnail"] for r in records}
+    for uri, row, col in cells[:9]:
+        diff = np.abs(cell(row, col) - expected(by_uri[uri])).mean()
+        assert diff < 6, (uri, diff)  # JPEG q85 of the very same pixels
+        other = cells[(cells.index((uri, row, col)) + 1) % 9][0]
+        assert np.abs(cell(row, col) - expected(by_uri[other])).mean() > 15
+    placeholder = np.asarray(tiles.placeholder(96), dtype=np.float64)
+    for row, col in [(2, 1), (3, 3)]:  # broken.jpg and no-vector.jpg
+        assert np.abs(cell(row, col) - placeholder).mean() < 4
+    for row, col in [(2, 2), (2, 3), (3, 0), (3, 1), (3, 2)]:  # holes
+        assert np.abs(cell(row, col) - np.array(BACKGROUND)).max() < 12
+
+    # Lower levels are the 2x2 reduction of the level above.
+    below = np.asarray(Image.open(tmp_path / "site" / g.tile_path(g.max_level - 1, 0, 0))
+                       .convert("RGB"), dtype=np.float64)
+    assert below.shape == (128, 128, 3)
+    assert np.abs(below - np.asarray(top.reduce(2).crop((0, 0, 128, 128)), float)).mean() < 4
+    assert Image.open(tmp_path / "site" / g.tile_path(0, 0, 0)).size == (1, 1)
+
+    summary = json.loads((tmp_path / "site" / "site.json").read_text())
+    assert summary["placeholders"] == 2
+    assert summary["placeholder_examples"] == ["/photos/broken.jpg", "/photos/no-vector.jpg"]
+    assert summary["tiles_total"] == g.tile_count() == len([f for f in files
+                                                            if f.startswith("mosaic_files/")])
+    assert summary["grid"] == {"rows": 4, "cols": 4, "holes": 5}
+    counters = {c.key.metric.name: c.committed for c in
+                result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]}
+    assert counters["placeholders"] == 2 and counters["cells_drawn"] == 11
+    assert counters["layout_rows_without_vectors"] == 1
+
+    shard = _jsonp((tmp_path / "site" / "cells" / "0_0.js").read_bytes())
+    by_cell = {(c[0], c[1]): c for c in shard["cells"]}
+    assert len(by_cell) == 11
+    assert by_cell[(0, 1)][2] == cells[1][0] and by_cell[(0, 1)][4:6] == [640, 480]
+    assert by_cell[(3, 3)][2] == "/photos/no-vector.jpg" and by_cell[(3, 3)][4] is None
+
+    mosaic = Image.open(tmp_path / "site" / "mosaic.jpg")
+    assert mosaic.size == (384, 384)
+    tsne = np.asarray(Image.open(tmp_path / "site" / "tsne.jpg").convert("RGB"), float)
+    assert (np.abs(tsne - np.array(BACKGROUND)).sum(axis=2) > 60).mean() > 0.2  # photos drawn
+
+
+def test_render_composes_after_the_step_that_writes_the_layout(collection):
+    """The lead's end-to-end job: the layout is written by the same pipeline, output memory://."""
+    records, cells = collection
+    base = "memory://render-compose"
+    vectors, _ = write_tables(base, records, cells, ROWS, COLS)
+    layout_later = "memory://render-compose/later/layout.parquet"
+    from tests.render_tables import layout_table
+
+    def write_layout(_):
+        storage.write_parquet(layout_later, layout_table(cells, ROWS, COLS))
+        return layout_later
+
+    out = "memory://render-compose/site"
+    with BeamTestPipeline() as p:
+        written = p | "Begin" >> beam.Create([None]) | "WriteLayout" >> beam.Map(write_layout)
+        summary = written | RenderMosaic(vectors, layout_later, out,
+                                         RenderConfig(cell=64, tile=256, fmt="webp"))
+        assert_that(summary | beam.Map(lambda s: (s["images"], s["format"], s["levels"])),
+                    equal_to([(11, "webp", 9)]))
+    fs, path = storage.filesystem(out)
+    g = MosaicGeometry(ROWS, COLS, cell=64, tile=256, fmt="webp")
+    assert _expected_files(g) <= set(_files(fs, path))
+    assert storage.read_bytes(f"{out}/mosaic_files/8/0_0.webp")[:4] == b"RIFF"
+
+
+def test_run_to_s3_with_labels_sets_content_types(tmp_path, collection, s3_bucket, s3_server):
+    import boto3
+
+    records, cells = collection
+    vectors, layout = write_tables(f"s3://{s3_bucket}/run", records, cells, ROWS, COLS)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("uri,label\n/photos/chelsea.jpg,cat\n/photos/rocket.jpg,rocket\n")
+    out = f"s3://{s3_bucket}/run/site"
+    summary = render_pipeline.run(["--vectors", vectors, "--layout", layout, "--output", out,
+                                   "--labels", str(labels), "--cell", "64", "--tile", "128",
+                                   "--title", "Test photos", "--s3_endpoint_url", s3_server])
+    assert summary["images"] == 11 and summary["labels"] == str(labels)
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    want = {"index.html": "text/html", "mosaic.dzi": "application/xml",
+            "gridtsne.js": "text/javascript", "gridtsne.css": "text/css",
+            "cells/0_0.js": "text/javascript", "site.json": "application/json",
+            "mosaic.jpg": "image/jpeg", "mosaic_files/8/1_1.jpg": "image/jpeg"}
+    for key, ctype in want.items():
+        head = s3.head_object(Bucket=s3_bucket, Key=f"run/site/{key}")
+        assert head["ContentType"] == ctype, key
+    shard = _jsonp(storage.read_bytes(f"{out}/cells/0_0.js"))
+    labelled = {c[2]: c[3] for c in shard["cells"]}
+    assert labelled["/photos/chelsea.jpg"] == "cat" and labelled["/photos/coffee.jpg"] is None
+    assert b"Test photos" in storage.read_bytes(f"{out}/index.html")
+
+
+def test_bad_flags_and_tables_fail_before_the_pipeline(tmp_path, collection):
+    records, cells = collection
+    vectors, layout = write_tables(str(tmp_path), records, cells, ROWS, COLS)
+    with pytest.raises(ValueError, match="--layout is required"):
+        render_pipeline.run(["--vectors", vectors, "--output", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="even integer"):
+        render_pipeline.run(["--vectors", vectors, "--layout", layout, "--output",
+                             str(tmp_path / "o"), "--tile", "255"])
+    with pytest.raises(ValueError, match="--osd_url must be a URL or an existing local file"):
+        render_pipeline.run(["--vectors", vectors, "--layout", layout, "--output",
+                             str(tmp_path / "o"), "--osd_url", "nowhere/osd.js"])
+    _, small = write_tables(str(tmp_path / "small"), records, cells, 2, 2)
+    with pytest.raises(ValueError, match="declares a 2x2 grid"):
+        render_pipeline.run(["--vectors", vectors, "--layout", small, "--output",
+                             str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()  # nothing half-written
