@@ -183,15 +183,16 @@ def expand_pattern(pattern, storage_options=None, on_hidden=None):
     if has_glob(pattern):
         root = _glob_root(path)
         found = fs.glob(path, detail=True)
+        # "dir/**" matches the folders and the files inside them: yield every file once.
+        seen = set()
         for p in sorted(found):
             details = found[p]
-            if details.get("type") == "directory":
-                yield from _walk(fs, p, pattern, on_hidden)
-            elif _is_hidden(p, root):
-                if on_hidden:
-                    on_hidden(p)
-            else:
-                yield file_info_from_details(_make_uri(fs, p, pattern), details)
+            walked = _walk(fs, p, pattern, on_hidden, root) if details.get("type") == "directory" \
+                else _one(fs, p, details, root, pattern, on_hidden)
+            for info in walked:
+                if info.uri not in seen:
+                    seen.add(info.uri)
+                    yield info
     elif fs.isdir(path):
         yield from _walk(fs, path, pattern, on_hidden)
     else:
@@ -199,10 +200,19 @@ def expand_pattern(pattern, storage_options=None, on_hidden=None):
         yield file_info_from_details(_make_uri(fs, path, pattern), details, explicit=True)
 
 
-def _walk(fs, root, pattern, on_hidden):
-    found = fs.find(root, detail=True, withdirs=False)
+def _one(fs, path, details, root, pattern, on_hidden):
+    if _is_hidden(path, root):
+        if on_hidden:
+            on_hidden(path)
+        return
+    yield file_info_from_details(_make_uri(fs, path, pattern), details)
+
+
+def _walk(fs, folder, pattern, on_hidden, root=None):
+    # Hidden is judged below ``root`` (the searched folder, or the fixed part of a glob).
+    found = fs.find(folder, detail=True, withdirs=False)
     for p in sorted(found):
-        if _is_hidden(p, root):
+        if _is_hidden(p, root or folder):
             if on_hidden:
                 on_hidden(p)
             continue

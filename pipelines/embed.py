@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 from gridtsne import models, schema, storage
 from gridtsne.decode import DecodeConfig
 from gridtsne.flagfiles import expand_flags_files
+from gridtsne.listing import filesystem
 from transforms import embed_counters as C
 from transforms.embed import EmbedConfig, EmbedImages
 from transforms.listing import ListFiles, SkipKnownFiles
@@ -199,6 +200,8 @@ def storage_options_from(options):
 def config_from_options(options):
     """Validate the flags and turn them into an :class:`EmbedJobConfig` (with metadata)."""
     o = options.view_as(EmbedOptions)
+    if not o.input and not o.manifest:
+        raise ValueError("give at least one --input or --manifest")
     if not o.output:
         raise ValueError("--output is required")
     output = o.output
@@ -231,15 +234,15 @@ def counters(result):
     return values
 
 
-def _rows_written(prefix):
-    fs, base = storage.filesystem(prefix)
+def _rows_written(prefix, storage_options):
+    fs, base = filesystem(prefix, storage_options)
     files = sorted(fs.glob(base + "-*.parquet"))
     return sum(pq.ParquetFile(fs.open(f, "rb")).metadata.num_rows for f in files), files
 
 
-def _remove_previous_parts(prefix):
+def _remove_previous_parts(prefix, storage_options):
     """Delete the other runs' shards beside ``prefix`` (a re-run replaces the table)."""
-    fs, base = storage.filesystem(prefix)
+    fs, base = filesystem(prefix, storage_options)
     folder = base.rsplit("/", 1)[0]
     if not fs.exists(folder):
         return
@@ -259,8 +262,9 @@ def summarize(config, result):
         image got lost, which must never pass silently.
     """
     counts = counters(result)
-    n_vectors, _ = _rows_written(config.vectors_prefix)
-    n_errors, _ = _rows_written(config.errors_prefix)
+    opts = config.embed.storage_options
+    n_vectors, _ = _rows_written(config.vectors_prefix, opts)
+    n_errors, _ = _rows_written(config.errors_prefix, opts)
     summary = {
         "images_found": counts.get(C.IMAGES_FOUND),
         "listing_errors": counts.get(C.LISTING_ERRORS, 0) if counts else None,
@@ -269,6 +273,7 @@ def summarize(config, result):
         "skipped_hidden": counts.get(C.HIDDEN_SKIPPED, 0) if counts else None,
         "skipped_unchanged": counts.get(C.FILES_UNCHANGED, 0) if counts else None,
         "vectors_prefix": config.vectors_prefix, "errors_prefix": config.errors_prefix,
+        "run_id": config.run_id,
     }
     print(f"embed: {summary['images_found'] if counts else '?'} images found, "
           f"{n_vectors} vectors, {n_errors} errors "
@@ -291,12 +296,11 @@ def run(argv=None):
     argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
     options = PipelineOptions(argv)
     config = config_from_options(options)
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, config)
-    result = p.run()
-    result.wait_until_finish()
+    with beam.Pipeline(options=options) as p:
+        build_pipeline(p, config)
+    result = p.result
     for prefix in (config.vectors_prefix, config.errors_prefix):
-        _remove_previous_parts(prefix)
+        _remove_previous_parts(prefix, config.embed.storage_options)
     return summarize(config, result)
 
 

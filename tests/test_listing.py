@@ -43,6 +43,8 @@ def test_directory_is_searched_recursively_and_hidden_files_are_skipped(tree):
 def test_globs(tree):
     assert _names(expand_pattern(str(tree / "*.jpg")), tree) == ["a.jpg"]
     assert _names(expand_pattern(str(tree / "**" / "*.jpg")), tree) == ["a.jpg", "sub/b.jpg"]
+    assert _names(expand_pattern(str(tree / "**")), tree) == [
+        "a.jpg", "sub/b.jpg", "sub/deep/c.JPG", "sub/notes.txt"]
     # A glob that matches a directory searches it.
     assert _names(expand_pattern(str(tree / "su*")), tree) == [
         "sub/b.jpg", "sub/deep/c.JPG", "sub/notes.txt"]

