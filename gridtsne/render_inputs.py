@@ -54,7 +54,8 @@ def grid_shape(metadata):
     return None
 
 
-def plan_render(layout_url, cell=128, tile=256, fmt="jpeg", overview=DEFAULT_LONGEST):
+def plan_render(layout_url, cell=128, tile=256, fmt="jpeg", overview=DEFAULT_LONGEST,
+                pad=None):
     """Read ``layout.parquet`` (its row, col, x, y columns only) and plan the render.
 
     Raises
@@ -101,7 +102,7 @@ def plan_render(layout_url, cell=128, tile=256, fmt="jpeg", overview=DEFAULT_LON
     elif declared[0] < needed[0] or declared[1] < needed[1]:
         raise ValueError(f"layout {layout_url!r} declares a {declared[0]}x{declared[1]} grid but "
                          f"has a cell at row {max_row}, col {max_col}")
-    geometry = MosaicGeometry(declared[0], declared[1], cell=cell, tile=tile, fmt=fmt)
+    geometry = MosaicGeometry(declared[0], declared[1], cell=cell, tile=tile, fmt=fmt, pad=pad)
     if count > declared[0] * declared[1]:
         raise ValueError(f"layout {layout_url!r} has {count} rows for {declared[0] * declared[1]} "
                          f"cells: some cells hold two images")

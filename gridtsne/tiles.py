@@ -10,6 +10,7 @@ import functools
 import io
 import logging
 import math
+import typing
 
 from PIL import Image, ImageDraw
 
@@ -40,6 +41,8 @@ class MosaicGeometry:
     Levels follow the Deep Zoom convention: level ``max_level`` is full resolution, and each
     level below halves the one above (rounding up) down to level 0, a single pixel. Tiles have
     no overlap, so a parent tile is exactly the 2x2 reduction of its (up to four) children.
+    ``pad`` px of background stay free on each side of a thumbnail, so neighbouring photos do
+    not merge into one; default ``cell // 64`` (2 px for 128 px cells).
     """
 
     rows: int
@@ -47,6 +50,7 @@ class MosaicGeometry:
     cell: int = 128
     tile: int = 256
     fmt: str = "jpeg"
+    pad: typing.Optional[int] = None
 
     def __post_init__(self):
         for name in ("rows", "cols", "cell"):
@@ -58,6 +62,16 @@ class MosaicGeometry:
             raise ValueError(f"tile size must be an even integer >= 2, got {self.tile!r}")
         if self.fmt not in FORMATS:
             raise ValueError(f"tile format must be one of {sorted(FORMATS)}, got {self.fmt!r}")
+        if self.pad is None:
+            object.__setattr__(self, "pad", self.cell // 64)
+        if not isinstance(self.pad, int) or self.pad < 0 or 2 * self.pad >= self.cell:
+            raise ValueError(f"pad must be an integer in 0..{(self.cell - 1) // 2} for "
+                             f"{self.cell} px cells, got {self.pad!r}")
+
+    @property
+    def inner(self):
+        """The square a thumbnail is fitted into: the cell less its padding."""
+        return self.cell - 2 * self.pad
 
     @property
     def width(self):
@@ -242,13 +256,11 @@ def render_top_tile(geometry, tx, ty, cells):
         seen[(row, col)] = uri
         if (tx, ty) not in geometry.tiles_of_cell(row, col):
             raise ValueError(f"cell (row={row}, col={col}) of {uri!r} is not in tile {owner!r}")
-        img = fit_thumbnail(data, geometry.cell)
+        img = fit_thumbnail(data, geometry.inner)
         cx, cy, _, _ = geometry.cell_box(row, col)
-        if img is None:
-            tile.paste(placeholder(geometry.cell), (cx - x0, cy - y0))
-        else:
-            w, h = img.size
-            tile.paste(img, (cx - x0 + (geometry.cell - w) // 2, cy - y0 + (geometry.cell - h) // 2))
+        shown = placeholder(geometry.inner) if img is None else img
+        w, h = shown.size
+        tile.paste(shown, (cx - x0 + (geometry.cell - w) // 2, cy - y0 + (geometry.cell - h) // 2))
         if geometry.owner_tile(row, col) == owner:
             fitted[(row, col)] = img
             if img is None:

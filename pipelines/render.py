@@ -55,6 +55,8 @@ class RenderOptions(PipelineOptions):
         _add(parser, "--tile", type=int, default=defaults.tile, help="pyramid tile side, px")
         _add(parser, "--format", dest="tile_format", default=defaults.fmt,
              choices=sorted(FORMATS), help="tile image format")
+        _add(parser, "--pad", type=int, default=None,
+             help="background px left around each thumbnail (default: cell // 64)")
         _add(parser, "--quality", type=int, default=defaults.quality, help="tile quality 1-100")
         _add(parser, "--overview", type=int, default=defaults.overview,
              help="longest side of mosaic.jpg and tsne.jpg, px")
@@ -107,12 +109,14 @@ def job_from_options(options, labels=None):
         raise ValueError(f"--osd_url must be a URL or an existing local file, got {o.osd_url!r}")
     if labels is not None and not storage.exists(_local_abs(labels)):
         raise ValueError(f"--labels file does not exist: {labels!r}")
-    config = RenderConfig(cell=o.cell, tile=o.tile, fmt=o.tile_format, quality=o.quality,
+    config = RenderConfig(cell=o.cell, tile=o.tile, fmt=o.tile_format, pad=o.pad,
+                          quality=o.quality,
                           overview=o.overview, osd_url=osd_url, labels=_local_abs(labels),
                           title=o.title, projector=o.projector,
                           projector_max_points=o.projector_max_points)
     layout = _local_abs(o.layout)
-    plan = plan_render(layout, config.cell, config.tile, config.fmt, config.overview)
+    plan = plan_render(layout, config.cell, config.tile, config.fmt, config.overview,
+                       config.pad)
     config = dataclasses.replace(config, max_levels=max(1, plan.geometry.max_level))
     log.info("rendering %d images on a %dx%d grid: %d levels, %d tiles", plan.images,
              plan.geometry.rows, plan.geometry.cols, plan.geometry.max_level + 1,

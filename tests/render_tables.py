@@ -21,8 +21,9 @@ def real_photos():
     import skimage.data as sk
     from sklearn.datasets import load_sample_images
 
-    photos = {name: getattr(sk, name)() for name in
-              ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "immunohistochemistry")}
+    names = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins",
+             "immunohistochemistry")
+    photos = {name: getattr(sk, name)() for name in names}
     sample = load_sample_images()
     for fname, img in zip(sample.filenames, sample.images):
         photos[fname.rsplit("/", 1)[-1].split(".")[0]] = img

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gridtsne import overview, site, storage, tiles
+from gridtsne import overview, site, storage
 from gridtsne.render_inputs import grid_shape, plan_render
 from gridtsne.tiles import BACKGROUND, MosaicGeometry
 from tests.render_tables import layout_table
@@ -91,7 +91,8 @@ def test_cell_shard_and_search_index_are_jsonp():
 
 def test_labels_resolve_relative_paths_against_the_csv(tmp_path):
     (tmp_path / "set").mkdir()
-    (tmp_path / "set" / "labels.csv").write_text("path,label\ntest/cat/1.jpg,cat\n/abs/dog.jpg,dog\n")
+    (tmp_path / "set" / "labels.csv").write_text(
+        "path,label\ntest/cat/1.jpg,cat\n/abs/dog.jpg,dog\n")
     got = dict(site.read_labels(str(tmp_path / "set" / "labels.csv")))
     assert got == {f"{tmp_path}/set/test/cat/1.jpg": "cat", "/abs/dog.jpg": "dog"}
     assert site.uri_key(f"file://{tmp_path}/set/test/cat/../cat/1.jpg") in got

@@ -21,11 +21,11 @@ def _region(img, box):
     return np.asarray(img.crop(box), dtype=np.float64)
 
 
-def _expected_cell(data, cell):
-    """What a cell should look like: the thumbnail fitted and centred on the background."""
-    canvas = Image.new("RGB", (cell, cell), BACKGROUND)
-    fitted = tiles.fit_thumbnail(data, cell)
-    canvas.paste(fitted, ((cell - fitted.width) // 2, (cell - fitted.height) // 2))
+def _expected_cell(data, g):
+    """What a cell should look like: the thumbnail fitted inside the padding and centred."""
+    canvas = Image.new("RGB", (g.cell, g.cell), BACKGROUND)
+    fitted = tiles.fit_thumbnail(data, g.inner)
+    canvas.paste(fitted, ((g.cell - fitted.width) // 2, (g.cell - fitted.height) // 2))
     return np.asarray(canvas, dtype=np.float64)
 
 
@@ -72,6 +72,7 @@ def test_cells_map_to_the_tiles_they_overlap():
     ({"cell": 0}, "cell must be a positive integer"),
     ({"fmt": "png"}, "tile format must be one of"),
     ({"rows": -1}, "rows must be a positive integer"),
+    ({"cell": 8, "pad": 4}, r"pad must be an integer in 0..3"),
 ])
 def test_bad_geometry_is_a_clear_error(kwargs, message):
     args = {"rows": 2, "cols": 2, "cell": 64, "tile": 256, **kwargs}
@@ -89,21 +90,24 @@ def test_top_tile_places_thumbnails_in_their_cells(thumbs):
     assert top.image.size == (256, 256)
     for _, row, col, data in cells:
         got = _region(top.image, (col * 128, row * 128, col * 128 + 128, row * 128 + 128))
-        diff = np.abs(got - _expected_cell(data, 128)).mean()
+        diff = np.abs(got - _expected_cell(data, g)).mean()
         assert diff < 1.0, (row, col, diff)
     # Chelsea's cell does not hold the rocket.
-    wrong = np.abs(_region(top.image, (0, 0, 128, 128)) - _expected_cell(thumbs["rocket"], 128))
+    wrong = np.abs(_region(top.image, (0, 0, 128, 128)) - _expected_cell(thumbs["rocket"], g))
     assert wrong.mean() > 20
     # The hole (1, 1) is plain background.
     hole = _region(top.image, (128, 128, 256, 256))
     assert np.abs(hole - np.array(BACKGROUND)).max() == 0
     assert top.missing == [] and set(top.fitted) == {(0, 0), (0, 1), (1, 0)}
+    # The 2 px padding (128 // 64) keeps neighbours apart: the rocket's top rows are background.
+    assert g.pad == 2 and g.inner == 124
+    assert np.abs(_region(top.image, (128, 0, 256, 2)) - np.array(BACKGROUND)).max() == 0
     assert len(names) >= 3
 
 
 def test_missing_and_undecodable_thumbnails_get_a_placeholder_counted_once(thumbs):
     # 96 px cells on 128 px tiles: cell (0, 1) straddles tiles (0, 0) and (1, 0).
-    g = MosaicGeometry(rows=2, cols=3, cell=96, tile=128)
+    g = MosaicGeometry(rows=2, cols=3, cell=96, tile=128, pad=0)
     cells = [("gone.jpg", 0, 1, None), ("bad.jpg", 1, 0, b"\xff\xd8 truncated")]
     placeholder = np.asarray(tiles.placeholder(96), dtype=np.float64)
     counted = []

@@ -50,7 +50,8 @@ class RenderConfig:
     """Rendering parameters (validated on construction, before any worker starts).
 
     cell: side of a grid cell in px; tile: side of a pyramid tile (even); fmt: ``jpeg`` or
-    ``webp``; quality: tile encoder quality; overview: longest side of ``mosaic.jpg`` and
+    ``webp``; pad: background px around each thumbnail (default ``cell // 64``); quality:
+    tile encoder quality; overview: longest side of ``mosaic.jpg`` and
     ``tsne.jpg``; osd_url: the page's ``<script src>`` for OpenSeadragon; labels: optional
     CSV (``uri``/``path``, ``label``); projector: also export a TensorBoard Projector folder.
     """
@@ -58,6 +59,7 @@ class RenderConfig:
     cell: int = 128
     tile: int = 256
     fmt: str = "jpeg"
+    pad: typing.Optional[int] = None
     quality: int = 85
     overview: int = DEFAULT_LONGEST
     osd_url: str = DEFAULT_OSD_URL
@@ -68,7 +70,7 @@ class RenderConfig:
     max_levels: int = DEFAULT_MAX_LEVELS
 
     def __post_init__(self):
-        MosaicGeometry(1, 1, cell=self.cell, tile=self.tile, fmt=self.fmt)  # raises if bad
+        MosaicGeometry(1, 1, cell=self.cell, tile=self.tile, fmt=self.fmt, pad=self.pad)
         if not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be an integer in 1..100, got {self.quality!r}")
         check_longest(self.overview)
@@ -216,7 +218,8 @@ def _write_mosaic_overview(_, output, config, plan, tiles_written):
                          f"pyramid")
 
     def read_tile(level, tx, ty):
-        return decode_image(storage.read_bytes(storage.url_join(output, g.tile_path(level, tx, ty))))
+        url = storage.url_join(output, g.tile_path(level, tx, ty))
+        return decode_image(storage.read_bytes(url))
 
     img = compose_mosaic_overview(g, read_tile, config.overview)
     storage.write_bytes(storage.url_join(output, MOSAIC_OVERVIEW), encode_jpeg(img))
@@ -323,7 +326,8 @@ class RenderMosaic(beam.PTransform):
         start = _start(pcoll)
         layout_url, vectors_url = self.layout_url, self.vectors_url
         plan = start | "PlanRender" >> beam.Map(
-            lambda _: plan_render(layout_url, cfg.cell, cfg.tile, cfg.fmt, cfg.overview))
+            lambda _: plan_render(layout_url, cfg.cell, cfg.tile, cfg.fmt, cfg.overview,
+                                  cfg.pad))
         plan_si = AsSingleton(plan)
 
         layout = (start
@@ -376,7 +380,8 @@ class RenderMosaic(beam.PTransform):
                 | "WriteTsneOverview" >> beam.Map(_write_tsne, out, plan_si))
 
         placeholders = top[MISSING] | "CountPlaceholders" >> beam.combiners.Count.Globally()
-        examples = top[MISSING] | "SamplePlaceholders" >> beam.combiners.Sample.FixedSizeGlobally(20)
+        examples = (top[MISSING]
+                    | "SamplePlaceholders" >> beam.combiners.Sample.FixedSizeGlobally(20))
         cell_count = cells | "CountCells" >> beam.combiners.Count.Globally()
 
         shards = (cells
