@@ -122,13 +122,16 @@ def select_images(n, config):
     return index, resolve_grid(config.grid, keep)
 
 
-def compute_layout(vectors, config=LayoutConfig()):
+def compute_layout(vectors, config=LayoutConfig(), xy=None):
     """t-SNE of ``vectors`` and assignment of each to a grid cell.
 
     Parameters
     ----------
     vectors : (n, d) float array.
     config : :class:`LayoutConfig`.
+    xy : (n, 2) float array, optional
+        2-D positions to grid instead of running t-SNE (``--stable`` re-indexing keeps the
+        previous map's positions and places only the new images).
 
     Returns
     -------
@@ -146,10 +149,18 @@ def compute_layout(vectors, config=LayoutConfig()):
     chosen = vectors if len(index) == len(vectors) else vectors[index]
     timings = {}
     start = time.perf_counter()
-    xy, tsne_info = embed_2d(chosen, perplexity=config.perplexity, seed=config.seed,
-                             n_jobs=config.n_jobs, pca_dims=config.pca_dims, n_iter=config.n_iter,
-                             early_exaggeration_iter=config.early_exaggeration_iter,
-                             fit_sample=config.fit_sample, verbose=config.verbose)
+    if xy is None:
+        xy, tsne_info = embed_2d(chosen, perplexity=config.perplexity, seed=config.seed,
+                                 n_jobs=config.n_jobs, pca_dims=config.pca_dims,
+                                 n_iter=config.n_iter,
+                                 early_exaggeration_iter=config.early_exaggeration_iter,
+                                 fit_sample=config.fit_sample, verbose=config.verbose)
+    else:
+        xy = np.asarray(xy, dtype=np.float32)
+        if xy.shape != (len(vectors), 2):
+            raise ValueError(f"xy must have shape ({len(vectors)}, 2), got {xy.shape!r}")
+        xy = xy if len(index) == len(vectors) else xy[index]
+        tsne_info = {"method": "given positions"}
     timings["tsne_s"] = round(time.perf_counter() - start, 3)
     start = time.perf_counter()
     points = to_grid_units(xy, shape)
@@ -250,17 +261,28 @@ def layout_table(uri, sha256, x, y, row, col, metadata):
         schema=schema.layout_schema(metadata))
 
 
-def run_layout(vectors_url, output_url, config=LayoutConfig()):
+def run_layout(vectors_url, output_url, config=LayoutConfig(), positions=None):
     """Lay out the vectors table at ``vectors_url``; write ``<output_url>/layout.parquet`` and
     ``<output_url>/layout.json``. Returns the summary written to ``layout.json`` (a dict).
+
+    Rows are sorted by ``uri`` first: a table written by parallel workers comes in no fixed
+    order, and the same images must give the same layout for a fixed seed.
+
+    ``positions``, optional, is ``positions(uri, vectors) -> (xy, info)`` or None: 2-D
+    positions to grid instead of a t-SNE fit (see :mod:`gridtsne.stable`); ``info`` goes into
+    the summary under ``positions``.
     """
     started = time.perf_counter()
     start = time.perf_counter()
     uri, sha, vectors, vectors_meta = read_vectors(vectors_url)
+    order = pc.sort_indices(uri)
+    uri, sha = uri.take(order), sha.take(order)
+    vectors = vectors[order.to_numpy()]
     read_s = time.perf_counter() - start
     log.info("read %d vectors of %d dimensions from %s in %.1f s", len(vectors),
              vectors.shape[1], vectors_url, read_s)
-    x, y, row, col, info = compute_layout(vectors, config)
+    xy, positions_info = positions(uri, vectors) if positions else (None, None)
+    x, y, row, col, info = compute_layout(vectors, config, xy=xy)
     index = pa.array(info["index"])
     timings = {"read_s": round(read_s, 3), **info["timings"]}
     summary = {
@@ -275,6 +297,7 @@ def run_layout(vectors_url, output_url, config=LayoutConfig()):
         "seed": config.seed,
         "parameters": config.to_dict(),
         "tsne": info["tsne"],
+        "positions": positions_info,
         "vectors": vectors_url,
         "vectors_metadata": vectors_meta,
         "vector_dim": int(vectors.shape[1]),
