@@ -268,7 +268,7 @@ def run_layout(vectors_url, output_url, config=LayoutConfig(), positions=None):
     Rows are sorted by ``uri`` first: a table written by parallel workers comes in no fixed
     order, and the same images must give the same layout for a fixed seed.
 
-    ``positions``, optional, is ``positions(uri, vectors) -> (xy, info)`` or None: 2-D
+    ``positions``, optional, is ``positions(uri, sha256, vectors) -> (xy, info)``: 2-D
     positions to grid instead of a t-SNE fit (see :mod:`gridtsne.stable`); ``info`` goes into
     the summary under ``positions``.
     """
@@ -281,7 +281,7 @@ def run_layout(vectors_url, output_url, config=LayoutConfig(), positions=None):
     read_s = time.perf_counter() - start
     log.info("read %d vectors of %d dimensions from %s in %.1f s", len(vectors),
              vectors.shape[1], vectors_url, read_s)
-    xy, positions_info = positions(uri, vectors) if positions else (None, None)
+    xy, positions_info = positions(uri, sha, vectors) if positions else (None, None)
     x, y, row, col, info = compute_layout(vectors, config, xy=xy)
     index = pa.array(info["index"])
     timings = {"read_s": round(read_s, 3), **info["timings"]}

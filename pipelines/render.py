@@ -94,6 +94,21 @@ class RenderJob:
     config: RenderConfig
 
 
+def render_config_from_options(options, labels=None):
+    """Validate the rendering flags into a :class:`RenderConfig` (reads no input, so a job
+    that writes the layout itself can call it before the layout exists)."""
+    o = options.view_as(RenderOptions)
+    osd_url = o.osd_url if is_url(o.osd_url) else _local_abs(o.osd_url)
+    if not is_url(osd_url) and not os.path.isfile(osd_url):
+        raise ValueError(f"--osd_url must be a URL or an existing local file, got {o.osd_url!r}")
+    if labels is not None and not storage.exists(_local_abs(labels)):
+        raise ValueError(f"--labels file does not exist: {labels!r}")
+    return RenderConfig(cell=o.cell, tile=o.tile, fmt=o.tile_format, pad=o.pad, quality=o.quality,
+                        overview=o.overview, osd_url=osd_url, labels=_local_abs(labels),
+                        title=o.title, projector=o.projector,
+                        projector_max_points=o.projector_max_points)
+
+
 def job_from_options(options, labels=None):
     """Validate the flags (and the layout, read once here) into a :class:`RenderJob`.
 
@@ -104,16 +119,7 @@ def job_from_options(options, labels=None):
     for flag in ("vectors", "layout", "output"):
         if not getattr(o, flag):
             raise ValueError(f"--{flag} is required")
-    osd_url = o.osd_url if is_url(o.osd_url) else _local_abs(o.osd_url)
-    if not is_url(osd_url) and not os.path.isfile(osd_url):
-        raise ValueError(f"--osd_url must be a URL or an existing local file, got {o.osd_url!r}")
-    if labels is not None and not storage.exists(_local_abs(labels)):
-        raise ValueError(f"--labels file does not exist: {labels!r}")
-    config = RenderConfig(cell=o.cell, tile=o.tile, fmt=o.tile_format, pad=o.pad,
-                          quality=o.quality,
-                          overview=o.overview, osd_url=osd_url, labels=_local_abs(labels),
-                          title=o.title, projector=o.projector,
-                          projector_max_points=o.projector_max_points)
+    config = render_config_from_options(options, labels)
     layout = _local_abs(o.layout)
     plan = plan_render(layout, config.cell, config.tile, config.fmt, config.overview,
                        config.pad)
@@ -129,7 +135,7 @@ def build_pipeline(p, job):
     return p | "RenderMosaic" >> RenderMosaic(job.vectors, job.layout, job.output, job.config)
 
 
-def _use_s3_endpoint(options):
+def use_s3_endpoint(options):
     # fsspec (which writes every file here) should talk to the same endpoint as Beam's S3 IO.
     endpoint = options.view_as(S3Options).s3_endpoint_url
     if endpoint:
@@ -144,7 +150,7 @@ def run(argv=None):
     argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
     labels, argv = split_labels(argv)
     options = PipelineOptions(argv)
-    _use_s3_endpoint(options)
+    use_s3_endpoint(options)
     job = job_from_options(options, labels)
     p = beam.Pipeline(options=options)
     build_pipeline(p, job)
