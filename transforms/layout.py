@@ -10,7 +10,9 @@ import logging
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from gridtsne import schema, storage, versions
 from gridtsne.layout import LayoutConfig, run_layout
+from gridtsne.stable import stable_positions
 
 log = logging.getLogger(__name__)
 
@@ -19,11 +21,19 @@ NAMESPACE = "gridtsne.layout"
 
 @dataclasses.dataclass(frozen=True)
 class LayoutJob:
-    """What one layout run reads and writes: a vectors table URL, an output URL and settings."""
+    """What one layout run reads and writes: a vectors table URL, an output URL and settings.
+
+    ``stable_from``, when set, is an output root whose ``latest.json`` names the previous
+    version: its layout's positions are kept (``--stable``, see :mod:`gridtsne.stable`) unless
+    more than ``refit_fraction`` of the images are new. It is resolved on the worker at run
+    time, so the launcher reads nothing.
+    """
 
     vectors_url: str
     output_url: str
     config: LayoutConfig = LayoutConfig()
+    stable_from: str = None
+    refit_fraction: float = 0.2
 
     def __post_init__(self):
         for name in ("vectors_url", "output_url"):
@@ -45,7 +55,14 @@ class RunLayoutFn(beam.DoFn):
     def process(self, element, upstream_count=None):
         if upstream_count is not None:
             log.info("layout starts after %d upstream elements", upstream_count)
-        summary = run_layout(self._job.vectors_url, self._job.output_url, self._job.config)
+        job = self._job
+        positions = None
+        if job.stable_from:
+            previous = versions.current_version_url(job.stable_from)
+            previous_layout = previous and storage.url_join(previous, schema.LAYOUT_FILE)
+            positions = stable_positions(previous_layout, job.refit_fraction,
+                                         seed=job.config.seed, n_jobs=job.config.n_jobs)
+        summary = run_layout(job.vectors_url, job.output_url, job.config, positions=positions)
         self._images.inc(summary["images"])
         self._holes.inc(summary["holes"])
         yield summary

@@ -1,0 +1,276 @@
+"""The whole job in one Beam pipeline: embed, lay out, render, then commit a new version.
+
+    gridtsne run --input 's3://photos/**' --output s3://maps/family [--labels labels.csv]
+                 [--stable] [--full] [Beam flags: --runner, --flags_file configs/... ]
+
+With no ``--input`` at all it runs on the embedded demo: real photos and digits that ship
+offline with scikit-image and scikit-learn.
+
+Every run writes into ``<output>/versions/<id>/`` and moves ``<output>/latest.json`` only at
+the very end, so a run killed at any moment leaves the previous version complete. Images whose
+``uri``, size and modification time are unchanged since that version are not read again.
+"""
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
+from apache_beam.pvalue import AsSingleton
+
+from gridtsne import evaluate, schema, storage, versions
+from gridtsne.flagfiles import expand_flags_files
+from gridtsne.layout import LayoutConfig
+from pipelines import embed as embed_stage
+from pipelines import layout as layout_stage
+from pipelines import render as render_stage
+from transforms.embed import EmbedImages
+from transforms.layout import LayOutVectors, LayoutJob
+from transforms.listing import ListFiles
+from transforms.reindex import CARRIED, FATES, TO_EMBED, ClassifyFiles, CountFates, ReadPreviousRows
+from transforms.render import RenderConfig, RenderMosaic
+from transforms.write import WriteTable
+
+log = logging.getLogger(__name__)
+
+DEMO_DIR = "demo-output"
+SUMMARY_FILE = "summary.json"
+SITE_DIR = "site"
+
+
+def _add(parser, *args, **kwargs):
+    try:
+        parser.add_argument(*args, **kwargs)
+    except argparse.ArgumentError:
+        pass
+
+
+class RunOptions(PipelineOptions):
+    """Flags of the whole job (the stages' own flags come from their option classes)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        _add(parser, "--stable", action="store_true", default=False,
+             help="keep the previous map's t-SNE positions and place only new images")
+        _add(parser, "--refit_fraction", type=float, default=0.2,
+             help="with --stable, refit t-SNE fully when more than this fraction is new")
+        _add(parser, "--full", action="store_true", default=False,
+             help="embed every image again instead of re-using the previous version")
+        _add(parser, "--keep_versions", type=int, default=3,
+             help="versions kept under <output>/versions after a successful run")
+        _add(parser, "--quality_items", type=int, default=5000,
+             help="DPQ16 is computed on a seeded sample of at most this many images")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunJob:
+    """A validated run: where it writes and the configuration of each stage."""
+
+    output: str
+    version: str
+    embed: embed_stage.EmbedJobConfig
+    layout: LayoutConfig
+    render: RenderConfig
+    labels: str = None
+    stable: bool = False
+    refit_fraction: float = 0.2
+    full: bool = False
+    keep_versions: int = 3
+    quality_items: int = 5000
+
+    @property
+    def version_url(self):
+        return versions.version_url(self.output, self.version)
+
+    @property
+    def vectors_url(self):
+        return storage.url_join(self.version_url, schema.VECTORS_DIR)
+
+    @property
+    def layout_url(self):
+        return storage.url_join(self.version_url, schema.LAYOUT_FILE)
+
+    @property
+    def site_url(self):
+        return storage.url_join(self.version_url, SITE_DIR)
+
+
+def _local_abs(url):
+    if url is None or "://" in url or "::" in url:
+        return url
+    return os.path.abspath(url)
+
+
+def demo_argv(argv, folder=DEMO_DIR):
+    """``argv`` completed with the embedded demo's input, labels and output (no network)."""
+    from gridtsne.demo_data import write_demo_images
+
+    photos = os.path.abspath(os.path.join(folder, "photos"))
+    labels = write_demo_images(photos)
+    print(f"demo: {photos} holds the offline sample photos and digits")
+    extra = ["--input", photos, "--labels", labels]
+    if "--output" not in argv and not any(a.startswith("--output=") for a in argv):
+        extra += ["--output", os.path.abspath(os.path.join(folder, "map"))]
+    return extra + list(argv)
+
+
+def _is_demo(argv):
+    return not any(a in ("--input", "--manifest") or a.startswith(("--input=", "--manifest="))
+                   for a in argv)
+
+
+def job_from_options(options, labels=None, version=None):
+    """Validate every flag into a :class:`RunJob` before any worker starts."""
+    o = options.view_as(RunOptions)
+    if o.keep_versions < 1:
+        raise ValueError(f"--keep_versions must be at least 1, got {o.keep_versions!r}")
+    if not 0 <= o.refit_fraction <= 1:
+        raise ValueError(f"--refit_fraction must be in [0, 1], got {o.refit_fraction!r}")
+    version = version or versions.new_version_id()
+    base = embed_stage.config_from_options(options)
+    output = base.output
+    embed = dataclasses.replace(base, output=versions.version_url(output, version),
+                                run_id=version, vectors_prefix=None, errors_prefix=None)
+    lo = options.view_as(layout_stage.LayoutOptions)
+    fields = {"grid": lo.grid, "assign": lo.assign, "perplexity": lo.perplexity, "seed": lo.seed,
+              "sample": lo.sample, "sample_size": lo.sample_size, "pca_dims": lo.pca_dims,
+              "fit_sample": lo.fit_sample, "n_iter": lo.n_iter,
+              "early_exaggeration_iter": lo.early_exaggeration_iter, "n_jobs": lo.tsne_threads}
+    layout = LayoutConfig(**{k: v for k, v in fields.items() if v is not None})
+    labels = _local_abs(labels)
+    render = render_stage.render_config_from_options(options, labels)
+    return RunJob(output=output, version=version, embed=embed, layout=layout, render=render,
+                  labels=labels, stable=o.stable, refit_fraction=o.refit_fraction, full=o.full,
+                  keep_versions=o.keep_versions, quality_items=o.quality_items)
+
+
+def _evaluate(layout_summary, job):
+    """DPQ16 and neighbour label agreement of the new layout (on a sample when large)."""
+    result = evaluate.evaluate_layout(job.layout_url, job.vectors_url, job.labels,
+                                      max_items=job.quality_items, seed=job.layout.seed)
+    return {k: result[k] for k in ("dpq", "dpq_items", "p", "label_agreement", "labelled")
+            if k in result}
+
+
+def _root_page(version):
+    target = f"{versions.VERSIONS_DIR}/{version}/{SITE_DIR}/index.html"
+    return (f'<!doctype html><meta charset="utf-8"><title>gridtsne</title>'
+            f'<meta http-equiv="refresh" content="0; url={target}">'
+            f'<a href="{target}">the current map</a>').encode()
+
+
+def commit_version(_, job, render_summary, layout_summary, quality, fates, failed):
+    """Check the new version, write its summary, then move ``latest.json`` to it.
+
+    Raises (and so leaves the pointer where it was) when the vectors table does not hold
+    exactly the new, changed and unchanged images: a version that lost rows is never
+    published.
+    """
+    rows = layout_summary["input_images"]
+    expected = fates["new"] + fates["changed"] + fates["unchanged"]
+    if rows != expected:
+        raise RuntimeError(f"version {job.version}: {rows} rows in vectors/, but new + changed "
+                           f"+ unchanged = {expected}: not publishing it")
+    summary = {
+        "version": job.version,
+        "counts": {**fates, "failed": failed},
+        "images": rows,
+        "laid_out": layout_summary["images"],
+        "grid": {"rows": layout_summary["rows"], "cols": layout_summary["cols"]},
+        "layout_method": layout_summary["method"],
+        "positions": layout_summary.get("positions"),
+        "quality": quality,
+        "timings": {"layout": layout_summary.get("timings")},
+        "tiles": render_summary.get("tiles_total"),
+        "placeholders": render_summary.get("placeholders"),
+        "site": f"{versions.VERSIONS_DIR}/{job.version}/{SITE_DIR}/index.html",
+    }
+    storage.write_bytes(storage.url_join(job.version_url, SUMMARY_FILE),
+                        json.dumps(summary, indent=2, sort_keys=True, default=str).encode())
+    versions.write_pointer(job.output, job.version, summary)
+    storage.write_bytes(storage.url_join(job.output, "index.html"), _root_page(job.version))
+    versions.prune_versions(job.output, job.keep_versions)
+    return summary
+
+
+def build_pipeline(p, job):
+    """Wire the whole job into ``p``; returns the PCollection of the committed summary."""
+    emb = job.embed
+    files, list_errors = p | "ListFiles" >> ListFiles(emb.inputs, emb.manifests,
+                                                      emb.embed.storage_options)
+    previous = p | "ReadPreviousVersion" >> ReadPreviousRows(job.output, emb.metadata, job.full)
+    classified = files | "ClassifyFiles" >> ClassifyFiles(previous)
+    new_rows, embed_errors = classified[TO_EMBED] | "EmbedImages" >> EmbedImages(emb.embed)
+    rows = (new_rows, classified[CARRIED]) | "MergeRows" >> beam.Flatten()
+    errors = (list_errors, embed_errors) | "FlattenErrors" >> beam.Flatten()
+    written = rows | "WriteVectors" >> WriteTable(emb.vectors_prefix, emb.vectors_schema)
+    errors | "WriteErrors" >> WriteTable(emb.errors_prefix, schema.ERRORS_SCHEMA)
+    fates = classified[FATES] | "CountFates" >> CountFates(new_rows)
+    failed = errors | "CountFailed" >> beam.combiners.Count.Globally()
+
+    layout_job = LayoutJob(job.vectors_url, job.version_url, job.layout,
+                           stable_from=job.output if job.stable else None,
+                           refit_fraction=job.refit_fraction)
+    laid_out = written | "LayOutVectors" >> LayOutVectors(layout_job)
+    quality = laid_out | "EvaluateLayout" >> beam.Map(_evaluate, job)
+    rendered = laid_out | "RenderMosaic" >> RenderMosaic(job.vectors_url, job.layout_url,
+                                                        job.site_url, job.render)
+    return (p
+            | "StartCommit" >> beam.Create([None])
+            | "CommitVersion" >> beam.Map(
+                commit_version, job, AsSingleton(rendered), AsSingleton(laid_out),
+                AsSingleton(quality), AsSingleton(fates), AsSingleton(failed)))
+
+
+def _fmt(value, spec=".3f"):
+    return "n/a" if value is None else format(value, spec)
+
+
+def report(output, version):
+    """Print the committed version's summary; returns it (raises if it was not committed)."""
+    pointer = versions.read_pointer(output)
+    if pointer is None or pointer["version"] != version:
+        raise RuntimeError(f"the run finished but {output}/latest.json does not point to "
+                           f"version {version}: nothing was published")
+    s = pointer["summary"]
+    c = s["counts"]
+    q = s.get("quality") or {}
+    mode = (s.get("positions") or {}).get("mode", "full t-SNE fit")
+    page = storage.url_join(output, s["site"])
+    print(f"gridtsne: version {version} published\n"
+          f"  images: {s['images']} in the map ({c['new']} new, {c['changed']} changed, "
+          f"{c['unchanged']} unchanged, {c['removed']} removed, {c['failed']} failed)\n"
+          f"  layout: {s['grid']['rows']}x{s['grid']['cols']} grid, {s['layout_method']} "
+          f"assignment, positions: {mode}\n"
+          f"  quality: DPQ16 {_fmt(q.get('dpq'))} (on {q.get('dpq_items')} images), "
+          f"neighbour label agreement {_fmt(q.get('label_agreement'))}\n"
+          f"  page: {page}")
+    return s
+
+
+def run(argv=None):
+    """Parse ``argv`` (no ``--input``: the embedded demo), run the job, print the summary."""
+    argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
+    if _is_demo(argv):
+        argv = demo_argv(argv)
+    labels, argv = render_stage.split_labels(argv)
+    options = PipelineOptions(argv)
+    render_stage.use_s3_endpoint(options)
+    job = job_from_options(options, labels)
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, job)
+    result = p.run()
+    result.wait_until_finish()
+    if options.view_as(TestOptions).dry_run:
+        print(f"dry run: the job graph for version {job.version} was built and validated; "
+              f"nothing was submitted")
+        return None
+    return report(job.output, job.version)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run()

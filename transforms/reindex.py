@@ -1,0 +1,151 @@
+"""Beam side of incremental re-indexing: what the previous version holds, and each file's fate.
+
+Listed files are joined by ``uri`` with the rows of the version ``latest.json`` points to (a
+CoGroupByKey, so millions of known images need no side input in memory). Unchanged images keep
+their previous row, vector and thumbnail included, unread; new and changed ones are embedded.
+Everything runs on workers: the launcher reads nothing from the output.
+"""
+import logging
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+
+from gridtsne import reindex, schema, storage, versions
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "gridtsne.reindex"
+TO_EMBED, CARRIED, FATES = "to_embed", "carried", "fates"
+
+
+def previous_vector_parts(output, metadata):
+    """The Parquet files of the previous version's ``vectors/``, or [] if none can be reused.
+
+    Vectors made by another model or other weights cannot be mixed with new ones, so a
+    change of either makes every image new (a full rebuild), with a log line saying why.
+    """
+    pointer = versions.read_pointer(output)
+    if pointer is None:
+        log.info("no previous version under %s: every image is new", output)
+        return []
+    url = storage.url_join(versions.version_url(output, pointer["version"]), schema.VECTORS_DIR)
+    fs, files = storage.parquet_files(url)
+    if not files:
+        log.warning("previous version %s has no vectors: every image is new", pointer["version"])
+        return []
+    with fs.open(files[0], "rb") as fh:
+        previous = schema.read_metadata(pq.ParquetFile(fh).schema_arrow)
+    for key in ("model", "weights_sha256", "vector_dim"):
+        if previous.get(key) != metadata.get(key):
+            log.warning("previous version %s has %s=%r, this run %r: re-embedding everything",
+                        pointer["version"], key, previous.get(key), metadata.get(key))
+            return []
+    return [fs.unstrip_protocol(f) for f in files]
+
+
+def read_vector_rows(url, batch_size=1024):
+    """``(uri, row)`` for every row of one ``vectors/`` Parquet file, streamed in batches."""
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as fh:
+        for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_size):
+            for row in batch.to_pylist():
+                yield row["uri"], row
+
+
+class ReadPreviousRows(beam.PTransform):
+    """``p`` -> ``(uri, row)`` of the previous version (nothing on a first or ``--full`` run)."""
+
+    def __init__(self, output, metadata, full=False):
+        super().__init__()
+        self._output = output
+        self._metadata = dict(metadata)
+        self._full = full
+
+    def expand(self, pbegin):
+        output, metadata, full = self._output, self._metadata, self._full
+        return (pbegin
+                | "CreateOutput" >> beam.Create([output])
+                | "ListPreviousParts" >> beam.FlatMap(
+                    lambda out: [] if full else previous_vector_parts(out, metadata))
+                | "SpreadPreviousParts" >> beam.Reshuffle()
+                | "ReadPreviousRows" >> beam.FlatMap(read_vector_rows))
+
+
+class ClassifyFilesFn(beam.DoFn):
+    """One uri's listed file and previous row -> embed it, carry the row over, or drop it.
+
+    Outputs: ``to_embed`` (FileInfo), ``carried`` (the previous row) and ``fates``
+    (``(uri, fate)``) for every uri.
+    """
+
+    def setup(self):
+        self._counters = {fate: Metrics.counter(NAMESPACE, f"files_{fate}")
+                          for fate in (reindex.NEW, reindex.CHANGED, reindex.UNCHANGED,
+                                       reindex.REMOVED)}
+
+    def process(self, element):
+        uri, groups = element
+        listed = list(groups["listed"])
+        previous = list(groups["previous"])
+        info = listed[0] if listed else None  # a file named by two inputs is embedded once
+        row = previous[0] if previous else None
+        fate = reindex.classify(
+            None if info is None else reindex.fingerprint(info.size, info.mtime),
+            None if row is None else reindex.fingerprint(row["bytes"], row["mtime"]))
+        self._counters[fate].inc()
+        yield beam.pvalue.TaggedOutput(FATES, (uri, fate))
+        if fate == reindex.UNCHANGED:
+            yield beam.pvalue.TaggedOutput(CARRIED, row)
+        elif fate in (reindex.NEW, reindex.CHANGED):
+            yield beam.pvalue.TaggedOutput(TO_EMBED, info)
+
+
+class ClassifyFiles(beam.PTransform):
+    """``(files, previous rows)`` -> tagged ``to_embed``, ``carried`` and ``fates``."""
+
+    def __init__(self, previous_rows):
+        super().__init__()
+        self._previous = previous_rows
+
+    def expand(self, files):
+        return ({"listed": files | "KeyListedByUri" >> beam.Map(lambda f: (f.uri, f)),
+                 "previous": self._previous}
+                | "JoinListedWithPrevious" >> beam.CoGroupByKey()
+                | "ClassifyFiles" >> beam.ParDo(ClassifyFilesFn()).with_outputs(
+                    TO_EMBED, CARRIED, FATES))
+
+
+def _settle(element):
+    """A new or changed file counts as such only once it produced a vector."""
+    _, groups = element
+    if list(groups["embedded"]):
+        yield from groups["fate"]
+
+
+class CountFates(beam.PTransform):
+    """``fates`` + embedded rows -> one dict ``{new, changed, unchanged, removed}``.
+
+    New and changed files that turn out not to be images (skipped) or that fail (``errors/``)
+    are not counted here: failures are counted apart, so the figures add up to the rows.
+    """
+
+    def __init__(self, embedded_rows):
+        super().__init__()
+        self._embedded = embedded_rows
+
+    def expand(self, fates):
+        settled = {reindex.UNCHANGED, reindex.REMOVED}
+        direct = fates | "KeepSettledFates" >> beam.Filter(lambda kv: kv[1] in settled)
+        pending = fates | "KeepPendingFates" >> beam.Filter(lambda kv: kv[1] not in settled)
+        embedded = (self._embedded
+                    | "KeyEmbeddedByUri" >> beam.Map(lambda r: (r["uri"], True)))
+        confirmed = ({"fate": pending, "embedded": embedded}
+                     | "JoinFatesWithEmbedded" >> beam.CoGroupByKey()
+                     | "SettleFates" >> beam.FlatMap(_settle))
+        zero = {reindex.NEW: 0, reindex.CHANGED: 0, reindex.UNCHANGED: 0, reindex.REMOVED: 0}
+        return ((direct | "FateNames" >> beam.Map(lambda kv: kv[1]), confirmed)
+                | "FlattenFates" >> beam.Flatten()
+                | "CountFates" >> beam.combiners.Count.PerElement()
+                | "FatesToDict" >> beam.combiners.ToDict()
+                | "FillZeroFates" >> beam.Map(lambda d: {**zero, **d}))
