@@ -33,12 +33,13 @@ setup(
         "scipy>=1.17",
         "fsspec>=2026.9.0",
         "s3fs>=2026.9.0",
+        # gs:// through fsspec inside DoFns (Beam's own GCS IO does not serve fsspec reads).
+        "gcsfs>=2026.8.2",
         "tqdm>=4.70",
     ],
     extras_require={
         # The embedded demo photos ship with these two.
         "demo": ["scikit-image>=0.26", "scikit-learn>=1.9"],
-        "gcs": ["gcsfs"],
         "test": [
             "pytest>=9",
             "moto[server]>=5.2",

@@ -101,7 +101,9 @@ def render_config_from_options(options, labels=None):
     osd_url = o.osd_url if is_url(o.osd_url) else _local_abs(o.osd_url)
     if not is_url(osd_url) and not os.path.isfile(osd_url):
         raise ValueError(f"--osd_url must be a URL or an existing local file, got {o.osd_url!r}")
-    if labels is not None and not storage.exists(_local_abs(labels)):
+    # A local labels file is checked now; a remote one on the workers, so that the launching
+    # machine needs no credentials for the job's storage.
+    if labels is not None and not is_url(labels) and not os.path.exists(_local_abs(labels)):
         raise ValueError(f"--labels file does not exist: {labels!r}")
     return RenderConfig(cell=o.cell, tile=o.tile, fmt=o.tile_format, pad=o.pad, quality=o.quality,
                         overview=o.overview, osd_url=osd_url, labels=_local_abs(labels),
