@@ -116,3 +116,25 @@ def test_change_keys_survive_a_parquet_round_trip(tmp_path):
     pq.write_table(table, tmp_path / "v.parquet")
     keys = keys_of_table(pq.read_table(tmp_path / "v.parquet"))
     assert info.key in keys and ("s3://b/y.jpg", 99, None) in keys
+
+
+def test_http_urls_and_directory_indexes(tree):
+    """A real HTTP server on loopback (Python's http.server) serving the tree."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tree))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        (info,) = expand_pattern(f"{base}/a.jpg")
+        assert info.explicit and info.size == os.path.getsize(tree / "a.jpg")
+        assert info.mtime_us is None  # HTTP gives no modification time
+        assert read_and_decode(info)[0].width == 451
+        found = sorted(i.uri for i in expand_pattern(f"{base}/*.jpg"))
+        assert found == [f"{base}/a.jpg"]
+    finally:
+        server.shutdown()
+        server.server_close()
