@@ -11,9 +11,10 @@ Three methods:
     Near-linear time and memory for 10,000 to 1,000,000+ points: a recursive balanced
     partition splits the grid into halves along its longer side and the points at the
     matching quantile of that axis (the 1-D optimal transport of their marginal), down to
-    small blocks solved exactly; then passes of overlapping windows, each re-solved exactly
+    small blocks solved exactly; then sweeps of overlapping windows, each re-solved exactly
     with the points it holds, remove the seams the partition leaves between blocks. Every
     window solve can only lower the total cost, so the refinement never makes things worse.
+    Disjoint blocks are solved in parallel threads (SciPy releases the GIL).
 ``auto``
     ``exact`` up to :data:`EXACT_AUTO_LIMIT` points (a few seconds), ``scalable`` above.
 
@@ -21,7 +22,9 @@ All functions take points already in grid units (see :func:`gridtsne.grid.to_gri
 and return the flat cell index (``row * cols + col``) of every point.
 """
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -37,8 +40,9 @@ EXACT_AUTO_LIMIT = 2048
 
 def squared_costs(points, centres):
     """Dense (n_points, n_cells) matrix of squared Euclidean distances."""
-    d = points[:, None, :] - centres[None, :, :]
-    return np.einsum("ijk,ijk->ij", d, d)
+    dx = points[:, 0, None] - centres[None, :, 0]
+    dy = points[:, 1, None] - centres[None, :, 1]
+    return dx * dx + dy * dy
 
 
 def solve_cells(points, cells, shape):
@@ -62,12 +66,31 @@ def assign_exact(points, shape):
     return solve_cells(points, np.arange(rows * cols), shape)
 
 
-def _partition(points, shape, leaf_cells):
+def _threads(n_jobs):
+    return os.cpu_count() or 1 if n_jobs in (None, -1) else max(1, int(n_jobs))
+
+
+def _solve_blocks(points, shape, blocks, pool):
+    """Solve independent blocks ``[(point_indices, cells), ...]``; returns their cell arrays.
+
+    SciPy's solver releases the GIL, so disjoint blocks solve in parallel threads; the
+    result does not depend on the number of threads.
+    """
+    def solve(block):
+        idx, cells = block
+        return solve_cells(points[idx], cells, shape)
+    if pool is None or len(blocks) < 2:
+        return [solve(b) for b in blocks]
+    return list(pool.map(solve, blocks))
+
+
+def _partition(points, shape, leaf_cells, pool=None):
     """Recursive balanced partition of points and grid into blocks, each solved exactly."""
     rows, cols = shape
     n = len(points)
     cell_of = np.empty(n, dtype=np.int64)
     stack = [(0, rows, 0, cols, np.arange(n))]
+    leaves = []
     while stack:
         r0, r1, c0, c1, idx = stack.pop()
         h, w = r1 - r0, c1 - c0
@@ -75,8 +98,8 @@ def _partition(points, shape, leaf_cells):
         if m == 0:
             continue
         if h * w <= leaf_cells:
-            rr, cc = np.meshgrid(np.arange(r0, r1), np.arange(c0, c1), indexing="ij")
-            cell_of[idx] = solve_cells(points[idx], (rr * cols + cc).ravel(), shape)
+            cells = (np.arange(r0, r1)[:, None] * cols + np.arange(c0, c1)[None, :]).ravel()
+            leaves.append((idx, cells))
             continue
         if w >= h:
             axis, mid = 0, c0 + w // 2
@@ -100,40 +123,50 @@ def _partition(points, shape, leaf_cells):
             first, second = idx[order[:n1]], idx[order[n1:]]
         stack.append((*halves[1], second))
         stack.append((*halves[0], first))
+    for (idx, _), cells in zip(leaves, _solve_blocks(points, shape, leaves, pool)):
+        cell_of[idx] = cells
     return cell_of
 
 
-def _refine(points, shape, cell_of, window, offsets):
-    """Re-solve overlapping ``window`` x ``window`` blocks exactly; returns the number of moves."""
+def _sweep(points, shape, cell_of, owner, window, offset, pool):
+    """Re-solve the disjoint ``window`` x ``window`` blocks of one tiling exactly, in place.
+
+    Returns the number of points that changed cell. Each block keeps its own points and cells,
+    so the total cost can only go down.
+    """
     rows, cols = shape
-    owner = np.full(rows * cols, -1, dtype=np.int64)
-    owner[cell_of] = np.arange(len(cell_of))
-    moved = 0
-    for oy, ox in offsets:
-        for r0 in range(-oy, rows, window):
-            ra, rb = max(r0, 0), min(r0 + window, rows)
-            if rb <= ra:
+    oy, ox = offset
+    blocks = []
+    for r0 in range(-oy, rows, window):
+        ra, rb = max(r0, 0), min(r0 + window, rows)
+        for c0 in range(-ox, cols, window):
+            ca, cb = max(c0, 0), min(c0 + window, cols)
+            if rb <= ra or cb <= ca:
                 continue
-            for c0 in range(-ox, cols, window):
-                ca, cb = max(c0, 0), min(c0 + window, cols)
-                if cb <= ca:
-                    continue
-                cells = (np.arange(ra, rb)[:, None] * cols + np.arange(ca, cb)[None, :]).ravel()
-                who = owner[cells]
-                who = who[who >= 0]
-                if len(who) < 2:
-                    continue
-                new = solve_cells(points[who], cells, shape)
-                changed = new != cell_of[who]
-                if changed.any():
-                    moved += int(changed.sum())
-                    owner[cell_of[who]] = -1
-                    owner[new] = who
-                    cell_of[who] = new
+            cells = (np.arange(ra, rb)[:, None] * cols + np.arange(ca, cb)[None, :]).ravel()
+            who = owner[cells]
+            who = who[who >= 0]
+            if len(who) >= 2:
+                blocks.append((who, cells))
+    moved = 0
+    for (who, _), new in zip(blocks, _solve_blocks(points, shape, blocks, pool)):
+        changed = new != cell_of[who]
+        if changed.any():
+            moved += int(changed.sum())
+            owner[cell_of[who]] = -1
+            owner[new] = who
+            cell_of[who] = new
     return moved
 
 
-def assign_scalable(points, shape, leaf_cells=256, window=16, passes=2):
+def window_offsets(window):
+    """Offsets of successive refinement tilings: half-window shifts first, then quarter ones,
+    so every seam of the partition and of earlier tilings falls inside a later window."""
+    h, q = window // 2, window // 4
+    return [(h, h), (0, 0), (h, 0), (0, h), (q, q), (h + q, h + q), (q, h + q), (h + q, q)]
+
+
+def assign_scalable(points, shape, leaf_cells=256, window=16, passes=8, n_jobs=-1):
     """Near-linear assignment: balanced recursive partition, then overlapping-window refinement.
 
     Parameters
@@ -142,8 +175,12 @@ def assign_scalable(points, shape, leaf_cells=256, window=16, passes=2):
     shape : (rows, cols).
     leaf_cells : blocks of at most this many cells are solved exactly by the partition.
     window : side of the square refinement windows (``window**2`` cells solved exactly each).
-    passes : refinement passes; each pass runs windows at two offsets (aligned and shifted by
-        half a window diagonally), so every partition seam lies inside some window.
+    passes : refinement sweeps, each a tiling of the grid by windows at a new offset
+        (:func:`window_offsets`); stops early when a sweep moves nothing. Measured on real
+        t-SNE maps, 8 sweeps bring the partition's seams down to the level of the exact
+        solution's ordinary neighbour-to-neighbour jumps.
+    n_jobs : threads solving disjoint blocks in parallel (-1: all cores); the result is the
+        same for any number.
     """
     rows, cols = shape
     points = np.asarray(points, dtype=np.float64)
@@ -152,14 +189,25 @@ def assign_scalable(points, shape, leaf_cells=256, window=16, passes=2):
     if leaf_cells < 1 or window < 2 or passes < 0:
         raise ValueError(f"bad scalable parameters leaf_cells={leaf_cells!r} window={window!r} "
                          f"passes={passes!r}")
-    cell_of = _partition(points, shape, leaf_cells)
-    half = window // 2
-    for i in range(passes):
-        moved = _refine(points, shape, cell_of, window, [(half, half), (0, 0)] if i % 2 == 0
-                        else [(half, 0), (0, half)])
-        log.debug("refinement pass %d moved %d points", i + 1, moved)
-        if moved == 0:
-            break
+    threads = _threads(n_jobs)
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
+        start = time.perf_counter()
+        cell_of = _partition(points, shape, leaf_cells, pool)
+        log.info("partitioned %d points into blocks of <= %d cells in %.1f s", len(points),
+                 leaf_cells, time.perf_counter() - start)
+        owner = np.full(rows * cols, -1, dtype=np.int64)
+        owner[cell_of] = np.arange(len(cell_of))
+        offsets = window_offsets(window)
+        for i in range(passes):
+            moved = _sweep(points, shape, cell_of, owner, window, offsets[i % len(offsets)], pool)
+            log.info("refinement sweep %d/%d moved %d points (%.1f s)", i + 1, passes, moved,
+                     time.perf_counter() - start)
+            if moved == 0:
+                break
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return cell_of
 
 

@@ -50,7 +50,8 @@ class LayoutConfig:
     sample : lay out a seeded random sample when there are more images than cells, instead
         of failing.
     sample_size : lay out a seeded random sample of at most this many images.
-    leaf_cells, window, passes : parameters of the scalable assignment.
+    leaf_cells, window, passes : parameters of the scalable assignment (see
+        :func:`gridtsne.assign.assign_scalable`).
     verbose : log t-SNE progress every 50 iterations.
     """
 
@@ -67,7 +68,7 @@ class LayoutConfig:
     sample_size: Optional[int] = None
     leaf_cells: int = 256
     window: int = 16
-    passes: int = 2
+    passes: int = 8
     verbose: bool = True
 
     def __post_init__(self):
@@ -165,7 +166,8 @@ def compute_layout(vectors, config=LayoutConfig(), xy=None):
     start = time.perf_counter()
     points = to_grid_units(xy, shape)
     row, col, used = assign_to_grid(points, shape, config.assign, leaf_cells=config.leaf_cells,
-                                    window=config.window, passes=config.passes)
+                                    window=config.window, passes=config.passes,
+                                    n_jobs=config.n_jobs)
     timings["assign_s"] = round(time.perf_counter() - start, 3)
     info = {
         "index": index,

@@ -89,6 +89,14 @@ def test_scalable_is_close_to_exact_and_refinement_helps():
     assert refined <= exact * 1.05
 
 
+def test_scalable_result_does_not_depend_on_threads():
+    shape = (40, 40)
+    pts = to_grid_units(_clustered(1500, seed=4), shape)
+    one = assign_scalable(pts, shape, 64, 8, passes=3, n_jobs=1)
+    two = assign_scalable(pts, shape, 64, 8, passes=3, n_jobs=2)
+    np.testing.assert_array_equal(one, two)
+
+
 def test_holes_follow_the_empty_parts_of_the_map():
     # Points only in the left half of the box: the exact and the scalable solution both leave
     # the right-most columns empty rather than spreading holes everywhere.
