@@ -27,6 +27,7 @@ from gridtsne.layout import LayoutConfig
 from pipelines import embed as embed_stage
 from pipelines import layout as layout_stage
 from pipelines import render as render_stage
+from transforms import embed_counters as C
 from transforms.embed import EmbedImages
 from transforms.layout import LayOutVectors, LayoutJob
 from transforms.listing import ListFiles
@@ -229,8 +230,12 @@ def _fmt(value, spec=".3f"):
     return "n/a" if value is None else format(value, spec)
 
 
-def report(output, version):
-    """Print the committed version's summary; returns it (raises if it was not committed)."""
+def report(output, version, counters=None):
+    """Print the committed version's summary; returns it (raises if it was not committed).
+
+    ``counters`` are this run's Beam counters of the embedding stage: how many images were
+    actually read and embedded (unchanged ones are neither).
+    """
     pointer = versions.read_pointer(output)
     if pointer is None or pointer["version"] != version:
         raise RuntimeError(f"the run finished but {output}/latest.json does not point to "
@@ -240,7 +245,10 @@ def report(output, version):
     q = s.get("quality") or {}
     mode = (s.get("positions") or {}).get("mode", "full t-SNE fit")
     page = storage.url_join(output, s["site"])
+    s = {**s, "embedded": (counters or {}).get(C.VECTORS, 0),
+         "bytes_read": (counters or {}).get(C.BYTES_READ, 0)}
     print(f"gridtsne: version {version} published\n"
+          f"  this run read and embedded {s['embedded']} images ({s['bytes_read']:,} bytes)\n"
           f"  images: {s['images']} in the map ({c['new']} new, {c['changed']} changed, "
           f"{c['unchanged']} unchanged, {c['removed']} removed, {c['failed']} failed)\n"
           f"  layout: {s['grid']['rows']}x{s['grid']['cols']} grid, {s['layout_method']} "
@@ -268,7 +276,7 @@ def run(argv=None):
         print(f"dry run: the job graph for version {job.version} was built and validated; "
               f"nothing was submitted")
         return None
-    return report(job.output, job.version)
+    return report(job.output, job.version, embed_stage.counters(result))
 
 
 if __name__ == "__main__":

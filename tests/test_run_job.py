@@ -1,0 +1,275 @@
+"""The whole job (``gridtsne run``) end to end on the real DirectRunner and PortableRunner.
+
+Images are real (scikit-learn's scanned digits, upscaled); the model is the tiny real CNN of
+``tests/tiny_model.py`` so that each run takes seconds, not minutes.
+"""
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from gridtsne import storage, versions
+from pipelines import run as job
+
+FAST = ["--model", "tests.tiny_model:TINY", "--batch_size", "16", "--n_iter", "60",
+        "--early_exaggeration_iter", "30", "--perplexity", "5", "--cell", "32", "--tile", "128"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images, d.target
+
+
+def write_digit(folder, i, digits, invert=False):
+    images, target = digits
+    pixels = (images[i] * 15.9).astype(np.uint8)
+    if invert:
+        pixels = 255 - pixels
+    path = os.path.join(folder, f"{target[i]}", f"digit_{i:04d}.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(pixels, "L").resize((40, 40), Image.Resampling.BICUBIC).save(path)
+    return path
+
+
+def make_collection(folder, indices, digits):
+    os.makedirs(folder, exist_ok=True)
+    paths = [write_digit(folder, i, digits) for i in indices]
+    with open(os.path.join(folder, "labels.csv"), "w") as fh:
+        fh.write("path,label\n")
+        for i in range(len(digits[1])):
+            fh.write(f"{digits[1][i]}/digit_{i:04d}.png,{digits[1][i]}\n")
+    return paths
+
+
+def run_job(inp, out, *extra):
+    return job.run(["--input", str(inp), "--output", str(out),
+                    "--labels", os.path.join(str(inp), "labels.csv"), *FAST, *extra])
+
+
+def version_table(out, name, columns=None):
+    return storage.read_parquet(storage.url_join(versions.current_version_url(str(out)), name),
+                                columns=columns)
+
+
+def test_end_to_end_local_with_bad_files(tmp_path, digits):
+    inp, out = tmp_path / "photos", tmp_path / "map"
+    make_collection(str(inp), range(40), digits)
+    (inp / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (inp / "empty.png").write_bytes(b"")
+    (inp / "notes.txt").write_text("not an image, skipped by content")
+    summary = run_job(inp, out)
+
+    assert summary["counts"] == {"new": 40, "changed": 0, "unchanged": 0, "removed": 0,
+                                 "failed": 2}
+    assert summary["embedded"] == 40
+    vectors = version_table(out, "vectors", ["uri", "vector"])
+    errors = version_table(out, "errors")
+    # Every image is in the output or in errors/, with its reason.
+    assert vectors.num_rows + errors.num_rows == 42
+    assert sorted(os.path.basename(u) for u in errors.column("uri").to_pylist()) == \
+        ["broken.jpg", "empty.png"]
+    assert all(errors.column("message").to_pylist())
+    layout = version_table(out, "layout.parquet")
+    assert sorted(layout.column("uri").to_pylist()) == sorted(vectors.column("uri").to_pylist())
+    cells = set(zip(layout.column("row").to_pylist(), layout.column("col").to_pylist()))
+    assert len(cells) == 40
+    site = tmp_path / "map" / summary["site"]
+    assert site.is_file() and (site.parent / "mosaic.dzi").is_file()
+    assert summary["quality"]["dpq"] > 0.5 and summary["quality"]["labelled"] == 40
+    assert 0 <= summary["quality"]["label_agreement"] <= 1
+    # The root page and the pointer name the same version.
+    pointer = json.loads((out / "latest.json").read_text())
+    assert pointer["version"] == summary["version"]
+    assert summary["site"] in (out / "index.html").read_text()
+
+
+def test_reindex_embeds_only_what_changed(tmp_path, digits):
+    inp, out = tmp_path / "photos", tmp_path / "map"
+    paths = make_collection(str(inp), range(40), digits)
+    first = run_job(inp, out)
+    before = version_table(out, "vectors").to_pylist()
+    before = {r["uri"]: r for r in before}
+
+    added = [write_digit(str(inp), i, digits) for i in range(100, 110)]
+    changed = paths[:2]
+    for i, p in enumerate(changed):
+        write_digit(str(inp), i, digits, invert=True)  # new content, new size/mtime
+    removed = paths[-3:]
+    for p in removed:
+        os.remove(p)
+    second = run_job(inp, out)
+
+    assert second["counts"] == {"new": 10, "changed": 2, "unchanged": 35, "removed": 3,
+                                "failed": 0}
+    assert second["embedded"] == 12
+    assert second["version"] != first["version"]
+    after = {r["uri"]: r for r in version_table(out, "vectors").to_pylist()}
+    assert set(after) == (set(before) - set(removed)) | set(added)
+    for uri in set(paths) - set(changed) - set(removed):
+        # Carried over unread: the very same row.
+        assert after[uri] == before[uri]
+    for uri in changed:
+        assert after[uri]["sha256"] != before[uri]["sha256"]
+    # The previous version is still complete and readable.
+    prev = versions.version_url(str(out), first["version"])
+    assert pq.read_table(os.path.join(prev, "layout.parquet")).num_rows == 40
+
+
+def test_rerun_without_change_is_idempotent_and_full_rebuilds(tmp_path, digits):
+    inp, out = tmp_path / "photos", tmp_path / "map"
+    make_collection(str(inp), range(30), digits)
+    run_job(inp, out)
+    first = version_table(out, "layout.parquet", ["uri", "x", "y", "row", "col"])
+    again = run_job(inp, out)
+    assert again["embedded"] == 0 and again["counts"]["unchanged"] == 30
+    assert version_table(out, "layout.parquet", ["uri", "x", "y", "row", "col"]).equals(first)
+    full = run_job(inp, out, "--full")
+    assert full["embedded"] == 30 and full["counts"]["new"] == 30
+
+
+def test_stable_keeps_previous_positions(tmp_path, digits):
+    inp, out = tmp_path / "photos", tmp_path / "map"
+    make_collection(str(inp), range(60), digits)
+    run_job(inp, out)
+    old = version_table(out, "layout.parquet").to_pylist()
+    old_xy = {r["uri"]: (r["x"], r["y"]) for r in old}
+    added = [write_digit(str(inp), i, digits) for i in range(200, 206)]  # 10% new
+    summary = run_job(inp, out, "--stable")
+    assert summary["positions"]["mode"] == "stable"
+    assert summary["positions"]["kept"] == 60 and summary["positions"]["placed"] == 6
+    new = {r["uri"]: (r["x"], r["y"]) for r in version_table(out, "layout.parquet").to_pylist()}
+    for uri, xy in old_xy.items():
+        assert new[uri] == xy
+    assert set(added) <= set(new)
+    # Beyond the refit fraction, t-SNE is fitted again.
+    for i in range(300, 330):
+        write_digit(str(inp), i, digits)
+    refit = run_job(inp, out, "--stable")
+    assert refit["positions"]["mode"] == "refit"
+
+
+def _tree_digest(folder):
+    digest = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            path = os.path.join(root, f)
+            with open(path, "rb") as fh:
+                digest[os.path.relpath(path, folder)] = hashlib.sha256(fh.read()).hexdigest()
+    return digest
+
+
+def test_killed_run_leaves_previous_version_intact(tmp_path, digits):
+    """A run killed by SIGKILL part way through changes no byte of the published version."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    inp, out = tmp_path / "photos", tmp_path / "map"
+    make_collection(str(inp), range(30), digits)
+    first = run_job(inp, out)
+    published = _tree_digest(str(out / "versions" / first["version"]))
+    pointer = (out / "latest.json").read_bytes()
+    root_page = (out / "index.html").read_bytes()
+
+    for i in range(100, 130):
+        write_digit(str(inp), i, digits)
+    cmd = [sys.executable, "-m", "pipelines.run", "--input", str(inp), "--output", str(out),
+           *FAST]
+    proc = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(__file__)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    # Kill it once the new version has started writing, before it can publish.
+    while time.time() < deadline and proc.poll() is None:
+        started = [v for v in os.listdir(out / "versions") if v != first["version"]]
+        if started and any(os.scandir(out / "versions" / started[0])):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    assert (out / "latest.json").read_bytes() == pointer
+    assert (out / "index.html").read_bytes() == root_page
+    assert _tree_digest(str(out / "versions" / first["version"])) == published
+
+    resumed = run_job(inp, out)
+    assert resumed["counts"]["new"] == 30 and resumed["counts"]["unchanged"] == 30
+    assert versions.read_pointer(str(out))["version"] == resumed["version"]
+
+
+def test_end_to_end_on_s3(s3_bucket, s3_server, digits, tmp_path):
+    import boto3
+
+    local = tmp_path / "photos"
+    paths = make_collection(str(local), range(24), digits)
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    for p in paths + [str(local / "labels.csv")]:
+        s3.upload_file(p, s3_bucket, "photos/" + os.path.relpath(p, local))
+    out = f"s3://{s3_bucket}/maps/family"
+    summary = job.run(["--input", f"s3://{s3_bucket}/photos/**", "--output", out,
+                       "--labels", f"s3://{s3_bucket}/photos/labels.csv",
+                       "--s3_endpoint_url", s3_server, *FAST])
+    assert summary["counts"]["new"] == 24 and summary["counts"]["failed"] == 0
+    assert summary["quality"]["labelled"] == 24
+    current = versions.current_version_url(out)
+    assert storage.read_parquet(storage.url_join(current, "vectors")).num_rows == 24
+    head = s3.head_object(Bucket=s3_bucket, Key=f"maps/family/{summary['site']}")
+    assert head["ContentType"] == "text/html"
+    again = job.run(["--input", f"s3://{s3_bucket}/photos/**", "--output", out,
+                     "--s3_endpoint_url", s3_server, *FAST])
+    assert again["embedded"] == 0 and again["counts"]["unchanged"] == 24
+
+
+def test_portable_runner_runs_the_whole_job(tmp_path, digits):
+    inp, out = tmp_path / "photos", tmp_path / "map"
+    make_collection(str(inp), range(24), digits)
+    summary = run_job(inp, out, "--flags_file", os.path.join(
+        os.path.dirname(os.path.dirname(__file__)), "configs", "portable.flags"))
+    assert summary["counts"]["new"] == 24
+    assert version_table(out, "layout.parquet").num_rows == 24
+
+
+def test_dataflow_dry_run_builds_the_graph(monkeypatch, capsys):
+    """The Dataflow GPU configuration builds and validates without credentials."""
+    root = os.path.dirname(os.path.dirname(__file__))
+    monkeypatch.chdir(root)  # --setup_file ./setup.py
+    monkeypatch.setenv("GCP_PROJECT", "demo-project")
+    monkeypatch.setenv("GCS_TEMP", "gs://demo-bucket/tmp")
+    monkeypatch.setenv("WORKER_IMAGE", "us-docker.pkg.dev/demo-project/gridtsne/worker:0.1.0")
+    result = job.run(["--flags_file", "configs/dataflow-gpu.flags", "--dry_run=True",
+                      "--no_auth", "--input", "gs://demo-bucket/photos/**",
+                      "--output", "gs://demo-bucket/maps/family",
+                      "--labels", "gs://demo-bucket/labels.csv",
+                      "--model", "tests.tiny_model:TINY"])
+    assert result is None
+    assert "dry run: the job graph" in capsys.readouterr().out
+
+
+def test_demo_argv_uses_the_offline_photos(tmp_path):
+    argv = job.demo_argv([], folder=str(tmp_path))
+    photos = argv[argv.index("--input") + 1]
+    labels = argv[argv.index("--labels") + 1]
+    assert argv[argv.index("--output") + 1] == str(tmp_path / "map")
+    assert len([f for _, _, fs in os.walk(photos) for f in fs if f.endswith(".png")]) >= 1797
+    assert open(labels).readline().strip() == "path,label"
+    assert job._is_demo([]) and not job._is_demo(["--input", "x"])
+
+
+def test_bad_flags_fail_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="keep_versions"):
+        job.run(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--keep_versions",
+                 "0", *FAST])
+    with pytest.raises(ValueError, match="refit_fraction"):
+        job.run(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--refit_fraction",
+                 "2", *FAST])
+    assert not os.path.exists(tmp_path / "o")
+    shutil.rmtree(tmp_path, ignore_errors=True)
