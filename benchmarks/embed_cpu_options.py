@@ -5,8 +5,8 @@
 Decodes ``--images`` photos of ``../shared/data/clothing-small`` once, then times, in
 alternating order and best of ``--repeats``:
 
-* inference: ``channels_last`` on/off, ``torch.inference_mode`` vs ``torch.no_grad``,
-  batch sizes, torch intra-op threads;
+* inference: batch norms folded into the convolutions or not, ``channels_last`` on/off,
+  ``torch.inference_mode`` vs ``torch.no_grad``, batch sizes, torch intra-op threads;
 * decoding: JPEG draft mode on/off, bicubic vs bilinear resizing (all of
   ``gridtsne.decode.decode_image``, thumbnail included).
 
@@ -39,23 +39,28 @@ def _infer(model, pixels, batch_size, grad_mode):
 
 def bench_inference(pixels, repeats, threads_options, batch_sizes):
     default_threads = torch.get_num_threads()
-    cases = [("default: channels_last, inference_mode, batch 32", True, "inference_mode", 32,
+    cases = [("default: BN folded, channels_last, inference_mode, batch 32", "default",
+              "inference_mode", 32, default_threads),
+             ("batch norms not folded", "unfolded", "inference_mode", 32, default_threads),
+             ("contiguous NCHW (no channels_last)", "nchw", "inference_mode", 32,
               default_threads),
-             ("contiguous NCHW (no channels_last)", False, "inference_mode", 32, default_threads),
-             ("torch.no_grad instead of inference_mode", True, "no_grad", 32, default_threads)]
-    cases += [(f"batch {b}", True, "inference_mode", b, default_threads)
+             ("torch.no_grad instead of inference_mode", "default", "no_grad", 32,
+              default_threads)]
+    cases += [(f"batch {b}", "default", "inference_mode", b, default_threads)
               for b in batch_sizes if b != 32]
-    cases += [(f"{t} torch thread(s)", True, "inference_mode", 32, t)
+    cases += [(f"{t} torch thread(s)", "default", "inference_mode", 32, t)
               for t in threads_options if t != default_threads]
-    loaded = {cl: models.load_model(device="cpu", channels_last=cl) for cl in (True, False)}
-    _infer(loaded[True], pixels[:8], 8, "inference_mode")  # warm-up (oneDNN primitive cache)
-    _infer(loaded[False], pixels[:8], 8, "inference_mode")
+    loaded = {"default": models.load_model(device="cpu"),
+              "unfolded": models.load_model(device="cpu", fold_bn=False),
+              "nchw": models.load_model(device="cpu", channels_last=False)}
+    for model in loaded.values():  # warm-up (oneDNN primitive cache)
+        _infer(model, pixels[:8], 8, "inference_mode")
     best = {}
     for rep in range(repeats):
-        for name, cl, grad, batch, threads in (cases if rep % 2 == 0 else cases[::-1]):
+        for name, variant, grad, batch, threads in (cases if rep % 2 == 0 else cases[::-1]):
             torch.set_num_threads(threads)
             start = time.perf_counter()
-            _infer(loaded[cl], pixels, batch, grad)
+            _infer(loaded[variant], pixels, batch, grad)
             best[name] = min(best.get(name, 1e9), time.perf_counter() - start)
     torch.set_num_threads(default_threads)
     return [(name, best[name]) for name, *_ in cases]

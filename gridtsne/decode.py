@@ -227,8 +227,9 @@ def decode_image(data, config=DecodeConfig()):
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        head = bytes(data[:8])
         raise DecodeError(STAGE_DECODE, "UnidentifiedImageError",
-                          f"not an image Pillow can read (first bytes {bytes(data[:8])!r})") from None
+                          f"not an image Pillow can read (first bytes {head!r})") from None
     except Image.DecompressionBombError as exc:
         raise DecodeError(STAGE_DECODE, "DecompressionBombError",
                           f"{exc} (max_pixels={config.max_pixels:,})") from None

@@ -114,7 +114,8 @@ def resolve_device(device):
     return device
 
 
-def load_model(name=DEFAULT_MODEL, weights=None, device="auto", channels_last=True):
+def load_model(name=DEFAULT_MODEL, weights=None, device="auto", channels_last=True,
+               fold_bn=True):
     """Build the model ``name`` with its weights on ``device``, in eval mode.
 
     Parameters
@@ -126,12 +127,18 @@ def load_model(name=DEFAULT_MODEL, weights=None, device="auto", channels_last=Tr
     device : {"auto", "cpu", "cuda"}
     channels_last : bool
         Keep activations in NHWC memory layout, which oneDNN and cuDNN convolutions prefer
-        (see ``benchmarks/embed_throughput.py`` for the measured effect).
+        (see ``benchmarks/embed_cpu_options.py`` for the measured effect).
+    fold_bn : bool
+        Fold inference-mode batch norms into the convolutions before them
+        (:func:`fold_batch_norms`): the same vectors, fewer passes over memory.
     """
     spec = get_spec(name)
     module, sha, source = spec.build(weights)
     dev = torch.device(resolve_device(device))
-    module = module.eval().requires_grad_(False).to(dev)
+    module = module.eval().requires_grad_(False)
+    if fold_bn:
+        module = fold_batch_norms_checked(module, spec.input_size)
+    module = module.to(dev)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
@@ -177,6 +184,72 @@ def describe(spec, weights_sha256, weights_source):
             "weights_source": weights_source, "vector_dim": spec.dim,
             "input_size": spec.input_size, "mean": list(spec.mean), "std": list(spec.std),
             "vector": "pooled penultimate feature, L2-normalised, float32"}
+
+
+# --- batch-norm folding -------------------------------------------------------------------
+
+def _bn_replacement(bn):
+    """What stays of a batch norm once folded: nothing, or timm's fused dropout + activation."""
+    if type(bn) is torch.nn.BatchNorm2d:
+        return torch.nn.Identity()
+    if isinstance(bn, torch.nn.BatchNorm2d) and hasattr(bn, "act") and hasattr(bn, "drop"):
+        return torch.nn.Sequential(bn.drop, bn.act)  # timm's BatchNormAct2d
+    return None
+
+
+def fold_batch_norms(module):
+    """Fold each eval-mode ``BatchNorm2d`` into the ``Conv2d`` it directly follows, in place.
+
+    A pair qualifies when the two are sibling leaf modules registered one after the other (the
+    layout of timm's EfficientNets, torchvision's ResNets and ``Conv2dNormActivation``) and
+    the norm has running statistics for exactly the conv's output channels. The convolution's
+    weights absorb the normalisation, which removes a full read and write of every activation
+    per layer. Returns the number of folded pairs; :func:`fold_batch_norms_checked` verifies the
+    result.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    named = list(module.named_modules())
+    folded = 0
+    for (conv_name, conv), (bn_name, bn) in zip(named, named[1:]):
+        parent, _, conv_attr = conv_name.rpartition(".")
+        bn_parent, _, bn_attr = bn_name.rpartition(".")
+        if (parent != bn_parent or not isinstance(conv, torch.nn.Conv2d)
+                or not isinstance(bn, torch.nn.BatchNorm2d) or bn.running_mean is None
+                or bn.num_features != conv.out_channels or conv.training or bn.training):
+            continue
+        rest = _bn_replacement(bn)
+        if rest is None:
+            continue
+        owner = module.get_submodule(parent) if parent else module
+        owner._modules[conv_attr] = fuse_conv_bn_eval(conv, bn)
+        owner._modules[bn_attr] = rest
+        folded += 1
+    return folded
+
+
+def fold_batch_norms_checked(module, input_size, rtol=1e-4):
+    """:func:`fold_batch_norms` on a copy, kept only if it gives the same features.
+
+    The check (one forward pass of two random images) guards against a model whose module
+    order does not follow its data flow; such a model is used unfolded, with a warning.
+    """
+    import copy
+
+    folded_module = copy.deepcopy(module)
+    count = fold_batch_norms(folded_module)
+    if not count:
+        return module
+    x = torch.rand(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref, got = module(x), folded_module(x)
+    err = float((ref - got).abs().max() / ref.abs().max().clamp_min(1e-12))
+    if err > rtol:
+        log.warning("batch-norm folding changed the features (relative error %.2g); "
+                    "using the model unfolded", err)
+        return module
+    log.debug("folded %d batch norms (relative error %.2g)", count, err)
+    return folded_module
 
 
 # --- weights ------------------------------------------------------------------------------

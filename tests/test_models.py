@@ -47,6 +47,33 @@ def test_channels_last_does_not_change_the_vectors():
     assert np.allclose(a, b, atol=1e-4)
 
 
+def test_folding_batch_norms_keeps_the_vectors(lite0):
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in lite0.module.modules())
+    unfolded = models.load_model(device="cpu", fold_bn=False)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in unfolded.module.modules()) == 49
+    batch = np.stack([_pixels("chelsea"), _pixels("coffee")])
+    assert np.allclose(models.embed_batch(lite0, batch), models.embed_batch(unfolded, batch),
+                       atol=1e-5)
+
+
+def test_folding_refuses_pairs_that_do_not_follow_the_data_flow():
+    class ConvThenUnrelatedNorm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+            self.bn = torch.nn.BatchNorm2d(3)  # registered after conv, applied before it
+
+        def forward(self, x):
+            return self.conv(self.bn(x)).mean((2, 3))
+
+    net = ConvThenUnrelatedNorm()
+    with torch.no_grad():
+        net.bn.running_mean.fill_(0.5)
+        net.bn.running_var.fill_(4.0)
+    net.eval()
+    assert models.fold_batch_norms_checked(net, 8) is net  # the check caught it
+
+
 def test_weight_mapping_is_strict(tmp_path):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     with pytest.raises(ValueError, match="tensors"):
@@ -66,6 +93,7 @@ def test_torchvision_model_from_a_local_weights_file(tmp_path):
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
     loaded = models.load_model("resnet50", weights=str(path), device="cpu")
     assert loaded.weights_sha256 == models.sha256_file(path)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.module.modules())
     vectors = models.embed_batch(loaded, np.stack([_pixels("chelsea")]))
     assert vectors.shape == (1, 2048)
     assert models.classify_batch(loaded, np.stack([_pixels("chelsea")])).shape == (1, 1000)
