@@ -44,9 +44,9 @@ class LayoutConfig:
     grid : ``"auto"`` (smallest near-square grid holding every image) or ``"RxC"``.
     assign : ``"exact"``, ``"scalable"`` or ``"auto"`` (exact up to 2,048 images).
     perplexity, seed, n_jobs, n_iter, early_exaggeration_iter : t-SNE settings.
-    pca_dims : ``"auto"`` (200 dimensions above 50,000 images), None or 0 (never) or a number.
-    fit_sample : ``"auto"`` (fit 100,000 and transform the rest above 200,000 images), None
-        or 0 (fit all) or the number of images to fit t-SNE on.
+    pca_dims : ``"auto"`` (200 dimensions above 200,000 images), None or 0 (never) or a number.
+    fit_sample : ``"auto"``, None or 0 (fit all images), or the number of images to fit
+        t-SNE on, placing the rest with openTSNE's ``transform`` (faster, worse maps).
     sample : lay out a seeded random sample when there are more images than cells, instead
         of failing.
     sample_size : lay out a seeded random sample of at most this many images.
@@ -66,9 +66,9 @@ class LayoutConfig:
     fit_sample: Union[str, int, None] = "auto"
     sample: bool = False
     sample_size: Optional[int] = None
-    leaf_cells: int = 256
-    window: int = 16
-    passes: int = 8
+    leaf_cells: int = 144
+    window: int = 12
+    passes: int = 12
     verbose: bool = True
 
     def __post_init__(self):

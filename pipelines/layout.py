@@ -66,10 +66,10 @@ class LayoutOptions(PipelineOptions):
              help="lay out a random sample of at most this many images")
         _add(parser, "--pca_dims", type=_auto_or_int, default=None,
              help="reduce vectors to this many PCA dimensions first: a number, none, or auto "
-                  "(200 above 50,000 images)")
+                  "(200 above 200,000 images)")
         _add(parser, "--fit_sample", type=_auto_or_int, default=None,
              help="fit t-SNE on this many images and place the rest with transform: a number, "
-                  "none/0 (all), or auto (100,000 above 200,000 images)")
+                  "none/0/auto (all images: transform is faster but gives clearly worse maps)")
         _add(parser, "--n_iter", type=int, default=None,
              help=f"t-SNE iterations after early exaggeration (default {d.n_iter})")
         _add(parser, "--early_exaggeration_iter", type=int, default=None,
