@@ -39,16 +39,20 @@ TINY = ModelSpec(name="tiny_cnn", dim=16, input_size=32, mean=(0.5, 0.5, 0.5),
                  std=(0.25, 0.25, 0.25), build=build_tiny, description="test model")
 
 
-class _FailingCNN(TinyCNN):
+class _FailingCNN(torch.nn.Module):
+    """Loads fine (no batch norm to fold, so no check runs at load), fails every batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3)
+
     def forward(self, x):
         raise RuntimeError("simulated inference failure (e.g. out of GPU memory)")
 
 
 def build_failing(weights=None):
-    net, sha, _ = build_tiny(weights)
-    failing = _FailingCNN()
-    failing.load_state_dict(net.state_dict())
-    return failing, sha, "tests.tiny_model (always fails)"
+    net = _FailingCNN()
+    return net, sha256_state_dict(net.state_dict()), "tests.tiny_model (always fails)"
 
 
 FAILING = ModelSpec(name="failing_cnn", dim=16, input_size=32, mean=(0.5, 0.5, 0.5),
