@@ -245,6 +245,33 @@ def assign_to_grid(points, shape, method="auto", **scalable_options):
     return row.astype(np.int32), col.astype(np.int32), used
 
 
+def assign_to_free_cells(points, shape, taken, max_entries=100_000_000):
+    """Optimal assignment of new ``points`` (grid units) to the cells not in ``taken``.
+
+    For incremental layouts (``--stable``): images already laid out keep their cells (the flat
+    indices ``taken``), new images fill the free cells nearest to their map positions. An exact
+    solve over ``len(points) x free cells`` squared costs, refused above ``max_entries``
+    matrix entries (8 bytes each) with a ValueError rather than exhausting memory.
+
+    Returns ``(row, col)`` int32 arrays in the order of ``points``.
+    """
+    rows, cols = shape
+    taken = np.asarray(taken, dtype=np.int64)
+    if len(taken) and (taken.min() < 0 or taken.max() >= rows * cols):
+        raise ValueError(f"taken cells must lie in a {rows}x{cols} grid, got "
+                         f"{taken.min()}..{taken.max()}")
+    free = np.setdiff1d(np.arange(rows * cols), taken)
+    if len(points) > len(free):
+        raise ValueError(f"{len(points)} new images do not fit into the {len(free)} free cells "
+                         f"of a {rows}x{cols} grid")
+    if len(points) * len(free) > max_entries:
+        raise ValueError(f"{len(points)} new images x {len(free)} free cells exceeds "
+                         f"max_entries={max_entries}: lay the collection out afresh instead")
+    cells = solve_cells(np.asarray(points, dtype=np.float64), free, shape)
+    row, col = np.divmod(cells, cols)
+    return row.astype(np.int32), col.astype(np.int32)
+
+
 def total_cost(points, row, col):
     """Total squared distance of points (grid units) to the centres of their cells."""
     dx = points[:, 0] - (np.asarray(col) + 0.5)

@@ -58,21 +58,26 @@ def resolve_grid(spec, n):
     return auto_grid(n) if shape is None else shape
 
 
-def to_grid_units(xy, shape):
+def to_grid_units(xy, shape, reference=None):
     """Scale 2-D points so that they span the cell centres of a ``shape`` grid.
 
     Each axis is min-max scaled independently (as in the original gridded t-SNE recipe), x to
     ``[0.5, cols - 0.5]`` and y to ``[0.5, rows - 0.5]``: the extreme points then land exactly on
     the outermost cell centres, which keeps the squared cost free of a border offset.
+    With ``reference`` (other points of the same map, e.g. the old images when new ones are
+    added), the scaling is the one of ``reference``, so both sets share one frame.
 
     Returns a float64 array of shape (n, 2) with columns (x, y) in grid units.
     """
     xy = np.asarray(xy, dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] != 2:
         raise ValueError(f"points must have shape (n, 2), got {xy.shape!r}")
+    ref = xy if reference is None else np.asarray(reference, dtype=np.float64)
+    if ref.ndim != 2 or ref.shape[1] != 2 or len(ref) == 0:
+        raise ValueError(f"reference points must have shape (n, 2), got {ref.shape!r}")
     rows, cols = shape
-    lo = xy.min(axis=0)
-    span = xy.max(axis=0) - lo
+    lo = ref.min(axis=0)
+    span = ref.max(axis=0) - lo
     span[span == 0] = 1.0
     unit = (xy - lo) / span
     out = np.empty_like(unit)

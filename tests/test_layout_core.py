@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from gridtsne.assign import (assign_exact, assign_scalable, assign_to_grid, choose_method,
-                             total_cost)
+from gridtsne.assign import (assign_exact, assign_scalable, assign_to_free_cells, assign_to_grid,
+                             choose_method, total_cost)
 from gridtsne.grid import auto_grid, cell_centres, parse_grid, resolve_grid, to_grid_units
 from gridtsne.metrics import dpq, neighbour_label_agreement
 
@@ -116,6 +116,26 @@ def test_more_points_than_cells_is_an_error():
         choose_method("greedy", 10)
     assert choose_method("auto", 100) == "exact"
     assert choose_method("auto", 100_000) == "scalable"
+
+
+def test_new_points_fill_free_cells_next_to_their_positions():
+    shape = (6, 6)
+    taken = np.array([r * 6 + c for r in range(6) for c in range(6) if not (r >= 4 and c >= 4)])
+    # Three new points near the bottom-right corner, one near the top-left.
+    pts = np.array([[5.4, 5.6], [4.6, 4.4], [5.5, 4.5], [0.5, 0.5]])
+    row, col = assign_to_free_cells(pts[:3], shape, taken)
+    assert sorted(zip(row.tolist(), col.tolist())) == [(4, 4), (4, 5), (5, 5)]
+    assert (row[0], col[0]) == (5, 5) and (row[1], col[1]) == (4, 4)
+    with pytest.raises(ValueError, match="5 new images do not fit into the 4 free cells"):
+        assign_to_free_cells(np.vstack([pts, pts[:1]]), shape, taken)
+    with pytest.raises(ValueError, match="max_entries=3"):
+        assign_to_free_cells(pts, shape, taken, max_entries=3)
+
+
+def test_reference_frame_scaling():
+    old = np.array([[0.0, 0.0], [10.0, 20.0]])
+    new = np.array([[5.0, 10.0], [20.0, 20.0]])
+    np.testing.assert_allclose(to_grid_units(new, (3, 5), reference=old), [[2.5, 1.5], [8.5, 2.5]])
 
 
 # ---- metrics ------------------------------------------------------------------------------
