@@ -132,13 +132,14 @@ class TsneCanvas:
             for bx in range(-(-self.width // TSNE_BLOCK)):
                 yield bx, by
 
-    def point_image(self, fitted):
-        """Scale a cell's fitted thumbnail to the point size (aspect kept)."""
-        w, h = fitted.size
+    def point_image(self, thumbnail):
+        """Scale a decoded thumbnail to the point size (aspect kept)."""
+        w, h = thumbnail.size
         scale = self.point / max(w, h)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        return fitted.resize(size, Image.BILINEAR, reducing_gap=2.0) if size != fitted.size \
-            else fitted
+        if size == thumbnail.size:
+            return thumbnail
+        return thumbnail.resize(size, Image.BILINEAR, reducing_gap=2.0)
 
 
 def paint_block(canvas, bx, by, points):

@@ -110,6 +110,25 @@ def plan_render(layout_url, cell=128, tile=256, fmt="jpeg", overview=DEFAULT_LON
     return RenderPlan(geometry, tsne, count)
 
 
+def declared_levels(layout_url, cell=128, tile=256):
+    """The pyramid's full-resolution level from the layout's declared grid, or None.
+
+    Reads only the file's schema; None when the layout does not exist yet or declares no
+    grid shape.
+    """
+    try:
+        fs, files = storage.parquet_files(layout_url)
+    except (FileNotFoundError, OSError):
+        return None
+    if not files:
+        return None
+    with fs.open(files[0], "rb") as fh:
+        shape = grid_shape(schema.read_metadata(pq.ParquetFile(fh).schema_arrow))
+    if shape is None:
+        return None
+    return MosaicGeometry(shape[0], shape[1], cell=cell, tile=tile).max_level
+
+
 def table_parts(url):
     """``(file URL, row group)`` pairs covering the Parquet table at ``url``."""
     fs, files = storage.parquet_files(url)

@@ -12,7 +12,7 @@ import logging
 import math
 import typing
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,12 @@ class MosaicGeometry:
             raise ValueError(f"level {level!r} has no parent level")
         return level - 1, tx // 2, ty // 2, tx % 2, ty % 2
 
+    def children(self, level, tx, ty):
+        """The ``(dx, dy)`` offsets of the tiles at ``level + 1`` that tile ``(tx, ty)`` reduces."""
+        nx, ny = self.tile_counts(level + 1)
+        return [(dx, dy) for dy in (0, 1) for dx in (0, 1)
+                if 2 * tx + dx < nx and 2 * ty + dy < ny]
+
     def tile_count(self):
         """Tiles in the whole pyramid."""
         total = 0
@@ -178,8 +184,8 @@ class MosaicGeometry:
             raise ValueError(f"level must be in 0..{self.max_level}, got {level!r}")
 
 
-def fit_thumbnail(data, cell):
-    """Decode a thumbnail and scale it to fit inside a ``cell`` square, keeping its aspect.
+def decode_thumbnail(data, cell):
+    """Decode a thumbnail to RGB, at no less than ``cell`` px where JPEG can decode smaller.
 
     Returns None when ``data`` is empty or not a decodable image (the caller draws a
     placeholder): one bad thumbnail must never stop a render of millions.
@@ -187,19 +193,33 @@ def fit_thumbnail(data, cell):
     if not data:
         return None
     try:
-        img = Image.open(io.BytesIO(data))
+        # The embedding stage writes JPEG; naming it skips Pillow's format probing.
+        try:
+            img = Image.open(io.BytesIO(data), formats=("JPEG",))
+        except UnidentifiedImageError:
+            img = Image.open(io.BytesIO(data))
         # JPEG can decode at 1/2, 1/4, 1/8 scale for free; never below the target size.
         img.draft("RGB", (cell, cell))
-        img = img.convert("RGB")
+        return img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         log.debug("undecodable thumbnail (%d bytes): %s", len(data), exc)
         return None
+
+
+def fit_image(img, cell):
+    """Scale ``img`` to fit inside a ``cell`` square, keeping its aspect (up or down)."""
     w, h = img.size
     scale = cell / max(w, h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     if size != img.size:
         img = img.resize(size, Image.BILINEAR, reducing_gap=2.0)
     return img
+
+
+def fit_thumbnail(data, cell):
+    """Decode a thumbnail and fit it inside a ``cell`` square; None if undecodable."""
+    img = decode_thumbnail(data, cell)
+    return None if img is None else fit_image(img, cell)
 
 
 @functools.lru_cache(maxsize=8)
@@ -217,14 +237,15 @@ def placeholder(cell):
 class TopTile:
     """A rendered full-resolution tile and what it found.
 
-    ``image`` is the tile; ``fitted`` maps each cell the tile *owns* (see
-    :meth:`MosaicGeometry.owner_tile`) to its fitted thumbnail (None for a placeholder);
+    ``image`` is the tile; ``decoded`` maps each cell the tile *owns* (see
+    :meth:`MosaicGeometry.owner_tile`) to its decoded thumbnail before fitting (None for a
+    placeholder), from which smaller views are cheaper to make than from the fitted one;
     ``missing`` lists the URIs of owned cells that got a placeholder, so every cell is
     counted exactly once even when it straddles tiles.
     """
 
     image: Image.Image
-    fitted: dict
+    decoded: dict
     missing: list
 
 
@@ -248,7 +269,7 @@ def render_top_tile(geometry, tx, ty, cells):
     tile = Image.new("RGB", (x1 - x0, y1 - y0), BACKGROUND)
     owner = (tx, ty)
     seen = {}
-    fitted, missing = {}, []
+    decoded, missing = {}, []
     for uri, row, col, data in cells:
         if (row, col) in seen:
             raise ValueError(f"cell (row={row}, col={col}) is claimed by both {seen[(row, col)]!r} "
@@ -256,16 +277,17 @@ def render_top_tile(geometry, tx, ty, cells):
         seen[(row, col)] = uri
         if (tx, ty) not in geometry.tiles_of_cell(row, col):
             raise ValueError(f"cell (row={row}, col={col}) of {uri!r} is not in tile {owner!r}")
-        img = fit_thumbnail(data, geometry.inner)
+        source = decode_thumbnail(data, geometry.inner)
         cx, cy, _, _ = geometry.cell_box(row, col)
-        shown = placeholder(geometry.inner) if img is None else img
+        shown = placeholder(geometry.inner) if source is None else fit_image(source,
+                                                                             geometry.inner)
         w, h = shown.size
         tile.paste(shown, (cx - x0 + (geometry.cell - w) // 2, cy - y0 + (geometry.cell - h) // 2))
         if geometry.owner_tile(row, col) == owner:
-            fitted[(row, col)] = img
-            if img is None:
+            decoded[(row, col)] = source
+            if source is None:
                 missing.append(uri)
-    return TopTile(tile, fitted, missing)
+    return TopTile(tile, decoded, missing)
 
 
 def half(img):

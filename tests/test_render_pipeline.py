@@ -197,3 +197,35 @@ def test_bad_flags_and_tables_fail_before_the_pipeline(tmp_path, collection):
         render_pipeline.run(["--vectors", vectors, "--layout", small, "--output",
                              str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_lost_data_fails_loudly_instead_of_leaving_holes(tmp_path, collection):
+    """A runner that drops elements must not yield a site that silently lacks images."""
+    from gridtsne.render_inputs import plan_render
+    from transforms.render import ReduceTileFn, check_counts
+
+    records, cells = collection
+    _, layout = write_tables(str(tmp_path), records, cells, ROWS, COLS)
+    plan = plan_render(layout, cell=64, tile=128)  # 256x256 px: level 8 has 2x2 tiles
+    fn = ReduceTileFn(str(tmp_path / "site"), RenderConfig(cell=64, tile=128))
+    fn.setup()
+    half = tiles.encode_intermediate(Image.new("RGB", (64, 64), (9, 9, 9)))
+    three = [(0, 0, half), (1, 0, half), (0, 1, half)]
+    with pytest.raises(ValueError, match=r"expected \[\(0, 0\), \(0, 1\), \(1, 0\), "
+                                         r"\(1, 1\)\]: the runner lost"):
+        list(fn.process(((7, 0, 0), three), plan))
+    assert len(list(fn.process(((7, 0, 0), three + [(1, 1, half)]), plan))) == 2
+    tsne = {"points": 9}
+    check_counts(11, 2, (1, 11), (3, 11), tsne)
+    with pytest.raises(ValueError, match="the search index holds 10 of 11 images"):
+        check_counts(11, 2, (1, 11), (3, 10), tsne)
+
+
+def test_too_few_reduction_stages_is_a_clear_error(tmp_path, collection):
+    records, cells = collection
+    vectors, layout = write_tables(str(tmp_path / "in"), records, cells, ROWS, COLS)
+    p = BeamTestPipeline()
+    _ = p | RenderMosaic(vectors, layout, str(tmp_path / "site"),
+                         RenderConfig(cell=64, tile=128, max_levels=3))
+    with pytest.raises(Exception, match=r"RenderConfig\(max_levels=8\) or more"):
+        p.run().wait_until_finish()

@@ -98,7 +98,7 @@ def test_top_tile_places_thumbnails_in_their_cells(thumbs):
     # The hole (1, 1) is plain background.
     hole = _region(top.image, (128, 128, 256, 256))
     assert np.abs(hole - np.array(BACKGROUND)).max() == 0
-    assert top.missing == [] and set(top.fitted) == {(0, 0), (0, 1), (1, 0)}
+    assert top.missing == [] and set(top.decoded) == {(0, 0), (0, 1), (1, 0)}
     # The 2 px padding (128 // 64) keeps neighbours apart: the rocket's top rows are background.
     assert g.pad == 2 and g.inner == 124
     assert np.abs(_region(top.image, (128, 0, 256, 2)) - np.array(BACKGROUND)).max() == 0

@@ -28,7 +28,8 @@ from gridtsne import __version__, storage
 from gridtsne.overview import (DEFAULT_LONGEST, MOSAIC_OVERVIEW, TSNE_OVERVIEW, check_longest,
                                compose_mosaic_overview, encode_jpeg, paint_block, stitch_blocks)
 from gridtsne.projector import export_projector
-from gridtsne.render_inputs import plan_render, read_layout_part, read_thumbnail_part, table_parts
+from gridtsne.render_inputs import (declared_levels, plan_render, read_layout_part,
+                                    read_thumbnail_part, table_parts)
 from gridtsne.site import (CELL_BLOCK, DEFAULT_OSD_URL, SEARCH_DIRECTORY, SUMMARY_FILE, PageConfig,
                            cell_block, cell_shard, copy_osd, is_url, read_labels, search_chunks,
                            search_directory, search_prefix, write_page)
@@ -53,7 +54,9 @@ class RenderConfig:
     ``webp``; pad: background px around each thumbnail (default ``cell // 64``); quality:
     tile encoder quality; overview: longest side of ``mosaic.jpg`` and
     ``tsne.jpg``; osd_url: the page's ``<script src>`` for OpenSeadragon; labels: optional
-    CSV (``uri``/``path``, ``label``); projector: also export a TensorBoard Projector folder.
+    CSV (``uri``/``path``, ``label``); projector: also export a TensorBoard Projector folder;
+    max_levels: reduction stages to build (default: exactly the pyramid's, when the layout
+    exists before the pipeline runs, else ``DEFAULT_MAX_LEVELS``).
     """
 
     cell: int = 128
@@ -67,14 +70,15 @@ class RenderConfig:
     title: str = "gridtsne mosaic"
     projector: bool = False
     projector_max_points: typing.Optional[int] = None
-    max_levels: int = DEFAULT_MAX_LEVELS
+    max_levels: typing.Optional[int] = None
 
     def __post_init__(self):
         MosaicGeometry(1, 1, cell=self.cell, tile=self.tile, fmt=self.fmt, pad=self.pad)
         if not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be an integer in 1..100, got {self.quality!r}")
         check_longest(self.overview)
-        if not isinstance(self.max_levels, int) or not 1 <= self.max_levels <= 40:
+        if self.max_levels is not None and (not isinstance(self.max_levels, int)
+                                            or not 1 <= self.max_levels <= 40):
             raise ValueError(f"max_levels must be an integer in 1..40, got {self.max_levels!r}")
         if not self.osd_url:
             raise ValueError(f"osd_url must not be empty, got {self.osd_url!r}")
@@ -119,16 +123,16 @@ class RenderTopTileFn(_TileFn):
         storage.write_bytes(storage.url_join(self.output, g.tile_path(g.max_level, tx, ty)),
                             encode_tile(top.image, g.fmt, self.config.quality))
         self.tiles.inc()
-        self.cells.inc(len(top.fitted))
+        self.cells.inc(len(top.decoded))
         self.placeholders.inc(len(top.missing))
         yield TaggedOutput(WRITTEN, g.max_level)
         for uri in top.missing:
             yield TaggedOutput(MISSING, uri)
         for uri, row, col, _, x, y in cells:
-            fitted = top.fitted.get((row, col))
-            if fitted is None:
+            source = top.decoded.get((row, col))
+            if source is None:
                 continue  # not owned by this tile, or a placeholder: not drawn in tsne.jpg
-            small = plan.tsne.point_image(fitted)
+            small = plan.tsne.point_image(source)
             px, py = plan.tsne.position(x, y)
             point = ((row, col), px, py, small.width, small.height, small.tobytes())
             for block in plan.tsne.blocks(px, py, small.width, small.height):
@@ -154,6 +158,11 @@ class ReduceTileFn(_TileFn):
                 raise ValueError(f"tile {(level, tx, ty)!r} got child {(dx, dy)!r} twice")
             seen.add((dx, dy))
             halves.append((dx, dy, decode_image(data)))
+        expected = set(g.children(level, tx, ty))
+        if seen != expected:
+            # A quarter drawn as background would go unnoticed: fail loudly instead.
+            raise ValueError(f"tile {(level, tx, ty)!r} got children {sorted(seen)!r}, expected "
+                             f"{sorted(expected)!r}: the runner lost or duplicated data")
         img = assemble_parent(g, level, tx, ty, halves)
         storage.write_bytes(storage.url_join(self.output, g.tile_path(level, tx, ty)),
                             encode_tile(img, g.fmt, self.config.quality))
@@ -194,28 +203,31 @@ def _key_by_tiles(cell, plan):
 
 
 def _paint_tsne_block(element, plan):
+    """``(bx, by, JPEG, points whose top-left pixel lies in this block)``."""
     (bx, by), points = element
     decoded = [(order, px, py, Image.frombytes("RGB", (w, h), raw))
                for order, px, py, w, h, raw in points]
     block = paint_block(plan.tsne, bx, by, decoded)
-    return bx, by, encode_jpeg(block, quality=95)
+    x0, y0, x1, y1 = plan.tsne.block_box(bx, by)
+    owned = sum(1 for _, px, py, _ in decoded if x0 <= px < x1 and y0 <= py < y1)
+    return bx, by, encode_jpeg(block, quality=95), owned
 
 
 def _write_tsne(blocks, output, plan):
-    images = [(bx, by, decode_image(data)) for bx, by, data in blocks]
+    images = [(bx, by, decode_image(data)) for bx, by, data, _ in blocks]
     img = stitch_blocks(plan.tsne, images)
     storage.write_bytes(storage.url_join(output, TSNE_OVERVIEW), encode_jpeg(img))
     return {"file": TSNE_OVERVIEW, "width": img.width, "height": img.height,
-            "point": plan.tsne.point}
+            "point": plan.tsne.point, "points": sum(b[3] for b in blocks)}
 
 
 def _write_mosaic_overview(_, output, config, plan, tiles_written):
     g = plan.geometry
     expected = g.tile_count()
     if tiles_written != expected:
-        raise ValueError(f"the pyramid has {tiles_written} tiles, expected {expected}: raise "
-                         f"max_levels (now {config.max_levels}) for a {g.max_level + 1}-level "
-                         f"pyramid")
+        raise ValueError(f"the pyramid has {tiles_written} tiles, expected {expected}: give "
+                         f"RenderConfig(max_levels={g.max_level}) or more for this "
+                         f"{g.max_level + 1}-level pyramid")
 
     def read_tile(level, tx, ty):
         url = storage.url_join(output, g.tile_path(level, tx, ty))
@@ -227,10 +239,20 @@ def _write_mosaic_overview(_, output, config, plan, tiles_written):
 
 
 def _write_cell_shard(element, output):
+    """Write one block's cell index; ``(1 shard, its number of images)``."""
     (br, bc), entries = element
+    entries = list(entries)
     name, data = cell_shard(br, bc, entries, CELL_BLOCK)
     storage.write_bytes(storage.url_join(output, name), data)
-    return 1
+    return 1, len(entries)
+
+
+def _sum_pairs(pairs):
+    totals = [0, 0]
+    for a, b in pairs:
+        totals[0] += a
+        totals[1] += b
+    return tuple(totals)
 
 
 def _write_search_chunks(element, output):
@@ -241,13 +263,31 @@ def _write_search_chunks(element, output):
 
 
 def _write_search_directory(entries, output):
+    """Write ``search/index.js``; ``(chunks, names indexed)``."""
     storage.write_bytes(storage.url_join(output, SEARCH_DIRECTORY), search_directory(entries))
-    return len(entries)
+    return len(entries), sum(e[3] for e in entries)
+
+
+def check_counts(cells, placeholders, shards, search, tsne):
+    """Every image must be in the cell index, the search index and (if drawable) tsne.jpg.
+
+    A runner that loses elements would otherwise leave a page that quietly lacks images.
+    """
+    problems = []
+    if shards[1] != cells:
+        problems.append(f"the cell index holds {shards[1]} of {cells} images")
+    if search[1] != cells:
+        problems.append(f"the search index holds {search[1]} of {cells} images")
+    if tsne["points"] != cells - placeholders:
+        problems.append(f"tsne.jpg shows {tsne['points']} of {cells - placeholders} images")
+    if problems:
+        raise ValueError("the render lost data: " + "; ".join(problems))
 
 
 def _write_site(_, output, config, plan, tiles, placeholders, examples, cells, shards,
                 search, mosaic, tsne, projector):
     """Last step: ``mosaic.dzi``, the page and ``site.json``, once everything else exists."""
+    check_counts(cells, placeholders, shards, search, tsne)
     g = plan.geometry
     storage.write_bytes(storage.url_join(output, DZI_NAME), g.dzi_xml())
     osd_url = config.osd_url
@@ -266,7 +306,8 @@ def _write_site(_, output, config, plan, tiles, placeholders, examples, cells, s
         "tiles_total": sum(tiles.values()),
         "placeholders": placeholders,
         "placeholder_examples": sorted(examples),
-        "index": {"cell_shards": shards, "search_chunks": search, "cell_block": CELL_BLOCK},
+        "index": {"cell_shards": shards[0], "search_chunks": search[0],
+                  "cell_block": CELL_BLOCK},
         "overviews": {"mosaic": mosaic, "tsne": tsne},
         "projector": projector,
         "files": {"page": "index.html", "dzi": DZI_NAME, "tiles": "mosaic_files/",
@@ -321,6 +362,17 @@ class RenderMosaic(beam.PTransform):
         self.output = str(output)
         self.config = config
 
+    def _stages(self, pcoll):
+        """How many reduction stages to build (one per level below the top)."""
+        if self.config.max_levels is not None:
+            return self.config.max_levels
+        if isinstance(pcoll, beam.pvalue.PBegin):
+            # The layout exists already (nothing upstream writes it): build exactly enough.
+            top = declared_levels(self.layout_url, self.config.cell, self.config.tile)
+            if top is not None:
+                return max(1, top)
+        return DEFAULT_MAX_LEVELS
+
     def expand(self, pcoll):
         cfg, out = self.config, self.output
         start = _start(pcoll)
@@ -357,7 +409,7 @@ class RenderMosaic(beam.PTransform):
                .with_outputs(WRITTEN, MISSING, TSNE, main="parents"))
         written = [top[WRITTEN]]
         parents = top.parents
-        for stage in range(1, cfg.max_levels + 1):
+        for stage in range(1, self._stages(pcoll) + 1):
             lower = (parents
                      | f"GroupTilesStage{stage:02d}" >> beam.GroupByKey()
                      | f"ReduceTilesStage{stage:02d}" >> beam.ParDo(ReduceTileFn(out, cfg), plan_si)
@@ -390,7 +442,7 @@ class RenderMosaic(beam.PTransform):
                                  (c[1], c[2], c[0], c[9], c[6], c[7], c[8])))
                   | "GroupCellsByBlock" >> beam.GroupByKey()
                   | "WriteCellShards" >> beam.Map(_write_cell_shard, out)
-                  | "CountCellShards" >> beam.CombineGlobally(sum))
+                  | "CountCellShards" >> beam.CombineGlobally(_sum_pairs))
         search = (cells
                   | "KeyNamesByPrefix" >> beam.Map(lambda c: (search_prefix(c[0]),
                                                               (c[0], c[1], c[2])))
