@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from gridtsne import __version__, schema, storage
 from gridtsne.assign import METHODS, assign_to_grid, total_cost
 from gridtsne.grid import parse_grid, resolve_grid, to_grid_units
-from gridtsne.tsne import embed_2d
+from gridtsne.tsne import embed_2d, resolve_gradient
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ class LayoutConfig:
     pca_dims : ``"auto"`` (200 dimensions above 200,000 images), None or 0 (never) or a number.
     fit_sample : ``"auto"``, None or 0 (fit all images), or the number of images to fit
         t-SNE on, placing the rest with openTSNE's ``transform`` (faster, worse maps).
+    gradient : t-SNE gradients: ``"auto"`` (FFT from 10,000 images on, Barnes-Hut below, as
+        openTSNE chooses), ``"fft"`` or ``"bh"``.
     sample : lay out a seeded random sample when there are more images than cells, instead
         of failing.
     sample_size : lay out a seeded random sample of at most this many images.
@@ -64,6 +66,7 @@ class LayoutConfig:
     n_iter: int = 500
     early_exaggeration_iter: int = 250
     fit_sample: Union[str, int, None] = "auto"
+    gradient: str = "auto"
     sample: bool = False
     sample_size: Optional[int] = None
     leaf_cells: int = 144
@@ -88,6 +91,7 @@ class LayoutConfig:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         _auto_or_int(self.pca_dims, "pca_dims", 2)
         _auto_or_int(self.fit_sample, "fit_sample", 100)
+        resolve_gradient(self.gradient, 0)  # raises on an unknown method
         if self.sample_size is not None and (not isinstance(self.sample_size, int)
                                              or self.sample_size < 4):
             raise ValueError(f"sample_size must be an integer >= 4, got {self.sample_size!r}")
@@ -155,7 +159,8 @@ def compute_layout(vectors, config=LayoutConfig(), xy=None):
                                  n_jobs=config.n_jobs, pca_dims=config.pca_dims,
                                  n_iter=config.n_iter,
                                  early_exaggeration_iter=config.early_exaggeration_iter,
-                                 fit_sample=config.fit_sample, verbose=config.verbose)
+                                 fit_sample=config.fit_sample, gradient=config.gradient,
+                             verbose=config.verbose)
     else:
         xy = np.asarray(xy, dtype=np.float32)
         if xy.shape != (len(vectors), 2):

@@ -70,6 +70,8 @@ class LayoutOptions(PipelineOptions):
         _add(parser, "--fit_sample", type=_auto_or_int, default=None,
              help="fit t-SNE on this many images and place the rest with transform: a number, "
                   "none/0/auto (all images: transform is faster but gives clearly worse maps)")
+        _add(parser, "--tsne_gradient", default=None, choices=("auto", "fft", "bh"),
+             help="t-SNE gradients: auto (FFT from 10,000 images on, Barnes-Hut below), fft, bh")
         _add(parser, "--n_iter", type=int, default=None,
              help=f"t-SNE iterations after early exaggeration (default {d.n_iter})")
         _add(parser, "--early_exaggeration_iter", type=int, default=None,
@@ -87,7 +89,7 @@ def config_from_options(options):
         raise ValueError("--output is required")
     fields = {"grid": o.grid, "assign": o.assign, "perplexity": o.perplexity, "seed": o.seed,
               "sample": o.sample, "sample_size": o.sample_size, "pca_dims": o.pca_dims,
-              "fit_sample": o.fit_sample, "n_iter": o.n_iter,
+              "fit_sample": o.fit_sample, "gradient": o.tsne_gradient, "n_iter": o.n_iter,
               "early_exaggeration_iter": o.early_exaggeration_iter, "n_jobs": o.tsne_threads}
     given = {k: v for k, v in fields.items() if v is not None}
     vectors, output = o.vectors, o.output

@@ -70,6 +70,12 @@ def test_fixed_seed_gives_identical_layouts():
     _check_injection(a[2], a[3], 15, 16, 240)
     c = compute_layout(v, LayoutConfig(**FAST, seed=4))
     assert not np.array_equal(a[0], c[0])
+    # FFT gradients (the default from 10,000 images on) are deterministic too.
+    fft = LayoutConfig(**FAST, gradient="fft")
+    d, e = compute_layout(v, fft), compute_layout(v, fft)
+    assert d[4]["tsne"]["gradient"] == "fft" and a[4]["tsne"]["gradient"] == "bh"
+    np.testing.assert_array_equal(d[0], e[0])
+    np.testing.assert_array_equal(d[2] * 100 + d[3], e[2] * 100 + e[3])
 
 
 def test_layout_keeps_clusters_together():
@@ -113,7 +119,8 @@ def test_fit_sample_then_transform_places_everyone():
 
 @pytest.mark.parametrize("bad", [dict(grid="12"), dict(assign="greedy"), dict(perplexity=-1),
                                  dict(seed=-2), dict(n_jobs=0), dict(pca_dims=1),
-                                 dict(fit_sample="half"), dict(sample_size=2), dict(window=1)])
+                                 dict(fit_sample="half"), dict(sample_size=2), dict(window=1),
+                                 dict(gradient="exact")])
 def test_config_rejects_bad_values_quoting_them(bad):
     (name, value), = bad.items()
     with pytest.raises(ValueError, match=repr(value).replace("'", "").strip("-") or "."):
