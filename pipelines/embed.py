@@ -69,6 +69,8 @@ class EmbedOptions(PipelineOptions):
              help="refuse files larger than this many bytes")
         _add(parser, "--torch_threads", type=int, default=None,
              help="torch intra-op threads per worker process (default: torch's choice)")
+        _add(parser, "--decode_threads", type=int, default=EmbedConfig.decode_threads,
+             help="threads per worker that fetch and decode ahead of the model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +215,7 @@ def config_from_options(options):
     embed = EmbedConfig(model=o.model, weights=o.weights, device=o.device,
                         batch_size=o.batch_size, decode=decode,
                         storage_options=storage_options_from(options),
-                        torch_threads=o.torch_threads)
+                        torch_threads=o.torch_threads, decode_threads=o.decode_threads)
     metadata = describe_job(embed)
     embed = dataclasses.replace(embed, weights_sha256=metadata["weights_sha256"])
     return EmbedJobConfig(inputs=tuple(o.input or ()), manifests=tuple(o.manifest or ()),

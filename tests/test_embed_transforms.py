@@ -49,12 +49,14 @@ def test_list_files_reports_patterns_that_fail_or_match_nothing(mixed):
                     label="CheckErrors")
 
 
-def test_read_and_decode_tags_every_bad_image_and_skips_other_files(mixed):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_read_and_decode_tags_every_bad_image_and_skips_other_files(mixed, threads):
     folder, (good, bad, other) = mixed
     infos = list(expand_pattern(str(folder)))
     with BeamTestPipeline() as p:
         decoded, errors = (p | beam.Create(infos) | beam.ParDo(
-            ReadAndDecodeFn(CONFIG.decode)).with_outputs("errors", main="decoded"))
+            ReadAndDecodeFn(CONFIG.decode, threads=threads, in_flight=2))
+            .with_outputs("errors", main="decoded"))
         assert_that(decoded | beam.Map(lambda kv: kv[1].shape) | beam.Distinct(),
                     equal_to([(32, 32, 3)]), label="Shapes")
         assert_that(decoded | beam.combiners.Count.Globally(), equal_to([good]),

@@ -4,6 +4,8 @@
 :class:`EmbeddingModelHandler` (gridtsne.models) -> rows (gridtsne.rows). Every file that is
 an image leaves as exactly one vector row or one error row.
 """
+import collections
+import concurrent.futures
 import dataclasses
 import logging
 import time
@@ -11,6 +13,7 @@ import time
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.utils.windowed_value import WindowedValue
 
 from gridtsne import models
 from gridtsne.decode import STAGE_DECODE, STAGE_EMBED, DecodeConfig, DecodeError
@@ -46,6 +49,8 @@ class EmbedConfig:
     channels_last : bool
     torch_threads : int or None
         ``torch.set_num_threads`` in each worker process; None keeps torch's default.
+    decode_threads : int
+        Threads per DoFn instance that fetch and decode ahead of the model (1: inline).
     """
 
     model: str = models.DEFAULT_MODEL
@@ -57,6 +62,7 @@ class EmbedConfig:
     storage_options: dict = dataclasses.field(default_factory=dict)
     channels_last: bool = True
     torch_threads: int = None
+    decode_threads: int = 4
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
@@ -65,6 +71,24 @@ class EmbedConfig:
             raise ValueError(f"device must be one of {models.DEVICES}, got {self.device!r}")
         if self.torch_threads is not None and self.torch_threads <= 0:
             raise ValueError(f"torch_threads must be positive, got {self.torch_threads!r}")
+        if not isinstance(self.decode_threads, int) or self.decode_threads < 1:
+            raise ValueError(f"decode_threads must be at least 1, got {self.decode_threads!r}")
+
+
+def _read_and_decode_outcome(info, decode_config, storage_options):
+    """``(kind, value, msec)`` for one file, never raising (runs in a worker thread)."""
+    start = time.perf_counter()
+    try:
+        result = read_and_decode(info, decode_config, storage_options)
+    except DecodeError as exc:
+        return "error", error_row_from(info.uri, exc), 0
+    except Exception as exc:  # a bug or an exotic failure still must not lose the file
+        log.exception("unexpected failure decoding %s", info.uri)
+        return "error", error_row(info.uri, STAGE_DECODE, type(exc).__name__,
+                                  str(exc) or repr(exc)), 0
+    if result is None:
+        return "skipped", None, 0
+    return "image", result, int((time.perf_counter() - start) * 1000)
 
 
 class ReadAndDecodeFn(beam.DoFn):
@@ -72,40 +96,82 @@ class ReadAndDecodeFn(beam.DoFn):
 
     Files whose content is not an image (and that were neither named explicitly nor carry an
     image extension) are dropped and counted as ``files_skipped_not_images``.
+
+    With ``threads > 1`` files are fetched and decoded by a small thread pool, up to
+    ``in_flight`` ahead of what has been emitted: while the model runs on one batch further
+    down the fused stage, the next batch is being read and decoded (Pillow and fsspec release
+    the GIL), and object-store latency is paid in parallel. Outputs keep the input order and
+    each keeps its own element's window and timestamp; counters are updated on the bundle's
+    thread, where Beam collects them.
     """
 
-    def __init__(self, decode_config, storage_options=None):
+    def __init__(self, decode_config, storage_options=None, threads=1, in_flight=None):
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads!r}")
         self._config = decode_config
         self._storage_options = dict(storage_options or {})
+        self._threads = threads
+        self._in_flight = max(in_flight or 0, 2 * threads)
+        self._pool = None
+        self._pending = collections.deque()
         self._found = C.counter(C.IMAGES_FOUND)
         self._skipped = C.counter(C.NOT_IMAGES)
         self._errors = C.counter(C.DECODE_ERRORS)
         self._bytes = C.counter(C.BYTES_READ)
         self._msec = C.distribution(C.DECODE_MSEC)
 
-    def process(self, info):
-        start = time.perf_counter()
-        try:
-            result = read_and_decode(info, self._config, self._storage_options)
-        except DecodeError as exc:
-            self._found.inc()
-            self._errors.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row_from(info.uri, exc))
+    def setup(self):
+        if self._threads > 1:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                self._threads, thread_name_prefix="ReadAndDecode")
+
+    def start_bundle(self):
+        self._pending = collections.deque()
+
+    def process(self, info, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        if self._pool is None:
+            outcome = _read_and_decode_outcome(info, self._config, self._storage_options)
+            yield from self._emit(outcome, None)
             return
-        except Exception as exc:  # a bug or an exotic failure still must not lose the file
-            self._found.inc()
-            self._errors.inc()
-            log.exception("unexpected failure decoding %s", info.uri)
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(
-                info.uri, STAGE_DECODE, type(exc).__name__, str(exc) or repr(exc)))
-            return
-        if result is None:
+        future = self._pool.submit(_read_and_decode_outcome, info, self._config,
+                                   self._storage_options)
+        self._pending.append((future, timestamp, window))
+        while len(self._pending) > self._in_flight:
+            yield from self._emit_oldest()
+
+    def finish_bundle(self):
+        while self._pending:
+            yield from self._emit_oldest()
+
+    def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _emit_oldest(self):
+        future, timestamp, window = self._pending.popleft()
+        yield from self._emit(future.result(), (timestamp, window))
+
+    def _emit(self, outcome, where):
+        kind, value, msec = outcome
+        if kind == "skipped":
             self._skipped.inc()
             return
         self._found.inc()
-        self._bytes.inc(result[0].bytes)
-        self._msec.update(int((time.perf_counter() - start) * 1000))
-        yield result
+        if kind == "error":
+            self._errors.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, _windowed(value, where))
+            return
+        self._bytes.inc(value[0].bytes)
+        self._msec.update(msec)
+        yield _windowed(value, where)
+
+
+def _windowed(value, where):
+    if where is None:
+        return value
+    timestamp, window = where
+    return WindowedValue(value, timestamp, [window])
 
 
 class EmbeddingModelHandler(ModelHandler):
@@ -204,8 +270,9 @@ class EmbedImages(beam.PTransform):
     def expand(self, files):
         decoded, decode_errors = (
             files
-            | "ReadAndDecodeImages" >> beam.ParDo(
-                ReadAndDecodeFn(self._config.decode, self._config.storage_options))
+            | "ReadAndDecodeImages" >> beam.ParDo(ReadAndDecodeFn(
+                self._config.decode, self._config.storage_options,
+                threads=self._config.decode_threads, in_flight=self._config.batch_size))
             .with_outputs(ERRORS, main="decoded"))
         embedded, failures = (
             decoded
