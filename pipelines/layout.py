@@ -107,6 +107,9 @@ def build_pipeline(p, job, upstream=None):
 
 def run(argv=None):
     """Parse ``argv``, run the stage, print and return the summary dict."""
+    if not logging.getLogger().handlers:
+        # Progress (reading, t-SNE iterations, refinement sweeps) goes to the log.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
     options = PipelineOptions(argv)
     job = config_from_options(options)
@@ -123,5 +126,4 @@ def run(argv=None):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run()

@@ -213,6 +213,21 @@ def test_run_layout_reads_and_writes_s3(s3_bucket):
     assert head["ContentType"] == "application/json"
 
 
+def test_plain_list_vectors_from_other_writers(tmp_path):
+    v, _ = _vectors(60, dim=8)
+    pq.write_table(pa.table({"uri": [f"u{i}" for i in range(60)],
+                             "vector": [list(map(float, row)) for row in v]}),
+                   tmp_path / "v.parquet")
+    summary = run_layout(str(tmp_path / "v.parquet"), str(tmp_path / "out"), LayoutConfig(**FAST))
+    assert summary["images"] == 60 and summary["vector_dim"] == 8
+    table = pq.read_table(tmp_path / "out" / "layout.parquet")
+    assert table.column("sha256").null_count == 60  # no sha256 column: nulls, not a crash
+    pq.write_table(pa.table({"uri": ["a", "b"], "vector": [[1.0, 2.0], [1.0]]}),
+                   tmp_path / "ragged.parquet")
+    with pytest.raises(ValueError, match="varying width"):
+        run_layout(str(tmp_path / "ragged.parquet"), str(tmp_path / "out2"), LayoutConfig(**FAST))
+
+
 def test_bad_vectors_tables_are_clear_errors(tmp_path):
     pq.write_table(pa.table({"uri": ["a"], "vec": [[1.0]]}), tmp_path / "x.parquet")
     with pytest.raises(ValueError, match=r"lacks the column\(s\) \['vector'\]"):
