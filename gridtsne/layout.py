@@ -160,7 +160,7 @@ def compute_layout(vectors, config=LayoutConfig(), xy=None):
                                  n_iter=config.n_iter,
                                  early_exaggeration_iter=config.early_exaggeration_iter,
                                  fit_sample=config.fit_sample, gradient=config.gradient,
-                             verbose=config.verbose)
+                                 verbose=config.verbose)
     else:
         xy = np.asarray(xy, dtype=np.float32)
         if xy.shape != (len(vectors), 2):
