@@ -3,7 +3,7 @@
 Pure functions, no Beam: :class:`MosaicGeometry` says which tiles exist at each level and which
 cells each top-level tile covers; :func:`render_top_tile` draws one full-resolution tile from
 the thumbnails of its cells only; :func:`half` and :func:`assemble_parent` build every lower
-level by 2x2 reduction, so no worker ever needs the whole mosaic.
+level by 2x2 reduction of the level above, so no worker ever needs the whole mosaic.
 """
 import dataclasses
 import functools
@@ -28,11 +28,6 @@ FORMATS = {"jpeg": ("jpg", "JPEG"), "webp": ("webp", "WEBP")}
 DZI_NAME = "mosaic.dzi"
 DZI_FILES = "mosaic_files"
 DZI_NAMESPACE = "http://schemas.microsoft.com/deepzoom/2008"
-
-# Tiles handed from one level to the next: near-lossless and small, so a level's worth of them
-# stays cheap in the shuffle, and each is decoded exactly once, by its parent.
-_INTERMEDIATE = {"format": "JPEG", "quality": 95, "subsampling": 0}
-
 
 @dataclasses.dataclass(frozen=True)
 class MosaicGeometry:
@@ -331,13 +326,6 @@ def encode_tile(img, fmt, quality=85):
         img.save(buf, "WEBP", quality=quality, method=2)
     else:
         img.save(buf, "JPEG", quality=quality, optimize=False)
-    return buf.getvalue()
-
-
-def encode_intermediate(img):
-    """Encode a half tile for the shuffle between levels."""
-    buf = io.BytesIO()
-    img.save(buf, **_INTERMEDIATE)
     return buf.getvalue()
 
 

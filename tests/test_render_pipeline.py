@@ -207,14 +207,19 @@ def test_lost_data_fails_loudly_instead_of_leaving_holes(tmp_path, collection):
     records, cells = collection
     _, layout = write_tables(str(tmp_path), records, cells, ROWS, COLS)
     plan = plan_render(layout, cell=64, tile=128)  # 256x256 px: level 8 has 2x2 tiles
-    fn = ReduceTileFn(str(tmp_path / "site"), RenderConfig(cell=64, tile=128))
+    site = tmp_path / "site"
+    fn = ReduceTileFn(str(site), RenderConfig(cell=64, tile=128))
     fn.setup()
-    half = tiles.encode_intermediate(Image.new("RGB", (64, 64), (9, 9, 9)))
-    three = [(0, 0, half), (1, 0, half), (0, 1, half)]
+    g = plan.geometry
+    for tx, ty in g.tile_keys(8):
+        storage.write_bytes(str(site / g.tile_path(8, tx, ty)),
+                            tiles.encode_tile(Image.new("RGB", (128, 128), (9, 9, 9)), "jpeg"))
+    three = [(0, 0), (1, 0), (0, 1)]
     with pytest.raises(ValueError, match=r"expected \[\(0, 0\), \(0, 1\), \(1, 0\), "
                                          r"\(1, 1\)\]: the runner lost"):
         list(fn.process(((7, 0, 0), three), plan))
-    assert len(list(fn.process(((7, 0, 0), three + [(1, 1, half)]), plan))) == 2
+    assert len(list(fn.process(((7, 0, 0), three + [(1, 1)]), plan))) == 2
+    assert Image.open(site / g.tile_path(7, 0, 0)).size == (128, 128)
     tsne = {"points": 9}
     check_counts(11, 2, (1, 11), (3, 11), tsne)
     with pytest.raises(ValueError, match="the search index holds 10 of 11 images"):

@@ -3,9 +3,9 @@
 Work items and what each holds:
 
 * a top-level tile: the thumbnails of the cells it covers (keyed by tile after joining
-  layout rows with vector rows by URI), drawn once, written, and handed on as its half;
-* a tile of a lower level: the halves of its (up to four) children, keyed by parent, one
-  Beam stage per level;
+  layout rows with vector rows by URI), drawn once and written;
+* a tile of a lower level: its (up to four) children, keyed by parent and read back from
+  the output, one Beam stage per level;
 * a block of ``tsne.jpg``, a cell-index block, a search-index prefix: only their own rows.
 
 So no worker ever holds the full mosaic. Every file goes through :mod:`gridtsne.storage`.
@@ -34,7 +34,7 @@ from gridtsne.site import (CELL_BLOCK, DEFAULT_OSD_URL, SEARCH_DIRECTORY, SUMMAR
                            cell_block, cell_shard, copy_osd, is_url, read_labels, search_chunks,
                            search_directory, search_prefix, write_page)
 from gridtsne.tiles import (DZI_NAME, MosaicGeometry, assemble_parent, decode_image,
-                            encode_intermediate, encode_tile, half, render_top_tile)
+                            encode_tile, half, render_top_tile)
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _timer(name):
 
 
 class _TileFn(beam.DoFn):
-    """Base of the tile DoFns: their main output is ``(parent tile key, half)`` pairs."""
+    """Base of the tile DoFns: their main output is ``(parent tile key, child offset)``."""
 
     def __init__(self, output, config):
         self.output = output
@@ -104,7 +104,7 @@ class RenderTopTileFn(_TileFn):
     """Draw and write one full-resolution tile; hand its half to the parent level.
 
     Input: ``((tx, ty), {"cells": [(uri, row, col, thumbnail, x, y)], "tile": [...]})``.
-    Outputs: main ``((level, ptx, pty), (dx, dy, half))``; ``written``: the level;
+    Outputs: main ``((level, ptx, pty), (dx, dy))``; ``written``: the level;
     ``missing``: URIs drawn as placeholders; ``tsne``: ``(block, point)`` for ``tsne.jpg``.
     """
 
@@ -139,12 +139,17 @@ class RenderTopTileFn(_TileFn):
                 yield TaggedOutput(TSNE, (block, point))
         if g.max_level > 0:
             level, ptx, pty, dx, dy = g.parent(g.max_level, tx, ty)
-            yield (level, ptx, pty), (dx, dy, encode_intermediate(half(top.image)))
+            yield (level, ptx, pty), (dx, dy)
         self.ms.update(int((time.perf_counter() - start) * 1000))
 
 
 class ReduceTileFn(_TileFn):
-    """Assemble one lower-level tile from its children's halves, write it, pass its half on."""
+    """Build one lower-level tile from its (up to four) children, written one stage earlier.
+
+    Input: ``((level, tx, ty), [(dx, dy), ...])``: only which children exist; their pixels
+    are read back from the output, so the runner never carries pyramid pixels and its memory
+    does not grow with the collection. Each child is decoded once, by its parent.
+    """
 
     def setup(self):
         self.tiles = Metrics.counter(NAMESPACE, "lower_tiles_written")
@@ -152,17 +157,16 @@ class ReduceTileFn(_TileFn):
     def process(self, element, plan):
         (level, tx, ty), children = element
         g = plan.geometry
-        halves, seen = [], set()
-        for dx, dy, data in children:
-            if (dx, dy) in seen:
-                raise ValueError(f"tile {(level, tx, ty)!r} got child {(dx, dy)!r} twice")
-            seen.add((dx, dy))
-            halves.append((dx, dy, decode_image(data)))
-        expected = set(g.children(level, tx, ty))
-        if seen != expected:
+        got = sorted(children)
+        expected = g.children(level, tx, ty)
+        if got != sorted(expected):
             # A quarter drawn as background would go unnoticed: fail loudly instead.
-            raise ValueError(f"tile {(level, tx, ty)!r} got children {sorted(seen)!r}, expected "
+            raise ValueError(f"tile {(level, tx, ty)!r} got children {got!r}, expected "
                              f"{sorted(expected)!r}: the runner lost or duplicated data")
+        halves = []
+        for dx, dy in got:
+            url = storage.url_join(self.output, g.tile_path(level + 1, 2 * tx + dx, 2 * ty + dy))
+            halves.append((dx, dy, half(decode_image(storage.read_bytes(url)))))
         img = assemble_parent(g, level, tx, ty, halves)
         storage.write_bytes(storage.url_join(self.output, g.tile_path(level, tx, ty)),
                             encode_tile(img, g.fmt, self.config.quality))
@@ -170,7 +174,7 @@ class ReduceTileFn(_TileFn):
         yield TaggedOutput(WRITTEN, level)
         if level > 0:
             plevel, ptx, pty, dx, dy = g.parent(level, tx, ty)
-            yield (plevel, ptx, pty), (dx, dy, encode_intermediate(half(img)))
+            yield (plevel, ptx, pty), (dx, dy)
 
 
 def join_cells(element):
