@@ -169,6 +169,20 @@ def test_parent_from_halves_equals_reducing_the_children(thumbs):
         tiles.assemble_parent(g, top_level - 1, 0, 0, [])
 
 
+def test_half_of_an_encoded_tile_matches_the_box_reduction(thumbs):
+    tile = Image.new("RGB", (256, 256), BACKGROUND)
+    for i, name in enumerate(["chelsea", "coffee", "rocket", "astronaut"]):
+        tile.paste(tiles.fit_thumbnail(thumbs[name], 124), (2 + 128 * (i % 2), 2 + 128 * (i // 2)))
+    for size in [(256, 256), (255, 131), (2, 1)]:  # even: JPEG's scaled decode; odd: exact
+        img = tile.crop((0, 0) + size)
+        for fmt in ("jpeg", "webp"):
+            data = tiles.encode_tile(img, fmt, 90)
+            got = tiles.half_of_encoded(data)
+            want = tiles.half(tiles.decode_image(data))
+            assert got.size == want.size == ((size[0] + 1) // 2, (size[1] + 1) // 2)
+            assert np.abs(np.asarray(got, float) - np.asarray(want, float)).mean() < 2
+
+
 def test_dzi_xml_describes_the_pyramid():
     g = MosaicGeometry(rows=40, cols=50, cell=128, tile=512, fmt="webp")
     root = ET.fromstring(g.dzi_xml())

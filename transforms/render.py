@@ -34,7 +34,7 @@ from gridtsne.site import (CELL_BLOCK, DEFAULT_OSD_URL, SEARCH_DIRECTORY, SUMMAR
                            cell_block, cell_shard, copy_osd, is_url, read_labels, search_chunks,
                            search_directory, search_prefix, write_page)
 from gridtsne.tiles import (DZI_NAME, MosaicGeometry, assemble_parent, decode_image,
-                            encode_tile, half, render_top_tile)
+                            encode_tile, half_of_encoded, render_top_tile)
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class ReduceTileFn(_TileFn):
         halves = []
         for dx, dy in got:
             url = storage.url_join(self.output, g.tile_path(level + 1, 2 * tx + dx, 2 * ty + dy))
-            halves.append((dx, dy, half(decode_image(storage.read_bytes(url)))))
+            halves.append((dx, dy, half_of_encoded(storage.read_bytes(url))))
         img = assemble_parent(g, level, tx, ty, halves)
         storage.write_bytes(storage.url_join(self.output, g.tile_path(level, tx, ty)),
                             encode_tile(img, g.fmt, self.config.quality))
