@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gridtsne import projector
-from pipelines import projector as projector_cli
+from gridtsne import cli, projector
 from tests.conftest import require_or_skip
 from tests.render_tables import real_photos, thumbnail_jpeg, write_tables
 
@@ -73,14 +72,15 @@ def _get(url, timeout=5):
         return resp.status, resp.headers.get("Content-Type"), resp.read()
 
 
-def test_tensorboard_serves_the_export(tmp_path, table):
+def test_tensorboard_serves_the_export(tmp_path, table, capsys):
     tensorboard = Path(sys.executable).parent / "tensorboard"
     if not tensorboard.exists():
         require_or_skip("the tensorboard package is not installed in the venv")
     vectors, labels, records = table
     out = tmp_path / "projector"
-    summary = projector_cli.run(["--vectors", vectors, "--output", str(out), "--labels", labels,
-                                 "--max_points", "40", "--seed", "5"])
+    assert cli.main(["export-projector", "--vectors", vectors, "--output", str(out),
+                     "--labels", labels, "--max_points", "40", "--seed", "5", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["points"] == 40 and summary["total"] == 60 and summary["sampled"]
     assert summary["missing_thumbnails"] in (0, 1)
     assert "sampled uniformly at random (seed 5)" in (out / "projector_config.pbtxt").read_text()

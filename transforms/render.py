@@ -42,7 +42,7 @@ NAMESPACE = "gridtsne.render"
 WRITTEN, MISSING, TSNE = "written", "missing", "tsne"
 # Reduction stages built into the graph. The grid is only known at run time (the layout may
 # be written by the same job), so the graph carries enough stages for any pyramid of up to
-# 2**24 px a side; stages below level 0 receive nothing and cost next to nothing.
+# 2**24 px a side; stages below level 0 receive nothing and cost little.
 DEFAULT_MAX_LEVELS = 24
 
 
@@ -51,12 +51,13 @@ class RenderConfig:
     """Rendering parameters (validated on construction, before any worker starts).
 
     cell: side of a grid cell in px; tile: side of a pyramid tile (even); fmt: ``jpeg`` or
-    ``webp``; pad: background px around each thumbnail (default ``cell // 64``); quality:
-    tile encoder quality; overview: longest side of ``mosaic.jpg`` and
-    ``tsne.jpg``; osd_url: the page's ``<script src>`` for OpenSeadragon; labels: optional
-    CSV (``uri``/``path``, ``label``); projector: also export a TensorBoard Projector folder;
-    max_levels: reduction stages to build (default: exactly the pyramid's, when the layout
-    exists before the pipeline runs, else ``DEFAULT_MAX_LEVELS``).
+    ``webp``; pad: background px around each thumbnail (default ``cell // 64``); quality: tile
+    encoder quality; overview: longest side of ``mosaic.jpg`` and ``tsne.jpg``; osd_url: the
+    page's ``<script src>`` for OpenSeadragon (a URL, or a local file copied next to the page);
+    labels: optional CSV (``uri``/``path``, ``label``); title: the page's title; projector:
+    also export a TensorBoard Projector folder to ``<output>/projector``; max_levels: reduction
+    stages to build (default: exactly the pyramid's when the layout exists before the pipeline
+    runs, else ``DEFAULT_MAX_LEVELS``).
     """
 
     cell: int = 128
@@ -414,9 +415,10 @@ class RenderMosaic(beam.PTransform):
         written = [top[WRITTEN]]
         parents = top.parents
         for stage in range(1, self._stages(pcoll) + 1):
+            reduce_fn = ReduceTileFn(out, cfg)
             lower = (parents
                      | f"GroupTilesStage{stage:02d}" >> beam.GroupByKey()
-                     | f"ReduceTilesStage{stage:02d}" >> beam.ParDo(ReduceTileFn(out, cfg), plan_si)
+                     | f"ReduceTilesStage{stage:02d}" >> beam.ParDo(reduce_fn, plan_si)
                      .with_outputs(WRITTEN, main="parents"))
             written.append(lower[WRITTEN])
             parents = lower.parents
