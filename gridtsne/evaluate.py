@@ -9,7 +9,6 @@ import io
 import logging
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from gridtsne import schema, storage
