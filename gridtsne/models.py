@@ -1,8 +1,9 @@
 """The model registry: pretrained CNNs that turn a batch of images into L2-normalised vectors.
 
-Each entry is a :class:`ModelSpec` whose ``build(weights)`` returns an :class:`Embedder` (a
+Each entry is a :class:`ModelSpec` whose ``build(weights)`` returns an embedder (a
 ``torch.nn.Module`` whose ``forward`` gives the pooled penultimate feature and whose
-``classify`` gives the ImageNet logits) with the sha256 and origin of its weights. Tests and
+``classify`` gives the ImageNet logits, such as :class:`TimmEmbedder`) with the sha256 and
+origin of its weights. Tests and
 users add entries with :func:`register_model`, or name one as ``"package.module:ATTRIBUTE"``
 so that worker processes import it themselves.
 """
@@ -40,7 +41,7 @@ class ModelSpec:
     mean, std : tuple of float
         Per-channel normalisation applied to pixels scaled to 0..1.
     build : callable
-        ``build(weights) -> (Embedder, weights_sha256, weights_source)``; ``weights`` is None
+        ``build(weights) -> (module, weights_sha256, weights_source)``; ``weights`` is None
         for the model's own default or a path/URL given by the user. Must be a module-level
         function so the spec pickles.
     description : str
@@ -60,7 +61,7 @@ class LoadedModel:
     """A built model on its device, ready for :func:`embed_batch`."""
 
     spec: ModelSpec
-    module: object  # Embedder
+    module: object  # torch.nn.Module: forward -> features, classify -> logits
     device: object  # torch.device
     weights_sha256: str
     weights_source: str
