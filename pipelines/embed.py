@@ -293,9 +293,22 @@ def summarize(config, result):
     return summary
 
 
+def print_help():
+    """The stage's own flags; Beam's flags (``--runner`` ...) are documented by Beam."""
+    parser = argparse.ArgumentParser(
+        prog="gridtsne embed", description=__doc__.split("\n\n")[0],
+        epilog="Any other flag goes to Apache Beam untouched (--runner, --direct_num_workers, "
+               "--s3_endpoint_url, --flags_file configs/NAME.flags ...). See docs/embed.md.")
+    EmbedOptions._add_argparse_args(parser)
+    parser.print_help()
+
+
 def run(argv=None):
     """Parse ``argv``, run the stage, print and return the summary dict."""
     argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
+    if "-h" in argv or "--help" in argv:
+        print_help()
+        return 0
     options = PipelineOptions(argv)
     config = config_from_options(options)
     with beam.Pipeline(options=options) as p:

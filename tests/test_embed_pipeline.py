@@ -179,3 +179,9 @@ def test_build_pipeline_skips_known_files_for_a_reindex(tmp_path):
     assert counts["images_found"] == 1  # new.png went through `skip`, unread
     rows = _table(str(tmp_path / "v2" / schema.VECTORS_DIR)).to_pylist()
     assert [os.path.basename(r["uri"]) for r in rows] == ["coffee.jpg"]
+
+
+def test_help_lists_the_stage_flags(capsys):
+    assert cli_main(["embed", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--input" in text and "--manifest" in text and "--max_pixels" in text
