@@ -209,7 +209,7 @@ def main():
         notes = f"{r['method']} {r['grid']} fit_sample={r['tsne']['fit_sample']} " \
                 f"pca={r['tsne']['pca_dims']}"
         if "exact_dpq16" in r:
-            notes += f", exact on our t-SNE: DPQ16 {r['exact_dpq16']:.4f}"
+            notes += f", exact on our t-SNE: DPQ16 {r['exact_dpq16']:.4f} in {r['exact_assign_s']:.1f} s"
         print(f"{n:>8} {'ours':<7} {r['source']:<9} {r['tsne_s']:>8.1f} {r['assign_s']:>9.2f} "
               f"{r['total_s']:>8.1f} {r['peak_mb']:>8.0f} {r['dpq16']:>7.4f}  {notes}", flush=True)
     print("\n== grid assignment alone (t-SNE-like synthetic points) ==")
