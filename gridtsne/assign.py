@@ -16,7 +16,8 @@ Three methods:
     window solve can only lower the total cost, so the refinement never makes things worse.
     Disjoint blocks are solved in parallel threads (SciPy releases the GIL).
 ``auto``
-    ``exact`` up to :data:`EXACT_AUTO_LIMIT` points (a few seconds), ``scalable`` above.
+    ``exact`` up to :data:`EXACT_AUTO_LIMIT` points (a few seconds) as long as the cost matrix
+    stays small, ``scalable`` above.
 
 All functions take points already in grid units (see :func:`gridtsne.grid.to_grid_units`)
 and return the flat cell index (``row * cols + col``) of every point.
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 METHODS = ("exact", "scalable", "auto")
 # Largest N for which ``auto`` still solves exactly: ~2-3 s here on clustered t-SNE output.
 EXACT_AUTO_LIMIT = 2048
+# ... and only while its cost matrix stays small (points x cells entries, 8 bytes each).
+EXACT_AUTO_MAX_ENTRIES = 4 * EXACT_AUTO_LIMIT ** 2
 
 
 def squared_costs(points, centres):
@@ -215,12 +218,18 @@ def assign_scalable(points, shape, leaf_cells=144, window=12, passes=12, n_jobs=
     return cell_of
 
 
-def choose_method(method, n):
-    """The concrete method (``exact`` or ``scalable``) that ``method`` means for ``n`` points."""
+def choose_method(method, n, cells=None):
+    """The concrete method (``exact`` or ``scalable``) that ``method`` means for ``n`` points.
+
+    ``auto`` also looks at the number of ``cells``: a few points in a huge grid would still
+    make a dense cost matrix too large to solve in seconds.
+    """
     if method not in METHODS:
         raise ValueError(f"assignment method must be one of {METHODS}, got {method!r}")
     if method == "auto":
-        return "exact" if n <= EXACT_AUTO_LIMIT else "scalable"
+        cells = n if cells is None else cells
+        small = n <= EXACT_AUTO_LIMIT and n * cells <= EXACT_AUTO_MAX_ENTRIES
+        return "exact" if small else "scalable"
     return method
 
 
@@ -233,7 +242,7 @@ def assign_to_grid(points, shape, method="auto", **scalable_options):
     n = len(points)
     if n > rows * cols:
         raise ValueError(f"{n} images do not fit into a {rows}x{cols} grid ({rows * cols} cells)")
-    used = choose_method(method, n)
+    used = choose_method(method, n, rows * cols)
     start = time.perf_counter()
     if used == "exact":
         cell_of = assign_exact(points, shape)

@@ -116,6 +116,9 @@ def test_more_points_than_cells_is_an_error():
         choose_method("greedy", 10)
     assert choose_method("auto", 100) == "exact"
     assert choose_method("auto", 100_000) == "scalable"
+    # Few images in a huge grid: the dense matrix would be too large for "exact".
+    assert choose_method("auto", 1000, 1000 * 1000) == "scalable"
+    assert choose_method("auto", 1000, 40 * 40) == "exact"
 
 
 def test_new_points_fill_free_cells_next_to_their_positions():
