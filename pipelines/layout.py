@@ -80,6 +80,19 @@ class LayoutOptions(PipelineOptions):
              help="threads for t-SNE (default -1: all cores)")
 
 
+def layout_config_from_options(options):
+    """The :class:`LayoutConfig` the layout flags describe (unset flags keep its defaults).
+
+    A bigger job (``pipelines/run.py``) calls this so that every layout flag reaches it.
+    """
+    o = options.view_as(LayoutOptions)
+    fields = {"grid": o.grid, "assign": o.assign, "perplexity": o.perplexity, "seed": o.seed,
+              "sample": o.sample, "sample_size": o.sample_size, "pca_dims": o.pca_dims,
+              "fit_sample": o.fit_sample, "gradient": o.tsne_gradient, "n_iter": o.n_iter,
+              "early_exaggeration_iter": o.early_exaggeration_iter, "n_jobs": o.tsne_threads}
+    return LayoutConfig(**{k: v for k, v in fields.items() if v is not None})
+
+
 def config_from_options(options):
     """Validate the flags into a :class:`LayoutJob` (ValueError on anything wrong)."""
     o = options.view_as(LayoutOptions)
@@ -87,15 +100,11 @@ def config_from_options(options):
         raise ValueError("--vectors is required (the URL of a vectors table)")
     if not o.output:
         raise ValueError("--output is required")
-    fields = {"grid": o.grid, "assign": o.assign, "perplexity": o.perplexity, "seed": o.seed,
-              "sample": o.sample, "sample_size": o.sample_size, "pca_dims": o.pca_dims,
-              "fit_sample": o.fit_sample, "gradient": o.tsne_gradient, "n_iter": o.n_iter,
-              "early_exaggeration_iter": o.early_exaggeration_iter, "n_jobs": o.tsne_threads}
-    given = {k: v for k, v in fields.items() if v is not None}
+    config = layout_config_from_options(options)
     vectors, output = o.vectors, o.output
     vectors = vectors if "://" in vectors or "::" in vectors else os.path.abspath(vectors)
     output = output if "://" in output or "::" in output else os.path.abspath(output)
-    return LayoutJob(vectors, output, LayoutConfig(**given))
+    return LayoutJob(vectors, output, config)
 
 
 def build_pipeline(p, job, upstream=None):

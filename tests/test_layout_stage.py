@@ -296,3 +296,18 @@ def test_cli_layout_validates_flags_before_running(tmp_path):
         run(["--output", str(tmp_path)])
     with pytest.raises(ValueError, match="'7'"):
         run(["--vectors", str(tmp_path), "--output", str(tmp_path), "--grid", "7"])
+
+
+def test_every_layout_flag_reaches_the_config():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.layout import layout_config_from_options
+    cfg = layout_config_from_options(PipelineOptions([
+        "--grid", "8x9", "--assign", "exact", "--perplexity", "12", "--seed", "5", "--sample",
+        "--sample_size", "70", "--pca_dims", "none", "--fit_sample", "300",
+        "--tsne_gradient", "fft", "--n_iter", "10", "--early_exaggeration_iter", "11",
+        "--tsne_threads", "1", "--runner", "DirectRunner"]))
+    assert cfg == LayoutConfig(grid="8x9", assign="exact", perplexity=12.0, seed=5, sample=True,
+                               sample_size=70, pca_dims=0, fit_sample=300, gradient="fft",
+                               n_iter=10, early_exaggeration_iter=11, n_jobs=1)
+    assert layout_config_from_options(PipelineOptions([])) == LayoutConfig()
