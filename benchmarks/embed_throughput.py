@@ -121,6 +121,16 @@ def main(argv=None):
     variants = {"stage": []}
     variants.update({f"stage {flags}": shlex.split(flags) for flags in args.stage_flags})
 
+    # Warm-up outside the timings: imports (timm, Beam's runner) and first model load would
+    # otherwise be charged to whichever approach runs first.
+    warm = os.path.join(tmp, "warm-manifest.txt")
+    with open(warm, "w") as fh:
+        fh.write("\n".join(paths[:4]) + "\n")
+    time_plain(paths[:4], config, args.model, args.batch_size, args.device,
+               os.path.join(tmp, "warm.parquet"))
+    time_stage(warm, os.path.join(tmp, "warm-stage"), args.model, args.batch_size, args.device,
+               [])
+
     times = {"decode": [], "plain": [], **{name: [] for name in variants}}
     cpu = {name: [] for name in times}
     for rep in range(args.repeats):
