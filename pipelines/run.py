@@ -135,12 +135,7 @@ def job_from_options(options, labels=None, version=None):
     output = base.output
     embed = dataclasses.replace(base, output=versions.version_url(output, version),
                                 run_id=version, vectors_prefix=None, errors_prefix=None)
-    lo = options.view_as(layout_stage.LayoutOptions)
-    fields = {"grid": lo.grid, "assign": lo.assign, "perplexity": lo.perplexity, "seed": lo.seed,
-              "sample": lo.sample, "sample_size": lo.sample_size, "pca_dims": lo.pca_dims,
-              "fit_sample": lo.fit_sample, "n_iter": lo.n_iter,
-              "early_exaggeration_iter": lo.early_exaggeration_iter, "n_jobs": lo.tsne_threads}
-    layout = LayoutConfig(**{k: v for k, v in fields.items() if v is not None})
+    layout = layout_stage.layout_config_from_options(options)
     labels = _local_abs(labels)
     render = render_stage.render_config_from_options(options, labels)
     return RunJob(output=output, version=version, embed=embed, layout=layout, render=render,
