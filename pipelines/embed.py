@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 from gridtsne import models, schema, storage
 from gridtsne.decode import DecodeConfig
 from gridtsne.flagfiles import expand_flags_files
+from pipelines.options import add_flag
 from gridtsne.listing import filesystem
 from transforms import embed_counters as C
 from transforms.embed import EmbedConfig, EmbedImages
@@ -33,43 +34,34 @@ log = logging.getLogger(__name__)
 PART = "part"
 
 
-def _add(parser, *args, **kwargs):
-    # Every PipelineOptions subclass imported in a process adds its flags to one parser; a
-    # flag that another stage already defines is shared rather than a crash.
-    try:
-        parser.add_argument(*args, **kwargs)
-    except argparse.ArgumentError:
-        pass
-
-
 class EmbedOptions(PipelineOptions):
     """Flags of the embedding stage; everything else passes to Beam untouched."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
         defaults = DecodeConfig()
-        _add(parser, "--input", action="append", default=None,
+        add_flag(parser, "--input", action="append", default=None,
              help="fsspec URL, glob (** = any depth) or directory of images; repeatable")
-        _add(parser, "--manifest", action="append", default=None,
+        add_flag(parser, "--manifest", action="append", default=None,
              help="URL of a text file listing one image URL (or glob) per line; repeatable")
-        _add(parser, "--output", default=None,
+        add_flag(parser, "--output", default=None,
              help="URL under which vectors/ and errors/ are written")
-        _add(parser, "--model", default=models.DEFAULT_MODEL,
+        add_flag(parser, "--model", default=models.DEFAULT_MODEL,
              help=f"one of {models.model_names()} or 'package.module:SPEC'")
-        _add(parser, "--weights", default=None,
+        add_flag(parser, "--weights", default=None,
              help="path or URL of a state dict to use instead of the model's default weights")
-        _add(parser, "--batch_size", type=int, default=32, help="images per forward pass")
-        _add(parser, "--device", default="auto", choices=models.DEVICES,
+        add_flag(parser, "--batch_size", type=int, default=32, help="images per forward pass")
+        add_flag(parser, "--device", default="auto", choices=models.DEVICES,
              help="auto: a GPU when the worker has one, else the CPU")
-        _add(parser, "--thumbnail_size", type=int, default=defaults.thumbnail_size,
+        add_flag(parser, "--thumbnail_size", type=int, default=defaults.thumbnail_size,
              help="longest side of the stored JPEG thumbnails, in pixels")
-        _add(parser, "--max_pixels", type=int, default=defaults.max_pixels,
+        add_flag(parser, "--max_pixels", type=int, default=defaults.max_pixels,
              help="refuse images that declare more pixels (decompression-bomb guard)")
-        _add(parser, "--max_bytes", type=int, default=defaults.max_bytes,
+        add_flag(parser, "--max_bytes", type=int, default=defaults.max_bytes,
              help="refuse files larger than this many bytes")
-        _add(parser, "--torch_threads", type=int, default=None,
+        add_flag(parser, "--torch_threads", type=int, default=None,
              help="torch intra-op threads per worker process (default: torch's choice)")
-        _add(parser, "--decode_threads", type=int, default=EmbedConfig.decode_threads,
+        add_flag(parser, "--decode_threads", type=int, default=EmbedConfig.decode_threads,
              help="threads per worker that fetch and decode ahead of the model")
 
 

@@ -7,7 +7,6 @@
 The stage runs on one worker (see ``transforms/layout.py``); ``run()`` validates the flags
 before anything starts and ``build_pipeline()`` only wires the transform.
 """
-import argparse
 import json
 import logging
 import os
@@ -19,18 +18,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from gridtsne import storage
 from gridtsne.assign import METHODS
 from gridtsne.flagfiles import expand_flags_files
+from pipelines.options import add_flag
 from gridtsne.layout import LAYOUT_SUMMARY_FILE, LayoutConfig
 from transforms.layout import LayOutVectors, LayoutJob
 
 log = logging.getLogger(__name__)
-
-
-def _add(parser, *args, **kwargs):
-    # Flags another stage already defines (--output) are shared rather than a crash.
-    try:
-        parser.add_argument(*args, **kwargs)
-    except argparse.ArgumentError:
-        pass
 
 
 def _auto_or_int(text):
@@ -48,35 +40,35 @@ class LayoutOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         d = LayoutConfig()
-        _add(parser, "--vectors", default=None,
+        add_flag(parser, "--vectors", default=None,
              help="URL of the vectors table (a folder of Parquet files or one file)")
-        _add(parser, "--output", default=None,
+        add_flag(parser, "--output", default=None,
              help="URL under which layout.parquet and layout.json are written")
-        _add(parser, "--grid", default=None,
+        add_flag(parser, "--grid", default=None,
              help=f"ROWSxCOLS, or auto: the smallest near-square grid (default {d.grid})")
-        _add(parser, "--assign", default=None, choices=METHODS,
+        add_flag(parser, "--assign", default=None, choices=METHODS,
              help=f"grid assignment: exact, scalable or auto (default {d.assign})")
-        _add(parser, "--perplexity", type=float, default=None,
+        add_flag(parser, "--perplexity", type=float, default=None,
              help=f"t-SNE perplexity (default {d.perplexity})")
-        _add(parser, "--seed", type=int, default=None,
+        add_flag(parser, "--seed", type=int, default=None,
              help=f"random seed; the same seed gives the same layout (default {d.seed})")
-        _add(parser, "--sample", action="store_true", default=None,
+        add_flag(parser, "--sample", action="store_true", default=None,
              help="lay out a random sample when there are more images than grid cells")
-        _add(parser, "--sample_size", type=int, default=None,
+        add_flag(parser, "--sample_size", type=int, default=None,
              help="lay out a random sample of at most this many images")
-        _add(parser, "--pca_dims", type=_auto_or_int, default=None,
+        add_flag(parser, "--pca_dims", type=_auto_or_int, default=None,
              help="reduce vectors to this many PCA dimensions first: a number, none, or auto "
                   "(200 above 200,000 images)")
-        _add(parser, "--fit_sample", type=_auto_or_int, default=None,
+        add_flag(parser, "--fit_sample", type=_auto_or_int, default=None,
              help="fit t-SNE on this many images and place the rest with transform: a number, "
                   "none/0/auto (all images: transform is faster but gives clearly worse maps)")
-        _add(parser, "--tsne_gradient", default=None, choices=("auto", "fft", "bh"),
+        add_flag(parser, "--tsne_gradient", default=None, choices=("auto", "fft", "bh"),
              help="t-SNE gradients: auto (FFT from 10,000 images on, Barnes-Hut below), fft, bh")
-        _add(parser, "--n_iter", type=int, default=None,
+        add_flag(parser, "--n_iter", type=int, default=None,
              help=f"t-SNE iterations after early exaggeration (default {d.n_iter})")
-        _add(parser, "--early_exaggeration_iter", type=int, default=None,
+        add_flag(parser, "--early_exaggeration_iter", type=int, default=None,
              help=f"t-SNE early exaggeration iterations (default {d.early_exaggeration_iter})")
-        _add(parser, "--tsne_threads", type=int, default=None,
+        add_flag(parser, "--tsne_threads", type=int, default=None,
              help="threads for t-SNE (default -1: all cores)")
 
 

@@ -20,21 +20,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
 from gridtsne import storage
 from gridtsne.flagfiles import expand_flags_files
+from pipelines.options import add_flag
 from gridtsne.render_inputs import plan_render
 from gridtsne.site import DEFAULT_OSD_URL, SUMMARY_FILE, is_url
 from gridtsne.tiles import FORMATS
 from transforms.render import RenderConfig, RenderMosaic
 
 log = logging.getLogger(__name__)
-
-
-def _add(parser, *args, **kwargs):
-    # Every PipelineOptions subclass imported in a process adds its flags to one parser; a
-    # flag that another stage already defines (--output, --vectors) is shared, not a crash.
-    try:
-        parser.add_argument(*args, **kwargs)
-    except argparse.ArgumentError:
-        pass
 
 
 class RenderOptions(PipelineOptions):
@@ -47,26 +39,26 @@ class RenderOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         defaults = RenderConfig()
-        _add(parser, "--vectors", default=None, help="the embedding stage's vectors/ folder")
-        _add(parser, "--layout", default=None, help="the layout stage's layout.parquet")
-        _add(parser, "--output", default=None,
+        add_flag(parser, "--vectors", default=None, help="the embedding stage's vectors/ folder")
+        add_flag(parser, "--layout", default=None, help="the layout stage's layout.parquet")
+        add_flag(parser, "--output", default=None,
              help="folder (any fsspec URL) for index.html, mosaic.dzi, mosaic_files/ ...")
-        _add(parser, "--cell", type=int, default=defaults.cell, help="grid cell side, px")
-        _add(parser, "--tile", type=int, default=defaults.tile, help="pyramid tile side, px")
-        _add(parser, "--format", dest="tile_format", default=defaults.fmt,
+        add_flag(parser, "--cell", type=int, default=defaults.cell, help="grid cell side, px")
+        add_flag(parser, "--tile", type=int, default=defaults.tile, help="pyramid tile side, px")
+        add_flag(parser, "--format", dest="tile_format", default=defaults.fmt,
              choices=sorted(FORMATS), help="tile image format")
-        _add(parser, "--pad", type=int, default=None,
+        add_flag(parser, "--pad", type=int, default=None,
              help="background px left around each thumbnail (default: cell // 64)")
-        _add(parser, "--quality", type=int, default=defaults.quality, help="tile quality 1-100")
-        _add(parser, "--overview", type=int, default=defaults.overview,
+        add_flag(parser, "--quality", type=int, default=defaults.quality, help="tile quality 1-100")
+        add_flag(parser, "--overview", type=int, default=defaults.overview,
              help="longest side of mosaic.jpg and tsne.jpg, px")
-        _add(parser, "--title", default=defaults.title, help="the page's title")
-        _add(parser, "--osd_url", default=DEFAULT_OSD_URL,
+        add_flag(parser, "--title", default=defaults.title, help="the page's title")
+        add_flag(parser, "--osd_url", default=DEFAULT_OSD_URL,
              help="OpenSeadragon script: a URL (default: its public CDN) or a local "
                   "openseadragon.min.js, copied next to the page with its images/ folder")
-        _add(parser, "--projector", action="store_true", default=False,
+        add_flag(parser, "--projector", action="store_true", default=False,
              help="also write a TensorBoard Projector folder under <output>/projector")
-        _add(parser, "--projector_max_points", type=int, default=None,
+        add_flag(parser, "--projector_max_points", type=int, default=None,
              help="at most this many points in the Projector export (default 16,384)")
 
 

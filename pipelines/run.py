@@ -10,7 +10,6 @@ Every run writes into ``<output>/versions/<id>/`` and moves ``<output>/latest.js
 the very end, so a run killed at any moment leaves the previous version complete. Images whose
 ``uri``, size and modification time are unchanged since that version are not read again.
 """
-import argparse
 import dataclasses
 import json
 import logging
@@ -23,6 +22,7 @@ from apache_beam.pvalue import AsSingleton
 
 from gridtsne import evaluate, schema, storage, versions
 from gridtsne.flagfiles import expand_flags_files
+from pipelines.options import add_flag
 from gridtsne.layout import LayoutConfig
 from pipelines import embed as embed_stage
 from pipelines import layout as layout_stage
@@ -42,27 +42,20 @@ SUMMARY_FILE = "summary.json"
 SITE_DIR = "site"
 
 
-def _add(parser, *args, **kwargs):
-    try:
-        parser.add_argument(*args, **kwargs)
-    except argparse.ArgumentError:
-        pass
-
-
 class RunOptions(PipelineOptions):
     """Flags of the whole job (the stages' own flags come from their option classes)."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        _add(parser, "--stable", action="store_true", default=False,
+        add_flag(parser, "--stable", action="store_true", default=False,
              help="keep the previous map's t-SNE positions and place only new images")
-        _add(parser, "--refit_fraction", type=float, default=0.2,
+        add_flag(parser, "--refit_fraction", type=float, default=0.2,
              help="with --stable, refit t-SNE fully when more than this fraction is new")
-        _add(parser, "--full", action="store_true", default=False,
+        add_flag(parser, "--full", action="store_true", default=False,
              help="embed every image again instead of re-using the previous version")
-        _add(parser, "--keep_versions", type=int, default=3,
+        add_flag(parser, "--keep_versions", type=int, default=3,
              help="versions kept under <output>/versions after a successful run")
-        _add(parser, "--quality_items", type=int, default=5000,
+        add_flag(parser, "--quality_items", type=int, default=5000,
              help="DPQ16 is computed on a seeded sample of at most this many images")
 
 
