@@ -4,14 +4,13 @@ Joins ``layout.parquet`` to the vectors table by ``uri`` (vectorised with Arrow)
 optional labels CSV (``path,label`` or ``uri,label``), where a label row matches an image whose
 uri equals it or ends with ``/<path>``.
 """
-import csv
-import io
 import logging
 
 import numpy as np
 import pyarrow.compute as pc
 
 from gridtsne import schema, storage
+from gridtsne.labels import read_label_rows
 from gridtsne.layout import read_vectors
 from gridtsne.metrics import dpq, neighbour_label_agreement, sample_for_metrics
 
@@ -25,15 +24,8 @@ def layout_url(url):
 
 def read_labels(url):
     """``{key: label}`` from a CSV with a ``label`` column and a ``uri`` or ``path`` column."""
-    text = storage.read_bytes(url).decode("utf-8-sig")
-    reader = csv.DictReader(io.StringIO(text))
-    fields = reader.fieldnames or []
-    key = "uri" if "uri" in fields else "path" if "path" in fields else None
-    if key is None or "label" not in fields:
-        raise ValueError(f"labels CSV {url!r} needs columns 'path,label' or 'uri,label', "
-                         f"has {fields!r}")
-    return {row[key].strip().removeprefix("./") if key == "path" else row[key].strip(): row["label"]
-            for row in reader if row.get(key)}
+    key, rows = read_label_rows(url)
+    return {where.removeprefix("./") if key == "path" else where: label for where, label in rows}
 
 
 def match_labels(uris, labels):

@@ -12,11 +12,9 @@ Index files are JavaScript that hands its JSON to ``gridtsneData(name, data)`` (
 script tags load from ``file://`` and from a bucket without any CORS setup, where ``fetch``
 of a JSON file would be refused.
 """
-import csv
 import dataclasses
 import html
 import importlib.resources
-import io
 import json
 import logging
 import os
@@ -24,6 +22,7 @@ import posixpath
 import re
 
 from gridtsne import storage
+from gridtsne.labels import read_label_rows
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +66,12 @@ def read_labels(url):
     ValueError
         When the header lacks ``label`` or both ``uri`` and ``path``.
     """
-    text = storage.read_bytes(url).decode("utf-8-sig")
-    reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
-    key = "uri" if "uri" in header else "path" if "path" in header else None
-    if key is None or "label" not in header:
-        raise ValueError(f"labels CSV {url!r} needs columns 'label' and 'uri' or 'path', "
-                         f"got {header!r}")
+    key, rows = read_label_rows(url)
     base = posixpath.dirname(str(url))
-    for rec in reader:
-        where = rec[key]
-        if not where:
-            continue
+    for where, label in rows:
         if key == "path" and not _SCHEME.match(where) and not where.startswith("/"):
             where = storage.url_join(base, where)
-        yield uri_key(where), rec["label"]
+        yield uri_key(where), label
 
 
 def cell_block(row, col, block=CELL_BLOCK):
