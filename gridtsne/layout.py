@@ -260,6 +260,33 @@ def read_vectors(vectors_url):
     return uri, sha, vectors[:filled], metadata
 
 
+def permute_rows_in_place(a, order):
+    """``a[:] = a[order]`` without a second copy of ``a`` (5 GB for a million 1,280-d vectors).
+
+    Follows each cycle of the permutation with one row of scratch space; rows already in
+    place cost nothing, so an already sorted table costs one pass over ``order``.
+    """
+    order = np.asarray(order)
+    if len(order) != len(a):
+        raise ValueError(f"order has {len(order)} entries for {len(a)} rows")
+    moved = np.flatnonzero(order != np.arange(len(order)))
+    done = np.zeros(len(order), dtype=bool)
+    for start in moved:
+        if done[start]:
+            continue
+        first = a[start].copy()
+        j = start
+        while True:
+            done[j] = True
+            k = order[j]
+            if k == start:
+                a[j] = first
+                break
+            a[j] = a[k]
+            j = k
+    return a
+
+
 def layout_table(uri, sha256, x, y, row, col, metadata):
     """The ``layout.parquet`` table, with ``metadata`` in the schema (see gridtsne.schema)."""
     return pa.Table.from_arrays(
@@ -284,7 +311,7 @@ def run_layout(vectors_url, output_url, config=LayoutConfig(), positions=None):
     uri, sha, vectors, vectors_meta = read_vectors(vectors_url)
     order = pc.sort_indices(uri)
     uri, sha = uri.take(order), sha.take(order)
-    vectors = vectors[order.to_numpy()]
+    permute_rows_in_place(vectors, order.to_numpy())
     read_s = time.perf_counter() - start
     log.info("read %d vectors of %d dimensions from %s in %.1f s", len(vectors),
              vectors.shape[1], vectors_url, read_s)

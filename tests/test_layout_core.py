@@ -188,3 +188,17 @@ def test_neighbour_label_agreement_on_a_toy_grid():
         pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="share a cell"):
         neighbour_label_agreement([0, 0], [1, 1], ["a", "b"])
+
+
+def test_permute_rows_in_place_matches_fancy_indexing():
+    from gridtsne.layout import permute_rows_in_place
+
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 7, 500):
+        a = rng.normal(size=(n, 5)).astype(np.float32)
+        order = rng.permutation(n)
+        expected = a[order]
+        out = permute_rows_in_place(a, order)
+        assert out is a and np.array_equal(a, expected)
+    with pytest.raises(ValueError, match="order has 2 entries for 3 rows"):
+        permute_rows_in_place(np.zeros((3, 2)), [0, 1])
