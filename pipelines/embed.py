@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import datetime
 import logging
-import os
 import sys
 import uuid
 
@@ -22,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 from gridtsne import models, schema, storage
 from gridtsne.decode import DecodeConfig
 from gridtsne.flagfiles import expand_flags_files
-from pipelines.options import add_flag
+from pipelines.options import add_flag, local_abs
 from gridtsne.listing import filesystem
 from transforms import embed_counters as C
 from transforms.embed import EmbedConfig, EmbedImages
@@ -41,28 +40,28 @@ class EmbedOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         defaults = DecodeConfig()
         add_flag(parser, "--input", action="append", default=None,
-             help="fsspec URL, glob (** = any depth) or directory of images; repeatable")
+                 help="fsspec URL, glob (** = any depth) or directory of images; repeatable")
         add_flag(parser, "--manifest", action="append", default=None,
-             help="URL of a text file listing one image URL (or glob) per line; repeatable")
+                 help="URL of a text file listing one image URL (or glob) per line; repeatable")
         add_flag(parser, "--output", default=None,
-             help="URL under which vectors/ and errors/ are written")
+                 help="URL under which vectors/ and errors/ are written")
         add_flag(parser, "--model", default=models.DEFAULT_MODEL,
-             help=f"one of {models.model_names()} or 'package.module:SPEC'")
+                 help=f"one of {models.model_names()} or 'package.module:SPEC'")
         add_flag(parser, "--weights", default=None,
-             help="path or URL of a state dict to use instead of the model's default weights")
+                 help="path or URL of a state dict to use instead of the model's default weights")
         add_flag(parser, "--batch_size", type=int, default=32, help="images per forward pass")
         add_flag(parser, "--device", default="auto", choices=models.DEVICES,
-             help="auto: a GPU when the worker has one, else the CPU")
+                 help="auto: a GPU when the worker has one, else the CPU")
         add_flag(parser, "--thumbnail_size", type=int, default=defaults.thumbnail_size,
-             help="longest side of the stored JPEG thumbnails, in pixels")
+                 help="longest side of the stored JPEG thumbnails, in pixels")
         add_flag(parser, "--max_pixels", type=int, default=defaults.max_pixels,
-             help="refuse images that declare more pixels (decompression-bomb guard)")
+                 help="refuse images that declare more pixels (decompression-bomb guard)")
         add_flag(parser, "--max_bytes", type=int, default=defaults.max_bytes,
-             help="refuse files larger than this many bytes")
+                 help="refuse files larger than this many bytes")
         add_flag(parser, "--torch_threads", type=int, default=None,
-             help="torch intra-op threads per worker process (default: torch's choice)")
+                 help="torch intra-op threads per worker process (default: torch's choice)")
         add_flag(parser, "--decode_threads", type=int, default=EmbedConfig.decode_threads,
-             help="threads per worker that fetch and decode ahead of the model")
+                 help="threads per worker that fetch and decode ahead of the model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,9 +197,7 @@ def config_from_options(options):
         raise ValueError("give at least one --input or --manifest")
     if not o.output:
         raise ValueError("--output is required")
-    output = o.output
-    if "://" not in output and "::" not in output:
-        output = os.path.abspath(output)
+    output = local_abs(o.output)
     decode = DecodeConfig(input_size=models.get_spec(o.model).input_size,
                           thumbnail_size=o.thumbnail_size, max_pixels=o.max_pixels,
                           max_bytes=o.max_bytes)

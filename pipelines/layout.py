@@ -9,7 +9,6 @@ before anything starts and ``build_pipeline()`` only wires the transform.
 """
 import json
 import logging
-import os
 import sys
 
 import apache_beam as beam
@@ -18,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from gridtsne import storage
 from gridtsne.assign import METHODS
 from gridtsne.flagfiles import expand_flags_files
-from pipelines.options import add_flag
+from pipelines.options import add_flag, local_abs
 from gridtsne.layout import LAYOUT_SUMMARY_FILE, LayoutConfig
 from transforms.layout import LayOutVectors, LayoutJob
 
@@ -41,35 +40,36 @@ class LayoutOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         d = LayoutConfig()
         add_flag(parser, "--vectors", default=None,
-             help="URL of the vectors table (a folder of Parquet files or one file)")
+                 help="URL of the vectors table (a folder of Parquet files or one file)")
         add_flag(parser, "--output", default=None,
-             help="URL under which layout.parquet and layout.json are written")
+                 help="URL under which layout.parquet and layout.json are written")
         add_flag(parser, "--grid", default=None,
-             help=f"ROWSxCOLS, or auto: the smallest near-square grid (default {d.grid})")
+                 help=f"ROWSxCOLS, or auto: the smallest near-square grid (default {d.grid})")
         add_flag(parser, "--assign", default=None, choices=METHODS,
-             help=f"grid assignment: exact, scalable or auto (default {d.assign})")
+                 help=f"grid assignment: exact, scalable or auto (default {d.assign})")
         add_flag(parser, "--perplexity", type=float, default=None,
-             help=f"t-SNE perplexity (default {d.perplexity})")
+                 help=f"t-SNE perplexity (default {d.perplexity})")
         add_flag(parser, "--seed", type=int, default=None,
-             help=f"random seed; the same seed gives the same layout (default {d.seed})")
+                 help=f"random seed; the same seed gives the same layout (default {d.seed})")
         add_flag(parser, "--sample", action="store_true", default=None,
-             help="lay out a random sample when there are more images than grid cells")
+                 help="lay out a random sample when there are more images than grid cells")
         add_flag(parser, "--sample_size", type=int, default=None,
-             help="lay out a random sample of at most this many images")
+                 help="lay out a random sample of at most this many images")
         add_flag(parser, "--pca_dims", type=_auto_or_int, default=None,
-             help="reduce vectors to this many PCA dimensions first: a number, none, or auto "
-                  "(200 above 200,000 images)")
+                 help="reduce vectors to this many PCA dimensions first: a number, none, or auto "
+                     "(200 above 200,000 images)")
         add_flag(parser, "--fit_sample", type=_auto_or_int, default=None,
-             help="fit t-SNE on this many images and place the rest with transform: a number, "
+                 help="fit t-SNE on this many images and place the rest with transform: a number, "
                   "none/0/auto (all images: transform is faster but gives clearly worse maps)")
         add_flag(parser, "--tsne_gradient", default=None, choices=("auto", "fft", "bh"),
-             help="t-SNE gradients: auto (FFT from 10,000 images on, Barnes-Hut below), fft, bh")
+                 help="t-SNE gradients: auto (FFT from 10,000 images on, Barnes-Hut below), "
+                      "fft, bh")
         add_flag(parser, "--n_iter", type=int, default=None,
-             help=f"t-SNE iterations after early exaggeration (default {d.n_iter})")
+                 help=f"t-SNE iterations after early exaggeration (default {d.n_iter})")
         add_flag(parser, "--early_exaggeration_iter", type=int, default=None,
-             help=f"t-SNE early exaggeration iterations (default {d.early_exaggeration_iter})")
+                 help=f"t-SNE early exaggeration iterations (default {d.early_exaggeration_iter})")
         add_flag(parser, "--tsne_threads", type=int, default=None,
-             help="threads for t-SNE (default -1: all cores)")
+                 help="threads for t-SNE (default -1: all cores)")
 
 
 def layout_config_from_options(options):
@@ -94,8 +94,7 @@ def config_from_options(options):
         raise ValueError("--output is required")
     config = layout_config_from_options(options)
     vectors, output = o.vectors, o.output
-    vectors = vectors if "://" in vectors or "::" in vectors else os.path.abspath(vectors)
-    output = output if "://" in output or "::" in output else os.path.abspath(output)
+    vectors, output = local_abs(vectors), local_abs(output)
     return LayoutJob(vectors, output, config)
 
 

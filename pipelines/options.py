@@ -1,5 +1,6 @@
 """What the stages' PipelineOptions classes share."""
 import argparse
+import os
 
 
 def add_flag(parser, *args, **kwargs):
@@ -12,3 +13,14 @@ def add_flag(parser, *args, **kwargs):
         parser.add_argument(*args, **kwargs)
     except argparse.ArgumentError:
         pass
+
+
+def local_abs(url):
+    """``url`` with a plain local path made absolute; URLs and ``::`` chains unchanged.
+
+    Workers may run in another directory than the launcher, so relative paths are resolved
+    once, at launch.
+    """
+    if url is None or "://" in url or "::" in url:
+        return url
+    return os.path.abspath(url)

@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
 from gridtsne import storage
 from gridtsne.flagfiles import expand_flags_files
-from pipelines.options import add_flag
+from pipelines.options import add_flag, local_abs
 from gridtsne.render_inputs import plan_render
 from gridtsne.site import DEFAULT_OSD_URL, SUMMARY_FILE, is_url
 from gridtsne.tiles import FORMATS
@@ -42,24 +42,24 @@ class RenderOptions(PipelineOptions):
         add_flag(parser, "--vectors", default=None, help="the embedding stage's vectors/ folder")
         add_flag(parser, "--layout", default=None, help="the layout stage's layout.parquet")
         add_flag(parser, "--output", default=None,
-             help="folder (any fsspec URL) for index.html, mosaic.dzi, mosaic_files/ ...")
+                 help="folder (any fsspec URL) for index.html, mosaic.dzi, mosaic_files/ ...")
         add_flag(parser, "--cell", type=int, default=defaults.cell, help="grid cell side, px")
         add_flag(parser, "--tile", type=int, default=defaults.tile, help="pyramid tile side, px")
         add_flag(parser, "--format", dest="tile_format", default=defaults.fmt,
-             choices=sorted(FORMATS), help="tile image format")
+                 choices=sorted(FORMATS), help="tile image format")
         add_flag(parser, "--pad", type=int, default=None,
-             help="background px left around each thumbnail (default: cell // 64)")
+                 help="background px left around each thumbnail (default: cell // 64)")
         add_flag(parser, "--quality", type=int, default=defaults.quality, help="tile quality 1-100")
         add_flag(parser, "--overview", type=int, default=defaults.overview,
-             help="longest side of mosaic.jpg and tsne.jpg, px")
+                 help="longest side of mosaic.jpg and tsne.jpg, px")
         add_flag(parser, "--title", default=defaults.title, help="the page's title")
         add_flag(parser, "--osd_url", default=DEFAULT_OSD_URL,
-             help="OpenSeadragon script: a URL (default: its public CDN) or a local "
-                  "openseadragon.min.js, copied next to the page with its images/ folder")
+                 help="OpenSeadragon script: a URL (default: its public CDN) or a local "
+                     "openseadragon.min.js, copied next to the page with its images/ folder")
         add_flag(parser, "--projector", action="store_true", default=False,
-             help="also write a TensorBoard Projector folder under <output>/projector")
+                 help="also write a TensorBoard Projector folder under <output>/projector")
         add_flag(parser, "--projector_max_points", type=int, default=None,
-             help="at most this many points in the Projector export (default 16,384)")
+                 help="at most this many points in the Projector export (default 16,384)")
 
 
 def split_labels(argv):
@@ -69,11 +69,6 @@ def split_labels(argv):
     known, rest = parser.parse_known_args(argv)
     return known.labels, rest
 
-
-def _local_abs(url):
-    if url is None or "://" in url or "::" in url:
-        return url
-    return os.path.abspath(url)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,15 +85,15 @@ def render_config_from_options(options, labels=None):
     """Validate the rendering flags into a :class:`RenderConfig` (reads no input, so a job
     that writes the layout itself can call it before the layout exists)."""
     o = options.view_as(RenderOptions)
-    osd_url = o.osd_url if is_url(o.osd_url) else _local_abs(o.osd_url)
+    osd_url = o.osd_url if is_url(o.osd_url) else local_abs(o.osd_url)
     if not is_url(osd_url) and not os.path.isfile(osd_url):
         raise ValueError(f"--osd_url must be a URL or an existing local file, got {o.osd_url!r}")
     # A local labels file is checked now; a remote one on the workers, so that the launching
     # machine needs no credentials for the job's storage.
-    if labels is not None and not is_url(labels) and not os.path.exists(_local_abs(labels)):
+    if labels is not None and not is_url(labels) and not os.path.exists(local_abs(labels)):
         raise ValueError(f"--labels file does not exist: {labels!r}")
     return RenderConfig(cell=o.cell, tile=o.tile, fmt=o.tile_format, pad=o.pad, quality=o.quality,
-                        overview=o.overview, osd_url=osd_url, labels=_local_abs(labels),
+                        overview=o.overview, osd_url=osd_url, labels=local_abs(labels),
                         title=o.title, projector=o.projector,
                         projector_max_points=o.projector_max_points)
 
@@ -114,14 +109,14 @@ def job_from_options(options, labels=None):
         if not getattr(o, flag):
             raise ValueError(f"--{flag} is required")
     config = render_config_from_options(options, labels)
-    layout = _local_abs(o.layout)
+    layout = local_abs(o.layout)
     plan = plan_render(layout, config.cell, config.tile, config.fmt, config.overview,
                        config.pad)
     config = dataclasses.replace(config, max_levels=max(1, plan.geometry.max_level))
     log.info("rendering %d images on a %dx%d grid: %d levels, %d tiles", plan.images,
              plan.geometry.rows, plan.geometry.cols, plan.geometry.max_level + 1,
              plan.geometry.tile_count())
-    return RenderJob(_local_abs(o.vectors), layout, _local_abs(o.output), config)
+    return RenderJob(local_abs(o.vectors), layout, local_abs(o.output), config)
 
 
 def build_pipeline(p, job):

@@ -22,11 +22,11 @@ from apache_beam.pvalue import AsSingleton
 
 from gridtsne import evaluate, schema, storage, versions
 from gridtsne.flagfiles import expand_flags_files
-from pipelines.options import add_flag
 from gridtsne.layout import LayoutConfig
 from pipelines import embed as embed_stage
 from pipelines import layout as layout_stage
 from pipelines import render as render_stage
+from pipelines.options import add_flag, local_abs
 from transforms import embed_counters as C
 from transforms.embed import EmbedImages
 from transforms.layout import LayOutVectors, LayoutJob
@@ -48,15 +48,15 @@ class RunOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         add_flag(parser, "--stable", action="store_true", default=False,
-             help="keep the previous map's t-SNE positions and place only new images")
+                 help="keep the previous map's t-SNE positions and place only new images")
         add_flag(parser, "--refit_fraction", type=float, default=0.2,
-             help="with --stable, refit t-SNE fully when more than this fraction is new")
+                 help="with --stable, refit t-SNE fully when more than this fraction is new")
         add_flag(parser, "--full", action="store_true", default=False,
-             help="embed every image again instead of re-using the previous version")
+                 help="embed every image again instead of re-using the previous version")
         add_flag(parser, "--keep_versions", type=int, default=3,
-             help="versions kept under <output>/versions after a successful run")
+                 help="versions kept under <output>/versions after a successful run")
         add_flag(parser, "--quality_items", type=int, default=5000,
-             help="DPQ16 is computed on a seeded sample of at most this many images")
+                 help="DPQ16 is computed on a seeded sample of at most this many images")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,11 +92,6 @@ class RunJob:
         return storage.url_join(self.version_url, SITE_DIR)
 
 
-def _local_abs(url):
-    if url is None or "://" in url or "::" in url:
-        return url
-    return os.path.abspath(url)
-
 
 def demo_argv(argv, folder=DEMO_DIR):
     """``argv`` completed with the embedded demo's input, labels and output (no network)."""
@@ -129,7 +124,7 @@ def job_from_options(options, labels=None, version=None):
     embed = dataclasses.replace(base, output=versions.version_url(output, version),
                                 run_id=version, vectors_prefix=None, errors_prefix=None)
     layout = layout_stage.layout_config_from_options(options)
-    labels = _local_abs(labels)
+    labels = local_abs(labels)
     render = render_stage.render_config_from_options(options, labels)
     return RunJob(output=output, version=version, embed=embed, layout=layout, render=render,
                   labels=labels, stable=o.stable, refit_fraction=o.refit_fraction, full=o.full,
