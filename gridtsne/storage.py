@@ -44,12 +44,17 @@ def _is_object_store(fs):
     return any(p in ("s3", "s3a", "gs", "gcs") for p in protocols)
 
 
-def write_bytes(url, data):
-    """Write ``data`` to ``url`` in one piece, with the right content type on object stores."""
-    fs, path = filesystem(url)
+def _make_parent(fs, path):
+    """Create the folder ``path`` goes into; object stores have no folders to create."""
     parent = posixpath.dirname(path)
     if parent and not _is_object_store(fs):
         fs.makedirs(parent, exist_ok=True)
+
+
+def write_bytes(url, data):
+    """Write ``data`` to ``url`` in one piece, with the right content type on object stores."""
+    fs, path = filesystem(url)
+    _make_parent(fs, path)
     if _is_object_store(fs):
         key = "ContentType" if "s3" in str(fs.protocol) else "content_type"
         fs.pipe_file(path, data, **{key: content_type(url)})
@@ -106,8 +111,6 @@ def iter_parquet_batches(url, columns=None, batch_size=65536):
 def write_parquet(url, table, **kwargs):
     """Write ``table`` as one Parquet file at ``url`` through fsspec."""
     fs, path = filesystem(url)
-    parent = posixpath.dirname(path)
-    if parent and not _is_object_store(fs):
-        fs.makedirs(parent, exist_ok=True)
+    _make_parent(fs, path)
     with fs.open(path, "wb") as fh:
         pq.write_table(table, fh, **kwargs)
