@@ -59,7 +59,7 @@ def browser_deps():
 
 def demo(args):
     venv()
-    _sh(PY, "-m", "pipelines.run", *args)
+    _sh(PY, "-m", "gridtsne.cli", "demo", *args)
 
 
 def test(args):

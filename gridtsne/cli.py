@@ -7,7 +7,8 @@ import importlib
 import sys
 
 COMMANDS = {
-    "run": ("pipelines.run", "embed, lay out and render in one job (no flags: the offline demo)"),
+    "run": ("pipelines.run", "embed, lay out and render in one job (--input and --output)"),
+    "demo": ("pipelines.demo", "the whole job on offline sample photos into demo-output/map"),
     "embed": ("pipelines.embed", "embed images into a Parquet table of vectors and thumbnails"),
     "layout": ("pipelines.layout", "t-SNE and grid assignment of a vectors table"),
     "render": ("pipelines.render", "tiled Deep Zoom mosaic, overview images and the web page"),

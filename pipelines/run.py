@@ -3,8 +3,9 @@
     gridtsne run --input 's3://photos/**' --output s3://maps/family [--labels labels.csv]
                  [--stable] [--full] [Beam flags: --runner, --flags_file configs/... ]
 
-With no ``--input`` at all it runs on the embedded demo: real photos and digits that ship
-offline with scikit-image and scikit-learn.
+``--input`` (or ``--manifest``) and ``--output`` are required: the offline demo is its own
+command, ``gridtsne demo`` (``pipelines/demo.py``), so a forgotten ``--input`` never publishes
+demo photos into a real map.
 
 Every run writes into ``<output>/versions/<id>/`` and moves ``<output>/latest.json`` only at
 the very end, so a run killed at any moment leaves the previous version complete. Images whose
@@ -13,7 +14,6 @@ the very end, so a run killed at any moment leaves the previous version complete
 import dataclasses
 import json
 import logging
-import os
 import sys
 
 import apache_beam as beam
@@ -37,7 +37,6 @@ from transforms.write import WriteTable
 
 log = logging.getLogger(__name__)
 
-DEMO_DIR = "demo-output"
 SUMMARY_FILE = "summary.json"
 SITE_DIR = "site"
 
@@ -93,22 +92,17 @@ class RunJob:
 
 
 
-def demo_argv(argv, folder=DEMO_DIR):
-    """``argv`` completed with the embedded demo's input, labels and output (no network)."""
-    from gridtsne.demo_data import write_demo_images
+def check_inputs(argv):
+    """Fail, naming the flags, when ``argv`` gives no ``--input``/``--manifest`` or no
+    ``--output``: nothing is read or written then."""
+    def given(*flags):
+        return any(a in flags or a.startswith(tuple(f + "=" for f in flags)) for a in argv)
 
-    photos = os.path.abspath(os.path.join(folder, "photos"))
-    labels = write_demo_images(photos)
-    print(f"demo: {photos} holds the offline sample photos and digits")
-    extra = ["--input", photos, "--labels", labels]
-    if "--output" not in argv and not any(a.startswith("--output=") for a in argv):
-        extra += ["--output", os.path.abspath(os.path.join(folder, "map"))]
-    return extra + list(argv)
-
-
-def _is_demo(argv):
-    return not any(a in ("--input", "--manifest") or a.startswith(("--input=", "--manifest="))
-                   for a in argv)
+    if not given("--input", "--manifest"):
+        raise ValueError("gridtsne run needs at least one --input URL (or --manifest URL) of "
+                         "the images to map; for the offline demo run `gridtsne demo`")
+    if not given("--output"):
+        raise ValueError("gridtsne run needs --output URL, the map's root")
 
 
 def job_from_options(options, labels=None, version=None):
@@ -243,10 +237,9 @@ def report(output, version, counters=None):
 
 
 def run(argv=None):
-    """Parse ``argv`` (no ``--input``: the embedded demo), run the job, print the summary."""
+    """Parse ``argv``, run the job, print and return the summary."""
     argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
-    if _is_demo(argv):
-        argv = demo_argv(argv)
+    check_inputs(argv)
     labels, argv = render_stage.split_labels(argv)
     options = PipelineOptions(argv)
     render_stage.use_s3_endpoint(options)

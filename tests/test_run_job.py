@@ -255,13 +255,53 @@ def test_dataflow_dry_run_builds_the_graph(monkeypatch, capsys):
 
 
 def test_demo_argv_uses_the_offline_photos(tmp_path):
-    argv = job.demo_argv([], folder=str(tmp_path))
+    from pipelines import demo
+
+    argv = demo.demo_argv([], folder=str(tmp_path))
     photos = argv[argv.index("--input") + 1]
     labels = argv[argv.index("--labels") + 1]
     assert argv[argv.index("--output") + 1] == str(tmp_path / "map")
     assert len([f for _, _, fs in os.walk(photos) for f in fs if f.endswith(".png")]) >= 1797
     assert open(labels).readline().strip() == "path,label"
-    assert job._is_demo([]) and not job._is_demo(["--input", "x"])
+    with pytest.raises(ValueError, match="--input"):
+        demo.demo_argv(["--input", "x"], folder=str(tmp_path))
+
+
+def test_run_without_input_is_an_error_not_the_demo(tmp_path, monkeypatch):
+    """A forgotten --input must never publish the demo into the user's map."""
+    from gridtsne import cli
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "family"
+    with pytest.raises(ValueError, match="--input"):
+        job.run(["--output", str(out), *FAST])
+    with pytest.raises(ValueError, match="--input"):
+        cli.main(["run", "--output", str(out)])
+    with pytest.raises(ValueError, match="--output"):
+        job.run(["--input", str(tmp_path), *FAST])
+    assert not out.exists() and not (tmp_path / "demo-output").exists()
+
+
+def test_demo_is_an_explicit_command(monkeypatch):
+    """``python3 dev.py demo`` runs ``gridtsne demo``, which runs pipelines.demo."""
+    import importlib.util
+
+    from gridtsne import cli
+
+    root = os.path.dirname(os.path.dirname(__file__))
+    spec = importlib.util.spec_from_file_location("dev", os.path.join(root, "dev.py"))
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    calls = []
+    monkeypatch.setattr(dev, "venv", lambda: None)
+    monkeypatch.setattr(dev, "_sh", lambda *cmd, **kw: calls.append([str(c) for c in cmd]))
+    dev.demo(["--output", "x"])
+    assert calls == [[str(dev.PY), "-m", "gridtsne.cli", "demo", "--output", "x"]]
+    seen = []
+    from pipelines import demo
+
+    monkeypatch.setattr(demo, "run", lambda argv: seen.append(argv) or 0)
+    assert cli.main(["demo", "--output", "x"]) == 0 and seen == [["--output", "x"]]
 
 
 def test_bad_flags_fail_before_any_work(tmp_path):
