@@ -78,6 +78,19 @@ def keys_of_table(table):
     return {file_key(u, s, m) for u, s, m in zip(uris, sizes, mtimes)}
 
 
+def merge_duplicates(infos):
+    """One :class:`FileInfo` for records of the same uri that several inputs listed.
+
+    ``--input dir --input 'dir/*.jpg'`` lists each jpg twice; it must be embedded (and laid
+    out) once. A record the user named explicitly wins, so a named non-image still reaches
+    ``errors/``.
+    """
+    infos = list(infos)
+    if not infos:
+        raise ValueError("merge_duplicates needs at least one FileInfo")
+    return next((i for i in infos if i.explicit), infos[0])
+
+
 def to_epoch_us(value):
     """A modification time as fsspec stores report it -> microseconds since the epoch, or None.
 

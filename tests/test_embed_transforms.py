@@ -49,6 +49,22 @@ def test_list_files_reports_patterns_that_fail_or_match_nothing(mixed):
                     label="CheckErrors")
 
 
+def test_list_files_gives_a_file_matched_by_two_inputs_once(mixed):
+    folder, (good, bad, other) = mixed
+    with BeamTestPipeline() as p:
+        files, errors = p | ListFiles([str(folder), str(folder / "*.jpg"),
+                                       str(folder / "coffee.png")])
+        uris = files | beam.Map(lambda f: f.uri)
+        assert_that(uris | "Count" >> beam.combiners.Count.Globally(),
+                    equal_to([good + bad + other]), label="CountFiles")
+        assert_that(uris | "CountDistinct" >> beam.Distinct()
+                    | "CountUnique" >> beam.combiners.Count.Globally(),
+                    equal_to([good + bad + other]), label="Unique")
+        # The explicitly named file keeps its flag (a named non-image must reach errors/).
+        assert_that(files | beam.Filter(lambda f: f.explicit) | beam.Map(
+            lambda f: os.path.basename(f.uri)), equal_to(["coffee.png"]), label="Explicit")
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_read_and_decode_tags_every_bad_image_and_skips_other_files(mixed, threads):
     folder, (good, bad, other) = mixed

@@ -8,7 +8,7 @@ import logging
 import apache_beam as beam
 
 from gridtsne.decode import STAGE_LIST
-from gridtsne.listing import expand_pattern, read_manifest
+from gridtsne.listing import expand_pattern, merge_duplicates, read_manifest
 from gridtsne.rows import error_row
 from transforms import embed_counters as C
 
@@ -69,11 +69,20 @@ class ReadManifestFn(beam.DoFn):
                 manifest, STAGE_LIST, type(exc).__name__, str(exc) or repr(exc)))
 
 
+def _merge_listings(element):
+    uri, infos = element
+    infos = list(infos)
+    if len(infos) > 1:
+        C.counter(C.DUPLICATES_DROPPED).inc(len(infos) - 1)
+    return merge_duplicates(infos)
+
+
 class ListFiles(beam.PTransform):
     """``--input`` patterns and ``--manifest`` files -> (file infos, listing error rows).
 
-    Applied to a pipeline (``p | ListFiles(...)``). Returns a tuple ``(files, errors)``; the
-    files are reshuffled so that reading them spreads over all workers.
+    Applied to a pipeline (``p | ListFiles(...)``). Returns a tuple ``(files, errors)``; a
+    file that several inputs match comes out once (grouped by uri, which also spreads reading
+    the files over all workers).
     """
 
     def __init__(self, inputs=(), manifests=(), storage_options=None):
@@ -101,7 +110,10 @@ class ListFiles(beam.PTransform):
             | "ExpandPatterns" >> beam.ParDo(ExpandPatternsFn(self._storage_options))
             .with_outputs(ERRORS, main="files"))
         errors.append(list_errors)
-        files = files | "ReshuffleFiles" >> beam.Reshuffle()
+        files = (files
+                 | "KeyFilesByUri" >> beam.Map(lambda info: (info.uri, info))
+                 | "GroupFilesByUri" >> beam.GroupByKey()
+                 | "MergeDuplicateFiles" >> beam.Map(_merge_listings))
         return files, errors | "FlattenListingErrors" >> beam.Flatten()
 
 
