@@ -1,8 +1,8 @@
 """Expand an fsspec URL, glob, directory or manifest into file-info records, reading no bytes.
 
 A :class:`FileInfo` carries what a re-index needs to tell a new or changed file from a known
-one (``uri``, ``size``, ``mtime``, ``etag``), so that decision happens before any image is
-fetched.
+one (``uri``, ``size``, ``mtime_us``, ``etag``; see :mod:`gridtsne.reindex`), so that decision
+happens before any image is fetched.
 """
 import dataclasses
 import datetime
@@ -51,31 +51,10 @@ class FileInfo:
     explicit: bool = False
 
     @property
-    def key(self):
-        """``(uri, size, mtime_us)``: what identifies an unchanged file between runs."""
-        return file_key(self.uri, self.size, self.mtime_us)
-
-    @property
     def mtime(self):
         """The modification time as an aware UTC datetime, or None."""
         return None if self.mtime_us is None else _EPOCH + datetime.timedelta(
             microseconds=self.mtime_us)
-
-
-def file_key(uri, size, mtime_us):
-    """The change key of a file: equal keys mean the file need not be embedded again."""
-    return (str(uri), None if size is None else int(size),
-            None if mtime_us is None else int(mtime_us))
-
-
-def keys_of_table(table):
-    """The change keys of the rows of a ``vectors/`` Arrow table (columns uri, bytes, mtime)."""
-    import pyarrow as pa
-
-    uris = table.column("uri").to_pylist()
-    sizes = table.column("bytes").to_pylist()
-    mtimes = table.column("mtime").cast(pa.int64()).to_pylist()
-    return {file_key(u, s, m) for u, s, m in zip(uris, sizes, mtimes)}
 
 
 def merge_duplicates(infos):

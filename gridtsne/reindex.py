@@ -3,8 +3,9 @@
 An image is unchanged when its ``uri``, size and modification time match the previous
 version's row; only then is its previous row (vector, thumbnail) carried over unread.
 """
-import dataclasses
-import datetime as _dt
+import numbers
+
+from gridtsne.listing import to_epoch_us
 
 NEW = "new"
 CHANGED = "changed"
@@ -12,20 +13,32 @@ UNCHANGED = "unchanged"
 REMOVED = "removed"
 
 
-def _mtime_key(mtime):
-    """Modification times compared at microsecond precision, as Parquet stores them."""
-    if mtime is None:
+def fingerprint(size, mtime_us):
+    """What identifies one version of a file without reading it: ``(bytes, mtime in µs)``.
+
+    Both are integers (``None`` when the store does not report them): the listing's
+    :attr:`~gridtsne.listing.FileInfo.mtime_us` and the ``mtime`` column (``timestamp[us]``)
+    hold the same integer, so no float conversion can make an unchanged file look changed.
+    """
+    return (_as_int(size, "size"), _as_int(mtime_us, "mtime_us"))
+
+
+def _as_int(value, name):
+    if value is None:
         return None
-    if isinstance(mtime, _dt.datetime):
-        if mtime.tzinfo is None:
-            mtime = mtime.replace(tzinfo=_dt.timezone.utc)
-        return round(mtime.timestamp() * 1_000_000)
-    return round(float(mtime) * 1_000_000)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer (µs for mtime_us), got {value!r}")
+    return int(value)
 
 
-def fingerprint(size, mtime):
-    """What identifies one version of a file without reading it: (bytes, mtime in µs)."""
-    return (int(size) if size is not None else None, _mtime_key(mtime))
+def file_fingerprint(info):
+    """The fingerprint of a listed :class:`~gridtsne.listing.FileInfo`."""
+    return fingerprint(info.size, info.mtime_us)
+
+
+def row_fingerprint(row):
+    """The fingerprint of a ``vectors/`` row (its ``bytes`` and ``mtime`` columns)."""
+    return fingerprint(row["bytes"], to_epoch_us(row["mtime"]))
 
 
 def classify(listed, previous):
@@ -34,7 +47,7 @@ def classify(listed, previous):
     Parameters
     ----------
     listed : fingerprint or None
-        ``fingerprint(size, mtime)`` of the file found now, None if it is gone.
+        ``fingerprint(size, mtime_us)`` of the file found now, None if it is gone.
     previous : fingerprint or None
         The same for the previous version's row, None if the uri is new.
 
@@ -50,17 +63,3 @@ def classify(listed, previous):
     if listed[1] is None or listed != previous:
         return CHANGED
     return UNCHANGED
-
-
-@dataclasses.dataclass
-class ReindexCounts:
-    """How many images of a run were new, changed, unchanged, removed and failed."""
-
-    new: int = 0
-    changed: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    failed: int = 0
-
-    def as_dict(self):
-        return dataclasses.asdict(self)

@@ -25,7 +25,7 @@ from pipelines.options import add_flag, local_abs
 from gridtsne.listing import filesystem
 from transforms import embed_counters as C
 from transforms.embed import EmbedConfig, EmbedImages
-from transforms.listing import ListFiles, SkipKnownFiles
+from transforms.listing import ListFiles
 from transforms.write import WriteTable
 
 log = logging.getLogger(__name__)
@@ -142,18 +142,16 @@ def describe_job(embed_config):
     return meta
 
 
-def build_pipeline(p, config, known_keys=None, skip=None):
+def build_pipeline(p, config):
     """Wire the embedding stage into ``p``.
+
+    Every listed file is embedded: re-using a previous version's rows is the whole job's
+    business (``pipelines/run.py``, :class:`transforms.reindex.ClassifyFiles`).
 
     Parameters
     ----------
     p : apache_beam.Pipeline
     config : EmbedJobConfig
-    known_keys : PCollection, optional
-        Change keys ``(uri, size, mtime_us)`` of files already embedded; listed files with
-        the same key (and a known mtime) are not read again (:class:`SkipKnownFiles`).
-    skip : callable, optional
-        ``skip(file_info) -> bool``, a picklable predicate; True drops the file unread.
 
     Returns
     -------
@@ -162,10 +160,6 @@ def build_pipeline(p, config, known_keys=None, skip=None):
     emb = config.embed
     files, list_errors = p | "ListFiles" >> ListFiles(config.inputs, config.manifests,
                                                       emb.storage_options)
-    if known_keys is not None:
-        files = files | "SkipKnownFiles" >> SkipKnownFiles(known_keys)
-    if skip is not None:
-        files = files | "SkipFiles" >> beam.Filter(lambda info, fn=skip: not fn(info))
     vectors, embed_errors = files | "EmbedImages" >> EmbedImages(emb)
     errors = (list_errors, embed_errors) | "FlattenErrors" >> beam.Flatten()
     written_vectors = vectors | "WriteVectors" >> WriteTable(config.vectors_prefix,
@@ -262,7 +256,6 @@ def summarize(config, result):
         "vectors": n_vectors, "errors": n_errors,
         "skipped_not_images": counts.get(C.NOT_IMAGES, 0) if counts else None,
         "skipped_hidden": counts.get(C.HIDDEN_SKIPPED, 0) if counts else None,
-        "skipped_unchanged": counts.get(C.FILES_UNCHANGED, 0) if counts else None,
         "vectors_prefix": config.vectors_prefix, "errors_prefix": config.errors_prefix,
         "run_id": config.run_id,
     }

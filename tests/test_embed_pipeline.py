@@ -149,38 +149,6 @@ def test_bad_flags_fail_before_running(argv, message):
         embed.run(argv)
 
 
-def test_build_pipeline_skips_known_files_for_a_reindex(tmp_path):
-    """The seam issue 5 uses: keys read back from vectors/ make unchanged files skip reading."""
-    import apache_beam as beam
-
-    from gridtsne.listing import keys_of_table
-    from transforms.embed import EmbedConfig
-
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for name in ("chelsea", "coffee", "rocket"):
-        (folder / f"{name}.jpg").write_bytes(corpus.jpeg_bytes(corpus.photo(name)))
-    first = embed.run(["--input", str(folder), "--output", str(tmp_path / "v1")] + TINY)
-    assert first["vectors"] == 3
-    known = keys_of_table(_table(str(tmp_path / "v1" / schema.VECTORS_DIR)))
-
-    (folder / "coffee.jpg").write_bytes(corpus.jpeg_bytes(corpus.photo("astronaut")))  # changed
-    (folder / "new.png").write_bytes(corpus.png_bytes(corpus.photo("chelsea")))  # new
-    config = embed.EmbedJobConfig(
-        inputs=(str(folder),), output=str(tmp_path / "v2"),
-        embed=EmbedConfig(model="tests.tiny_model:TINY", device="cpu",
-                          decode=DecodeConfig(input_size=32)))
-    with beam.Pipeline() as p:
-        known_keys = p | "KnownKeys" >> beam.Create(sorted(known, key=str))
-        embed.build_pipeline(p, config, known_keys=known_keys,
-                             skip=lambda info: info.uri.endswith(".png"))
-    counts = embed.counters(p.result)
-    assert counts["files_unchanged"] == 2  # chelsea.jpg and rocket.jpg
-    assert counts["images_found"] == 1  # new.png went through `skip`, unread
-    rows = _table(str(tmp_path / "v2" / schema.VECTORS_DIR)).to_pylist()
-    assert [os.path.basename(r["uri"]) for r in rows] == ["coffee.jpg"]
-
-
 def test_help_lists_the_stage_flags(capsys):
     assert cli_main(["embed", "--help"]) == 0
     text = capsys.readouterr().out

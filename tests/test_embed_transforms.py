@@ -13,7 +13,7 @@ from gridtsne.decode import DecodeConfig
 from gridtsne.listing import FileInfo, expand_pattern
 from tests import image_corpus as corpus
 from transforms.embed import EmbedConfig, EmbedImages, ReadAndDecodeFn
-from transforms.listing import ListFiles, SkipKnownFiles
+from transforms.listing import ListFiles
 from transforms.write import WriteTable, beam_can_write
 
 TINY = "tests.tiny_model:TINY"
@@ -128,17 +128,6 @@ def test_failed_inference_becomes_error_rows(mixed):
                               ("palette.png", "embed", "RuntimeError"),
                               ("bomb.png", "decode", "DecompressionBombError")]),
                     label="Errors")
-
-
-def test_skip_known_files():
-    a, b = FileInfo("memory:///a.jpg", 10, 1000), FileInfo("memory:///b.jpg", 10, 1000)
-    b_changed = FileInfo("memory:///b.jpg", 11, 2000)
-    no_mtime = FileInfo("memory:///c.jpg", 10, None)
-    with BeamTestPipeline() as p:
-        known = p | "Known" >> beam.Create([a.key, b.key, no_mtime.key])
-        files = p | "Files" >> beam.Create([a, b_changed, no_mtime])
-        assert_that(files | SkipKnownFiles(known) | beam.Map(lambda f: f.uri),
-                    equal_to(["memory:///b.jpg", "memory:///c.jpg"]))
 
 
 def test_write_table_through_fsspec_for_urls_beam_cannot_write():

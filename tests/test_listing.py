@@ -4,14 +4,10 @@ import os
 import zipfile
 
 import fsspec
-import pyarrow as pa
 import pytest
 
-from gridtsne import schema
 from gridtsne.ingest import read_and_decode
-from gridtsne.listing import (FileInfo, expand_pattern, keys_of_table, read_manifest,
-                              to_epoch_us)
-from gridtsne.rows import vector_row
+from gridtsne.listing import expand_pattern, read_manifest, to_epoch_us
 from tests import image_corpus as corpus
 
 
@@ -101,21 +97,6 @@ def test_mtime_conversions():
     assert to_epoch_us(t.timestamp()) == us
     assert to_epoch_us((2024, 5, 6, 7, 8, 9)) == us - 123456
     assert to_epoch_us(None) is None and to_epoch_us("yesterday") is None
-
-
-def test_change_keys_survive_a_parquet_round_trip(tmp_path):
-    """What a re-index compares: the key of a listed file equals the key read back."""
-    from gridtsne.ingest import ImageRecord
-
-    info = FileInfo("s3://b/x.jpg", 1234, 1_700_000_000_123_456)
-    record = ImageRecord(info.uri, "0" * 64, 1234, info.mtime_us, 4, 3, b"")
-    no_mtime = ImageRecord("s3://b/y.jpg", "1" * 64, 99, None, 4, 3, b"")
-    rows = [vector_row(record, [0.0, 1.0]), vector_row(no_mtime, [1.0, 0.0])]
-    table = pa.Table.from_pylist(rows, schema=schema.vectors_schema(2))
-    import pyarrow.parquet as pq
-    pq.write_table(table, tmp_path / "v.parquet")
-    keys = keys_of_table(pq.read_table(tmp_path / "v.parquet"))
-    assert info.key in keys and ("s3://b/y.jpg", 99, None) in keys
 
 
 def test_http_urls_and_directory_indexes(tree):

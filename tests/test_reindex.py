@@ -8,11 +8,49 @@ from gridtsne import reindex
 T = dt.datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=dt.timezone.utc)
 
 
-def test_fingerprint_matches_across_representations():
-    assert reindex.fingerprint(10, T) == reindex.fingerprint(10, T.timestamp())
-    assert reindex.fingerprint(10, T.replace(tzinfo=None)) == reindex.fingerprint(10, T)
-    assert reindex.fingerprint(10, T) != reindex.fingerprint(11, T)
-    assert reindex.fingerprint(10, T) != reindex.fingerprint(10, T + dt.timedelta(microseconds=1))
+def test_fingerprint_is_integers_only():
+    us = 1_777_636_800_123_456
+    assert reindex.fingerprint(10, us) == (10, us)
+    assert reindex.fingerprint(10, None) == (10, None)
+    assert reindex.fingerprint(10, us) != reindex.fingerprint(10, us + 1)
+    with pytest.raises(TypeError, match="mtime_us"):
+        reindex.fingerprint(10, us / 1e6)  # float seconds are no fingerprint
+    with pytest.raises(TypeError, match="mtime_us"):
+        reindex.fingerprint(10, T)
+
+
+def test_listed_file_and_its_row_read_back_have_the_same_fingerprint(tmp_path):
+    """What ClassifyFiles compares: a listed FileInfo and the vectors/ row written for it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gridtsne import schema
+    from gridtsne.ingest import ImageRecord
+    from gridtsne.listing import FileInfo
+    from gridtsne.rows import vector_row
+
+    infos = [FileInfo("s3://b/x.jpg", 1234, 1_700_000_000_123_456),
+             FileInfo("s3://b/old.jpg", 5, -86_400_000_001),  # before 1970
+             FileInfo("s3://b/y.jpg", 99, None)]
+    rows = [vector_row(ImageRecord(i.uri, "0" * 64, i.size, i.mtime_us, 4, 3, b""), [0.0, 1.0])
+            for i in infos]
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema.vectors_schema(2)),
+                   tmp_path / "v.parquet")
+    back = pq.read_table(tmp_path / "v.parquet").to_pylist()
+    assert [reindex.row_fingerprint(r) for r in back] == \
+        [reindex.file_fingerprint(i) for i in infos]
+    assert [reindex.classify(reindex.file_fingerprint(i), reindex.row_fingerprint(r))
+            for i, r in zip(infos, back)] == [reindex.UNCHANGED, reindex.UNCHANGED,
+                                              reindex.CHANGED]
+
+
+def test_one_reindex_mechanism():
+    """ClassifyFiles is the only re-index path: the old key-based skip is gone."""
+    import gridtsne.listing
+    import transforms.listing
+
+    assert not hasattr(transforms.listing, "SkipKnownFiles")
+    assert not hasattr(gridtsne.listing, "keys_of_table")
 
 
 @pytest.mark.parametrize("listed, previous, expected", [

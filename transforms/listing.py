@@ -115,39 +115,3 @@ class ListFiles(beam.PTransform):
                  | "GroupFilesByUri" >> beam.GroupByKey()
                  | "MergeDuplicateFiles" >> beam.Map(_merge_listings))
         return files, errors | "FlattenListingErrors" >> beam.Flatten()
-
-
-class _DropKnownFn(beam.DoFn):
-    def __init__(self):
-        self._unchanged = C.counter(C.FILES_UNCHANGED)
-
-    def process(self, joined):
-        _, grouped = joined
-        known = set(grouped["known"])
-        for info in grouped["files"]:
-            # Without a modification time a file can never be proven unchanged.
-            if info.mtime_us is not None and info.key in known:
-                self._unchanged.inc()
-            else:
-                yield info
-
-
-class SkipKnownFiles(beam.PTransform):
-    """Drop file infos whose change key ``(uri, size, mtime_us)`` is in ``known_keys``.
-
-    Files whose store reports no modification time are always kept (embedded again).
-
-    ``known_keys`` is a PCollection of keys (see :func:`gridtsne.listing.keys_of_table`),
-    joined by URI (a CoGroupByKey, so millions of known files need no side input in memory).
-    """
-
-    def __init__(self, known_keys):
-        super().__init__()
-        self._known = known_keys
-
-    def expand(self, files):
-        return (
-            {"files": files | "KeyFilesByUri" >> beam.Map(lambda f: (f.uri, f)),
-             "known": self._known | "KeyKnownByUri" >> beam.Map(lambda k: (k[0], tuple(k)))}
-            | "JoinKnownFiles" >> beam.CoGroupByKey()
-            | "DropKnownFiles" >> beam.ParDo(_DropKnownFn()))

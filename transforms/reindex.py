@@ -90,9 +90,8 @@ class ClassifyFilesFn(beam.DoFn):
         previous = list(groups["previous"])
         info = listed[0] if listed else None  # a file named by two inputs is embedded once
         row = previous[0] if previous else None
-        fate = reindex.classify(
-            None if info is None else reindex.fingerprint(info.size, info.mtime),
-            None if row is None else reindex.fingerprint(row["bytes"], row["mtime"]))
+        fate = reindex.classify(None if info is None else reindex.file_fingerprint(info),
+                                None if row is None else reindex.row_fingerprint(row))
         self._counters[fate].inc()
         yield beam.pvalue.TaggedOutput(FATES, (uri, fate))
         if fate == reindex.UNCHANGED:
