@@ -39,9 +39,9 @@ def is_candidate(info):
 def fetch(info, max_bytes, storage_options=None):
     """The bytes of a listed file, or None when its content shows it is not an image.
 
-    A file that is neither named explicitly nor has an image extension is read only as far as
-    its first :data:`~gridtsne.sniff.HEADER_BYTES` bytes when they match no image signature,
-    so a folder of videos is not downloaded to be skipped.
+    A file that is neither named explicitly nor has an image extension is first sniffed with a
+    ranged read of its first :data:`~gridtsne.sniff.HEADER_BYTES` bytes and skipped when they
+    match no image signature, so a folder of videos is not downloaded to be skipped.
 
     Raises
     ------
@@ -54,13 +54,15 @@ def fetch(info, max_bytes, storage_options=None):
         raise _too_large(info.size, max_bytes)
     try:
         fs, path = filesystem(info.uri, storage_options)
-        with fs.open(path, "rb") as fh:
-            head = fh.read(HEADER_BYTES)
-            if not candidate and image_format(head) is None:
+        if not candidate:
+            # A ranged read of the signature alone: opening the file would fetch a whole
+            # read-ahead block (5 MB on object stores) of what is probably a video.
+            if image_format(fs.cat_file(path, start=0, end=HEADER_BYTES)) is None:
                 return None
             if info.size is not None and info.size > max_bytes:
                 raise _too_large(info.size, max_bytes)
-            data = head + fh.read(max_bytes + 1 - len(head))
+        with fs.open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
     except DecodeError:
         raise
     except Exception as exc:

@@ -3,6 +3,7 @@
 An image is unchanged when its ``uri``, size and modification time match the previous
 version's row; only then is its previous row (vector, thumbnail) carried over unread.
 """
+import json
 import numbers
 
 from gridtsne.listing import to_epoch_us
@@ -39,6 +40,33 @@ def file_fingerprint(info):
 def row_fingerprint(row):
     """The fingerprint of a ``vectors/`` row (its ``bytes`` and ``mtime`` columns)."""
     return fingerprint(row["bytes"], to_epoch_us(row["mtime"]))
+
+
+# What a previous row's vector and thumbnail depend on besides the image itself: a row made
+# with any of these different cannot stand beside new rows (e.g. --thumbnail_size).
+REUSE_KEYS = ("model", "weights_sha256", "vector_dim", "input_size", "mean", "std",
+              "preprocessing")
+
+
+def reuse_mismatch(previous, current):
+    """Why rows described by ``previous`` metadata cannot be re-used now, or None if they can.
+
+    Both are ``vectors/`` schema metadata documents; values are compared as JSON (lists and
+    tuples alike), so a table read back matches the metadata it was written with.
+    """
+    for key in REUSE_KEYS:
+        before, now = _as_json(previous.get(key)), _as_json(current.get(key))
+        if before != now:
+            if isinstance(before, dict) and isinstance(now, dict):
+                diff = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+                return f"{key} differs in {', '.join(diff)}: {[before.get(k) for k in diff]!r} " \
+                       f"then, {[now.get(k) for k in diff]!r} now"
+            return f"{key} was {before!r}, is now {now!r}"
+    return None
+
+
+def _as_json(value):
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def classify(listed, previous):

@@ -119,3 +119,64 @@ def test_http_urls_and_directory_indexes(tree):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_sniffing_a_file_without_extension_is_a_ranged_read(tmp_path):
+    """A 3 MB non-image without an image extension costs its signature, not a read-ahead block.
+
+    A real HTTP server on loopback that honours Range requests counts the bytes it sends.
+    """
+    import http.server
+    import threading
+
+    from gridtsne.ingest import fetch
+
+    video = b"\x00\x00\x00\x18ftypmp42" + os.urandom(3_000_000)
+    photo = corpus.jpeg_bytes(corpus.photo("chelsea"))
+    files = {"/clip": video, "/photo": photo}
+    sent = []
+
+    class RangeHandler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self._reply(head=True)
+
+        def do_GET(self):
+            self._reply(head=False)
+
+        def _reply(self, head):
+            data = files.get(self.path)
+            if data is None:
+                self.send_error(404)
+                return
+            start, end = 0, len(data) - 1
+            ranged = self.headers.get("Range", "").startswith("bytes=")
+            if ranged:
+                first, _, last = self.headers["Range"][6:].partition("-")
+                start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+            self.send_response(206 if ranged else 200)
+            self.send_header("Content-Length", str(end - start + 1))
+            self.send_header("Accept-Ranges", "bytes")
+            if ranged:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+            self.end_headers()
+            if not head:
+                self.wfile.write(data[start:end + 1])
+                sent.append(end - start + 1)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        from gridtsne.listing import FileInfo
+
+        assert fetch(FileInfo(base + "/clip", size=len(video)), 50_000_000) is None
+        assert 0 < sum(sent) <= 1024, sent
+        sent.clear()
+        # An image without an extension is still found, and read whole.
+        assert fetch(FileInfo(base + "/photo", size=len(photo)), 50_000_000) == photo
+    finally:
+        server.shutdown()
+        server.server_close()

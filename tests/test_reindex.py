@@ -69,3 +69,40 @@ def test_classify(listed, previous, expected):
 def test_classify_needs_something():
     with pytest.raises(ValueError):
         reindex.classify(None, None)
+
+
+def _publish_vectors(output, metadata):
+    """A committed version whose vectors/ table was written with ``metadata``."""
+    import pyarrow as pa
+
+    from gridtsne import schema, storage, versions
+
+    table = pa.Table.from_pylist([], schema=schema.vectors_schema(16, metadata))
+    vid = versions.new_version_id()
+    storage.write_parquet(storage.url_join(versions.version_url(output, vid), "vectors",
+                                           "part-0.parquet"), table)
+    versions.write_pointer(output, vid)
+
+
+def test_previous_rows_are_reused_only_with_the_same_thumbnails(tmp_path):
+    """A changed --thumbnail_size (or any preprocessing) re-embeds: no mixed thumbnails."""
+    import dataclasses
+
+    from gridtsne import models
+    from gridtsne.decode import DecodeConfig
+    from transforms.reindex import previous_vector_parts
+
+    spec = models.get_spec("tests.tiny_model:TINY")
+    meta = models.describe(spec, "ab" * 32, "test")
+    decode = DecodeConfig(input_size=32, thumbnail_size=128)
+    then = {**meta, "preprocessing": decode.describe()}
+    _publish_vectors(str(tmp_path), then)
+
+    same = {**meta, "preprocessing": DecodeConfig(input_size=32, thumbnail_size=128).describe()}
+    assert len(previous_vector_parts(str(tmp_path), same)) == 1
+    bigger = {**meta, "preprocessing": dataclasses.replace(decode, thumbnail_size=256).describe()}
+    assert previous_vector_parts(str(tmp_path), bigger) == []
+    assert "thumbnail_size" in reindex.reuse_mismatch(then, bigger)
+    other_weights = {**same, "weights_sha256": "cd" * 32}
+    assert previous_vector_parts(str(tmp_path), other_weights) == []
+    assert reindex.reuse_mismatch(then, same) is None

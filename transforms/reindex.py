@@ -22,8 +22,9 @@ TO_EMBED, CARRIED, FATES = "to_embed", "carried", "fates"
 def previous_vector_parts(output, metadata):
     """The Parquet files of the previous version's ``vectors/``, or [] if none can be reused.
 
-    Vectors made by another model or other weights cannot be mixed with new ones, so a
-    change of either makes every image new (a full rebuild), with a log line saying why.
+    Rows made by another model, other weights or other preprocessing (input size,
+    thumbnail size ...) cannot be mixed with new ones, so a change of any of them makes every
+    image new (a full rebuild), with a log line saying why (:func:`gridtsne.reindex.reuse_mismatch`).
     """
     pointer = versions.read_pointer(output)
     if pointer is None:
@@ -36,11 +37,10 @@ def previous_vector_parts(output, metadata):
         return []
     with fs.open(files[0], "rb") as fh:
         previous = schema.read_metadata(pq.ParquetFile(fh).schema_arrow)
-    for key in ("model", "weights_sha256", "vector_dim"):
-        if previous.get(key) != metadata.get(key):
-            log.warning("previous version %s has %s=%r, this run %r: re-embedding everything",
-                        pointer["version"], key, previous.get(key), metadata.get(key))
-            return []
+    why = reindex.reuse_mismatch(previous, metadata)
+    if why:
+        log.warning("previous version %s: %s: re-embedding everything", pointer["version"], why)
+        return []
     return [fs.unstrip_protocol(f) for f in files]
 
 
