@@ -98,6 +98,16 @@ def read_parquet(url, columns=None):
     return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
 
 
+def count_parquet_rows(url):
+    """Rows in the Parquet file(s) at ``url``, from their footers alone (0 when none)."""
+    fs, files = parquet_files(url)
+    total = 0
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
+
+
 def iter_parquet_batches(url, columns=None, batch_size=65536):
     """Stream record batches of the Parquet file(s) at ``url`` without loading them whole."""
     fs, files = parquet_files(url)

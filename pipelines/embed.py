@@ -295,10 +295,11 @@ def run(argv=None):
     config = config_from_options(options)
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, config)
-    result = p.result
+    # Check the new table first: a run that lost rows keeps the previous table.
+    summary = summarize(config, p.result)
     for prefix in (config.vectors_prefix, config.errors_prefix):
         _remove_previous_parts(prefix, config.embed.storage_options)
-    return summarize(config, result)
+    return summary
 
 
 if __name__ == "__main__":

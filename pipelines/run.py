@@ -18,7 +18,7 @@ import sys
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
-from apache_beam.pvalue import AsSingleton
+from apache_beam.pvalue import AsList, AsSingleton
 
 from gridtsne import evaluate, schema, storage, versions
 from gridtsne.flagfiles import expand_flags_files
@@ -83,6 +83,10 @@ class RunJob:
         return storage.url_join(self.version_url, schema.VECTORS_DIR)
 
     @property
+    def errors_url(self):
+        return storage.url_join(self.version_url, schema.ERRORS_DIR)
+
+    @property
     def layout_url(self):
         return storage.url_join(self.version_url, schema.LAYOUT_FILE)
 
@@ -127,10 +131,13 @@ def job_from_options(options, labels=None, version=None):
 
 def _evaluate(layout_summary, job):
     """DPQ16 and neighbour label agreement of the new layout (on a sample when large)."""
+    # A labels file that matches nothing is reported in the summary, never a reason to
+    # withhold a valid version.
     result = evaluate.evaluate_layout(job.layout_url, job.vectors_url, job.labels,
-                                      max_items=job.quality_items, seed=job.layout.seed)
-    return {k: result[k] for k in ("dpq", "dpq_items", "p", "label_agreement", "labelled")
-            if k in result}
+                                      max_items=job.quality_items, seed=job.layout.seed,
+                                      labels_required=False)
+    return {k: result[k] for k in ("dpq", "dpq_items", "p", "label_agreement", "labelled",
+                                   "label_problem") if k in result}
 
 
 def _root_page(version):
@@ -140,18 +147,25 @@ def _root_page(version):
             f'<a href="{target}">the current map</a>').encode()
 
 
-def commit_version(_, job, render_summary, layout_summary, quality, fates, failed):
+def commit_version(_, job, render_summary, layout_summary, quality, fates, failed,
+                   errors_written=()):
     """Check the new version, write its summary, then move ``latest.json`` to it.
 
+    Runs only once ``errors/`` is written (``errors_written``, its files, is a side input).
     Raises (and so leaves the pointer where it was) when the vectors table does not hold
-    exactly the new, changed and unchanged images: a version that lost rows is never
-    published.
+    exactly the new, changed and unchanged images, or ``errors/`` not exactly the failures: a
+    version that lost rows is never published.
     """
     rows = layout_summary["input_images"]
     expected = fates["new"] + fates["changed"] + fates["unchanged"]
     if rows != expected:
         raise RuntimeError(f"version {job.version}: {rows} rows in vectors/, but new + changed "
                            f"+ unchanged = {expected}: not publishing it")
+    error_rows = storage.count_parquet_rows(job.errors_url)
+    if error_rows != failed:
+        raise RuntimeError(f"version {job.version}: {error_rows} rows in errors/ "
+                           f"({len(errors_written)} files), but {failed} images failed: not "
+                           f"publishing it")
     summary = {
         "version": job.version,
         "counts": {**fates, "failed": failed},
@@ -185,7 +199,8 @@ def build_pipeline(p, job):
     rows = (new_rows, classified[CARRIED]) | "MergeRows" >> beam.Flatten()
     errors = (list_errors, embed_errors) | "FlattenErrors" >> beam.Flatten()
     written = rows | "WriteVectors" >> WriteTable(emb.vectors_prefix, emb.vectors_schema)
-    errors | "WriteErrors" >> WriteTable(emb.errors_prefix, schema.ERRORS_SCHEMA)
+    errors_written = errors | "WriteErrors" >> WriteTable(emb.errors_prefix,
+                                                          schema.ERRORS_SCHEMA)
     fates = classified[FATES] | "CountFates" >> CountFates(new_rows)
     failed = errors | "CountFailed" >> beam.combiners.Count.Globally()
 
@@ -200,7 +215,8 @@ def build_pipeline(p, job):
             | "StartCommit" >> beam.Create([None])
             | "CommitVersion" >> beam.Map(
                 commit_version, job, AsSingleton(rendered), AsSingleton(laid_out),
-                AsSingleton(quality), AsSingleton(fates), AsSingleton(failed)))
+                AsSingleton(quality), AsSingleton(fates), AsSingleton(failed),
+                AsList(errors_written)))
 
 
 def _fmt(value, spec=".3f"):
@@ -221,6 +237,7 @@ def report(output, version, counters=None):
     c = s["counts"]
     q = s.get("quality") or {}
     mode = (s.get("positions") or {}).get("mode", "full t-SNE fit")
+    unscored = f" (labels not scored: {q['label_problem']})" if q.get("label_problem") else ""
     page = storage.url_join(output, s["site"])
     s = {**s, "embedded": (counters or {}).get(C.VECTORS, 0),
          "bytes_read": (counters or {}).get(C.BYTES_READ, 0)}
@@ -231,7 +248,7 @@ def report(output, version, counters=None):
           f"  layout: {s['grid']['rows']}x{s['grid']['cols']} grid, {s['layout_method']} "
           f"assignment, positions: {mode}\n"
           f"  quality: DPQ16 {_fmt(q.get('dpq'))} (on {q.get('dpq_items')} images), "
-          f"neighbour label agreement {_fmt(q.get('label_agreement'))}\n"
+          f"neighbour label agreement {_fmt(q.get('label_agreement'))}{unscored}\n"
           f"  page: {page}")
     return s
 

@@ -85,6 +85,33 @@ def test_rerun_replaces_the_previous_table(mixed, tmp_path):
     assert _table(os.path.join(out, schema.VECTORS_DIR)).num_rows == summary["vectors"] == 3
 
 
+def test_a_rerun_that_fails_its_check_keeps_the_previous_table(mixed, tmp_path, monkeypatch):
+    """The previous table is deleted only once the new one passed its check.
+
+    The check failing is simulated by counters that report one image more than was written
+    (a runner that lost a row): nothing real loses rows on demand.
+    """
+    from transforms import embed_counters as C
+
+    folder, good, bad, other = mixed
+    out = str(tmp_path / "out")
+    first = embed.run(["--input", str(folder), "--output", out] + TINY)
+    before = sorted(os.listdir(os.path.join(out, schema.VECTORS_DIR)))
+    real_counters = embed.counters
+
+    def one_lost(result):
+        counts = dict(real_counters(result))
+        counts[C.IMAGES_FOUND] = counts.get(C.IMAGES_FOUND, 0) + 1
+        return counts
+
+    monkeypatch.setattr(embed, "counters", one_lost)
+    with pytest.raises(RuntimeError, match="rows were lost"):
+        embed.run(["--input", str(folder / "*.jpg"), "--output", out] + TINY)
+    after = os.listdir(os.path.join(out, schema.VECTORS_DIR))
+    assert set(before) <= set(after)
+    assert any(first["run_id"] in f for f in after)
+
+
 def test_portable_runner_loopback(mixed, tmp_path):
     folder, good, bad, other = mixed
     out = str(tmp_path / "out")

@@ -166,6 +166,49 @@ def _tree_digest(folder):
     return digest
 
 
+def test_labels_matching_nothing_are_reported_not_a_withheld_version(tmp_path, digits, capsys):
+    inp, out = tmp_path / "photos", tmp_path / "map"
+    make_collection(str(inp), range(24), digits)
+    wrong = tmp_path / "other-labels.csv"
+    wrong.write_text("path,label\nsomewhere/else.png,cat\n")
+    summary = job.run(["--input", str(inp), "--output", str(out), "--labels", str(wrong),
+                       *FAST])
+    assert versions.read_pointer(str(out))["version"] == summary["version"]
+    assert summary["images"] == 24 and summary["quality"]["dpq"] > 0
+    assert "no laid-out image matches" in summary["quality"]["label_problem"]
+    assert "labels not scored: ValueError: no laid-out image matches" in capsys.readouterr().out
+
+
+def test_commit_waits_for_and_checks_errors(tmp_path):
+    """CommitVersion takes the written errors/ files as a side input and checks its rows."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    out = tmp_path / "map"
+    options = PipelineOptions(["--input", str(tmp_path), "--output", str(out), *FAST])
+    run_job_config = job.job_from_options(options)
+    p = beam.Pipeline(options=options)
+    job.build_pipeline(p, run_job_config)
+    producers = {}
+
+    class Visit(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            for pc in node.outputs.values():
+                producers[pc] = node.full_label
+
+    p.visit(Visit())
+    commit = p._current_transform().parts[-1]  # the last top-level transform
+    assert commit.full_label == "CommitVersion"
+    side = {producers[s.pvalue] for s in commit.side_inputs}
+    assert any(label.startswith("WriteErrors") for label in side), side
+
+    # Fewer rows in errors/ than failures counted: not published.
+    fates = {"new": 0, "changed": 0, "unchanged": 0, "removed": 0}
+    with pytest.raises(RuntimeError, match="errors/"):
+        job.commit_version(None, run_job_config, {}, {"input_images": 0}, {}, fates, 2, [])
+    assert versions.read_pointer(str(out)) is None
+
+
 def test_killed_run_leaves_previous_version_intact(tmp_path, digits):
     """A run killed by SIGKILL part way through changes no byte of the published version."""
     import signal
