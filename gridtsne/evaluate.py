@@ -97,7 +97,7 @@ def label_figures(uris, row, col, labels_url):
     labels = match_labels(uris, read_labels(labels_url))
     labelled = sum(lab is not None for lab in labels)
     if labelled == 0:
-        raise ValueError(f"no laid-out image matches a row of {labels_url!r}")
+        raise ValueError(f"no laid-out image matches a row of {str(labels_url)!r}")
     return {"labelled": labelled,
             "label_agreement": neighbour_label_agreement(row, col, labels)}
 

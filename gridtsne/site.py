@@ -58,6 +58,8 @@ def uri_key(uri):
 def read_labels(url):
     """``(uri, label)`` pairs from a CSV with a ``label`` column and a ``uri`` or ``path`` column.
 
+    ``url`` is a URL or a :class:`~gridtsne.labels.LabelsCsv` (a local file read at launch).
+
     A ``path`` that is relative is taken relative to the CSV's own folder, as in the
     ``labels.csv`` files that sit at the top of a photo set (``test/cat/0001.jpg,cat``).
 
@@ -67,7 +69,7 @@ def read_labels(url):
         When the header lacks ``label`` or both ``uri`` and ``path``.
     """
     key, rows = read_label_rows(url)
-    base = posixpath.dirname(str(url))
+    base = posixpath.dirname(str(url))  # LabelsCsv's str() is its url
     for where, label in rows:
         if key == "path" and not _SCHEME.match(where) and not where.startswith("/"):
             where = storage.url_join(base, where)
@@ -198,25 +200,33 @@ def is_url(text):
     return bool(_SCHEME.match(str(text))) or str(text).startswith("//")
 
 
-def copy_osd(osd_path, output):
-    """Copy a user's local OpenSeadragon build into ``<output>/openseadragon/``.
+def read_osd_files(osd_path):
+    """A user's local OpenSeadragon build as ``((relative name, bytes), ...)``: the script
+    first, then its ``images/`` folder (the navigation buttons).
 
-    Copies the script and its ``images/`` folder (the navigation buttons) beside it, so the
-    site works offline and from a bucket alike; returns the page's relative ``<script src>``.
+    Called on the launcher, so that workers, which cannot see its disk, get the bytes.
     """
     path = str(osd_path)
     if path.startswith("file://"):
         path = path[len("file://"):]
     if not os.path.isfile(path):
         raise ValueError(f"--osd_url must be a URL or an existing local file, got {osd_path!r}")
-    name = os.path.basename(path)
-    storage.write_bytes(storage.url_join(output, "openseadragon", name),
-                        open(path, "rb").read())
+    files = [(os.path.basename(path), path)]
     images = os.path.join(os.path.dirname(path), "images")
     if os.path.isdir(images):
-        for entry in sorted(os.listdir(images)):
-            full = os.path.join(images, entry)
-            if os.path.isfile(full):
-                storage.write_bytes(storage.url_join(output, "openseadragon", "images", entry),
-                                    open(full, "rb").read())
-    return f"openseadragon/{name}"
+        files += [(f"images/{entry}", os.path.join(images, entry))
+                  for entry in sorted(os.listdir(images))
+                  if os.path.isfile(os.path.join(images, entry))]
+    out = []
+    for name, full in files:
+        with open(full, "rb") as fh:
+            out.append((name, fh.read()))
+    return tuple(out)
+
+
+def write_osd_files(files, output):
+    """Write :func:`read_osd_files`'s files into ``<output>/openseadragon/``, so the site works
+    offline and from a bucket alike; returns the page's relative ``<script src>``."""
+    for name, data in files:
+        storage.write_bytes(storage.url_join(output, "openseadragon", name), data)
+    return f"openseadragon/{files[0][0]}"

@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
 from gridtsne import storage
 from gridtsne.flagfiles import expand_flags_files
+from gridtsne.labels import labels_csv
 from pipelines.options import add_flag, local_abs
 from gridtsne.render_inputs import plan_render
 from gridtsne.site import DEFAULT_OSD_URL, SUMMARY_FILE, is_url
@@ -86,14 +87,10 @@ def render_config_from_options(options, labels=None):
     that writes the layout itself can call it before the layout exists)."""
     o = options.view_as(RenderOptions)
     osd_url = o.osd_url if is_url(o.osd_url) else local_abs(o.osd_url)
-    if not is_url(osd_url) and not os.path.isfile(osd_url):
-        raise ValueError(f"--osd_url must be a URL or an existing local file, got {o.osd_url!r}")
-    # A local labels file is checked now; a remote one on the workers, so that the launching
-    # machine needs no credentials for the job's storage.
-    if labels is not None and not is_url(labels) and not os.path.exists(local_abs(labels)):
-        raise ValueError(f"--labels file does not exist: {labels!r}")
+    # Local --labels and --osd_url files are read now, on this machine (the workers cannot see
+    # its disk); remote ones on the workers, so that this machine needs no credentials for them.
     return RenderConfig(cell=o.cell, tile=o.tile, fmt=o.tile_format, pad=o.pad, quality=o.quality,
-                        overview=o.overview, osd_url=osd_url, labels=local_abs(labels),
+                        overview=o.overview, osd_url=osd_url, labels=labels_csv(labels),
                         title=o.title, projector=o.projector,
                         projector_max_points=o.projector_max_points)
 

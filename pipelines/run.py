@@ -22,11 +22,12 @@ from apache_beam.pvalue import AsList, AsSingleton
 
 from gridtsne import evaluate, schema, storage, versions
 from gridtsne.flagfiles import expand_flags_files
+from gridtsne.labels import LabelsCsv, labels_csv
 from gridtsne.layout import LayoutConfig
 from pipelines import embed as embed_stage
 from pipelines import layout as layout_stage
 from pipelines import render as render_stage
-from pipelines.options import add_flag, local_abs
+from pipelines.options import add_flag
 from transforms import embed_counters as C
 from transforms.embed import EmbedImages
 from transforms.layout import LayOutVectors, LayoutJob
@@ -67,7 +68,7 @@ class RunJob:
     embed: embed_stage.EmbedJobConfig
     layout: LayoutConfig
     render: RenderConfig
-    labels: str = None
+    labels: LabelsCsv = None
     stable: bool = False
     refit_fraction: float = 0.2
     full: bool = False
@@ -122,7 +123,7 @@ def job_from_options(options, labels=None, version=None):
     embed = dataclasses.replace(base, output=versions.version_url(output, version),
                                 run_id=version, vectors_prefix=None, errors_prefix=None)
     layout = layout_stage.layout_config_from_options(options)
-    labels = local_abs(labels)
+    labels = labels_csv(labels)  # a local file is read here: workers cannot see this disk
     render = render_stage.render_config_from_options(options, labels)
     return RunJob(output=output, version=version, embed=embed, layout=layout, render=render,
                   labels=labels, stable=o.stable, refit_fraction=o.refit_fraction, full=o.full,

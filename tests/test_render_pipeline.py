@@ -155,6 +155,51 @@ def test_render_composes_after_the_step_that_writes_the_layout(collection):
     assert storage.read_bytes(f"{out}/mosaic_files/8/0_0.webp")[:4] == b"RIFF"
 
 
+def test_local_labels_and_osd_are_read_on_the_launcher(tmp_path, collection):
+    """Workers cannot see the launcher's disk: local --labels and --osd_url files are read
+    when the job is configured, so the render succeeds after they are gone."""
+    import shutil
+
+    records, cells = collection
+    vectors, layout = write_tables(str(tmp_path / "in"), records, cells, ROWS, COLS)
+    launcher = tmp_path / "launcher"
+    (launcher / "osd" / "images").mkdir(parents=True)
+    (launcher / "osd" / "openseadragon.min.js").write_text("window.OpenSeadragon = 1;")
+    (launcher / "osd" / "images" / "home_rest.png").write_bytes(b"png")
+    (launcher / "labels.csv").write_text("uri,label\n/photos/chelsea.jpg,cat\n")
+    out = tmp_path / "site"
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    options = PipelineOptions(["--vectors", vectors, "--layout", layout, "--output", str(out),
+                               "--osd_url", str(launcher / "osd" / "openseadragon.min.js"),
+                               "--cell", "64", "--tile", "128"])
+    job = render_pipeline.job_from_options(options, str(launcher / "labels.csv"))
+    shutil.rmtree(launcher)  # what a Dataflow or Flink worker sees of the launcher's files
+    with beam.Pipeline() as p:
+        render_pipeline.build_pipeline(p, job)
+    assert (out / "openseadragon" / "openseadragon.min.js").read_text() == \
+        "window.OpenSeadragon = 1;"
+    assert (out / "openseadragon" / "images" / "home_rest.png").read_bytes() == b"png"
+    cells_js = _jsonp((out / "cells" / "0_0.js").read_bytes())
+    assert "cat" in json.dumps(cells_js)
+    summary = json.loads((out / "site.json").read_text())
+    assert summary["labels"] == str(launcher / "labels.csv")
+    assert summary["osd_url"] == "openseadragon/openseadragon.min.js"
+    with pytest.raises(ValueError, match="--labels file does not exist"):
+        render_pipeline.job_from_options(options, str(launcher / "labels.csv"))
+
+
+def test_a_local_labels_file_too_large_to_travel_asks_for_a_url(tmp_path, monkeypatch):
+    from gridtsne import labels
+
+    big = tmp_path / "labels.csv"
+    big.write_text("uri,label\n" + "/photos/x.jpg,x\n" * 100)
+    monkeypatch.setattr(labels, "MAX_LOCAL_LABELS_BYTES", 1000)
+    with pytest.raises(ValueError, match="give that URL"):
+        labels.labels_csv(str(big))
+    assert labels.labels_csv("s3://bucket/labels.csv").data is None
+
+
 def test_run_to_s3_with_labels_sets_content_types(tmp_path, collection, s3_bucket, s3_server):
     import boto3
 

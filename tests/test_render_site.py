@@ -124,11 +124,11 @@ def test_local_osd_copy_goes_next_to_the_page(tmp_path):
     (src / "openseadragon.min.js").write_text("window.OpenSeadragon = function () {};")
     (src / "images" / "zoomin_rest.png").write_bytes(b"png")
     out = tmp_path / "site"
-    assert site.copy_osd(str(src / "openseadragon.min.js"), str(out)) == \
-        "openseadragon/openseadragon.min.js"
+    files = site.read_osd_files(str(src / "openseadragon.min.js"))
+    assert site.write_osd_files(files, str(out)) == "openseadragon/openseadragon.min.js"
     assert (out / "openseadragon" / "images" / "zoomin_rest.png").read_bytes() == b"png"
     with pytest.raises(ValueError, match="existing local file"):
-        site.copy_osd(str(tmp_path / "nope.js"), str(out))
+        site.read_osd_files(str(tmp_path / "nope.js"))
 
 
 def test_plan_reads_the_grid_from_the_layout(tmp_path):

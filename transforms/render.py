@@ -30,9 +30,11 @@ from gridtsne.overview import (DEFAULT_LONGEST, MOSAIC_OVERVIEW, TSNE_OVERVIEW, 
 from gridtsne.projector import export_projector
 from gridtsne.render_inputs import (declared_levels, plan_render, read_layout_part,
                                     read_thumbnail_part, table_parts)
+from gridtsne.labels import LabelsCsv, labels_csv
 from gridtsne.site import (CELL_BLOCK, DEFAULT_OSD_URL, SEARCH_DIRECTORY, SUMMARY_FILE, PageConfig,
-                           cell_block, cell_shard, copy_osd, is_url, read_labels, search_chunks,
-                           search_directory, search_prefix, write_page)
+                           cell_block, cell_shard, is_url, read_labels, read_osd_files,
+                           search_chunks, search_directory, search_prefix, write_osd_files,
+                           write_page)
 from gridtsne.tiles import (DZI_NAME, MosaicGeometry, assemble_parent, decode_image,
                             encode_tile, half_of_encoded, render_top_tile)
 
@@ -53,8 +55,10 @@ class RenderConfig:
     cell: side of a grid cell in px; tile: side of a pyramid tile (even); fmt: ``jpeg`` or
     ``webp``; pad: background px around each thumbnail (default ``cell // 64``); quality: tile
     encoder quality; overview: longest side of ``mosaic.jpg`` and ``tsne.jpg``; osd_url: the
-    page's ``<script src>`` for OpenSeadragon (a URL, or a local file copied next to the page);
-    labels: optional CSV (``uri``/``path``, ``label``); title: the page's title; projector:
+    page's ``<script src>`` for OpenSeadragon (a URL, or a local file whose bytes, read on
+    construction, go into ``osd_files`` and are copied next to the page); labels: optional CSV
+    (``uri``/``path``, ``label``), a URL or a local path read on construction
+    (:func:`gridtsne.labels.labels_csv`); title: the page's title; projector:
     also export a TensorBoard Projector folder to ``<output>/projector``; max_levels: reduction
     stages to build (default: exactly the pyramid's when the layout exists before the pipeline
     runs, else ``DEFAULT_MAX_LEVELS``).
@@ -67,13 +71,18 @@ class RenderConfig:
     quality: int = 85
     overview: int = DEFAULT_LONGEST
     osd_url: str = DEFAULT_OSD_URL
-    labels: typing.Optional[str] = None
+    labels: typing.Optional[LabelsCsv] = None
     title: str = "gridtsne mosaic"
     projector: bool = False
     projector_max_points: typing.Optional[int] = None
     max_levels: typing.Optional[int] = None
+    osd_files: typing.Optional[tuple] = None
 
     def __post_init__(self):
+        # Local files are read here, on the launcher: workers cannot see its disk.
+        object.__setattr__(self, "labels", labels_csv(self.labels))
+        if self.osd_url and not is_url(self.osd_url) and self.osd_files is None:
+            object.__setattr__(self, "osd_files", read_osd_files(self.osd_url))
         MosaicGeometry(1, 1, cell=self.cell, tile=self.tile, fmt=self.fmt, pad=self.pad)
         if not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be an integer in 1..100, got {self.quality!r}")
@@ -296,8 +305,8 @@ def _write_site(_, output, config, plan, tiles, placeholders, examples, cells, s
     g = plan.geometry
     storage.write_bytes(storage.url_join(output, DZI_NAME), g.dzi_xml())
     osd_url = config.osd_url
-    if not is_url(osd_url):
-        osd_url = copy_osd(osd_url, output)
+    if config.osd_files:
+        osd_url = write_osd_files(config.osd_files, output)
     page = PageConfig(title=config.title, rows=g.rows, cols=g.cols, cell=g.cell, tile=g.tile,
                       ext=g.ext, width=g.width, height=g.height, images=cells, osd_url=osd_url,
                       labels=bool(config.labels), projector=projector is not None)
@@ -319,7 +328,7 @@ def _write_site(_, output, config, plan, tiles, placeholders, examples, cells, s
                   "mosaic": MOSAIC_OVERVIEW, "tsne": TSNE_OVERVIEW, "cells": "cells/",
                   "search": "search/index.js", "summary": SUMMARY_FILE},
         "osd_url": osd_url,
-        "labels": config.labels,
+        "labels": config.labels and config.labels.url,
         "gridtsne_version": __version__,
     }
     storage.write_bytes(storage.url_join(output, SUMMARY_FILE),
