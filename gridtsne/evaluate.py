@@ -23,9 +23,9 @@ def layout_url(url):
     return url if str(url).endswith(".parquet") else storage.url_join(url, schema.LAYOUT_FILE)
 
 
-def read_labels(url):
+def read_labels(url, storage_options=None):
     """``{key: label}`` from a CSV with a ``label`` column and a ``uri`` or ``path`` column."""
-    key, rows = read_label_rows(url)
+    key, rows = read_label_rows(url, storage_options)
     return {where.removeprefix("./") if key == "path" else where: label for where, label in rows}
 
 
@@ -47,7 +47,7 @@ def match_labels(uris, labels):
     return out
 
 
-def read_sampled_vectors(vectors_url, uris, batch_size=8192):
+def read_sampled_vectors(vectors_url, uris, batch_size=8192, storage_options=None):
     """The vectors of ``uris`` only (a float32 matrix in their order), streamed from the table.
 
     Only the ``uri`` and ``vector`` columns are read, one batch at a time, and only the rows
@@ -64,7 +64,8 @@ def read_sampled_vectors(vectors_url, uris, batch_size=8192):
     found = np.zeros(len(wanted), dtype=bool)
     out = None
     for batch in storage.iter_parquet_batches(vectors_url, columns=["uri", "vector"],
-                                              batch_size=batch_size):
+                                              batch_size=batch_size,
+                                              storage_options=storage_options):
         keep = pc.is_in(batch.column("uri").cast(pa.string()), value_set=wanted)
         if not pc.any(keep).as_py():
             continue
@@ -85,7 +86,7 @@ def read_sampled_vectors(vectors_url, uris, batch_size=8192):
     return out[order]
 
 
-def label_figures(uris, row, col, labels_url):
+def label_figures(uris, row, col, labels_url, storage_options=None):
     """``labelled`` and ``label_agreement`` of a layout against a labels CSV.
 
     Raises
@@ -94,7 +95,7 @@ def label_figures(uris, row, col, labels_url):
         When no laid-out image matches a row of the CSV (a wrong file, or paths relative to
         another folder).
     """
-    labels = match_labels(uris, read_labels(labels_url))
+    labels = match_labels(uris, read_labels(labels_url, storage_options))
     labelled = sum(lab is not None for lab in labels)
     if labelled == 0:
         raise ValueError(f"no laid-out image matches a row of {str(labels_url)!r}")
@@ -103,7 +104,7 @@ def label_figures(uris, row, col, labels_url):
 
 
 def evaluate_layout(layout, vectors_url, labels_url=None, p=16, max_items=10_000, seed=0,
-                    labels_required=True):
+                    labels_required=True, storage_options=None):
     """DPQ_p (on at most ``max_items`` images, a seeded sample) and label agreement of a layout.
 
     Only the sampled images' vectors are read (:func:`read_sampled_vectors`).
@@ -114,7 +115,8 @@ def evaluate_layout(layout, vectors_url, labels_url=None, p=16, max_items=10_000
     raise: the result says why under ``label_problem`` (a run then still publishes its valid
     version and reports the problem).
     """
-    table = storage.read_parquet(layout_url(layout), columns=["uri", "row", "col"])
+    table = storage.read_parquet(layout_url(layout), columns=["uri", "row", "col"],
+                                 storage_options=storage_options)
     meta = schema.read_metadata(table.schema)
     row = table.column("row").to_numpy().astype(np.int64)
     col = table.column("col").to_numpy().astype(np.int64)
@@ -122,12 +124,13 @@ def evaluate_layout(layout, vectors_url, labels_url=None, p=16, max_items=10_000
               "cols": meta.get("cols", int(col.max()) + 1), "method": meta.get("method"), "p": p}
     pick = sample_for_metrics(len(row), max_items, seed)
     sampled = table.column("uri").take(pa.array(pick)).to_pylist()
-    vectors = read_sampled_vectors(vectors_url, sampled)
+    vectors = read_sampled_vectors(vectors_url, sampled, storage_options=storage_options)
     result["dpq"] = dpq(vectors, row[pick], col[pick], p=p)
     result["dpq_items"] = len(pick)
     if labels_url:
         try:
-            result.update(label_figures(table.column("uri").to_pylist(), row, col, labels_url))
+            result.update(label_figures(table.column("uri").to_pylist(), row, col, labels_url,
+                                        storage_options))
         except Exception as exc:
             if labels_required:
                 raise

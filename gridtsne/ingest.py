@@ -8,7 +8,7 @@ import hashlib
 import logging
 
 from gridtsne.decode import STAGE_READ, DecodeConfig, DecodeError, decode_image
-from gridtsne.listing import filesystem
+from gridtsne.storage import filesystem
 from gridtsne.sniff import HEADER_BYTES, has_image_extension, image_format
 
 log = logging.getLogger(__name__)

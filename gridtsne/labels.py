@@ -26,8 +26,10 @@ class LabelsCsv:
     url: str
     data: bytes = dataclasses.field(default=None, repr=False)
 
-    def read(self):
-        return self.data if self.data is not None else storage.read_bytes(self.url)
+    def read(self, storage_options=None):
+        if self.data is not None:
+            return self.data
+        return storage.read_bytes(self.url, storage_options)
 
     def __str__(self):
         return self.url
@@ -65,7 +67,7 @@ def labels_csv(source):
         return LabelsCsv(path, fh.read())
 
 
-def read_label_rows(source):
+def read_label_rows(source, storage_options=None):
     """``(key, rows)``: the key column (``"uri"`` or ``"path"``) and ``(key value, label)``
     pairs of the rows that name an image, in file order.
 
@@ -77,7 +79,7 @@ def read_label_rows(source):
         When the header lacks ``label`` or both ``uri`` and ``path``.
     """
     source = source if isinstance(source, LabelsCsv) else LabelsCsv(str(source))
-    text = source.read().decode("utf-8-sig")
+    text = source.read(storage_options).decode("utf-8-sig")
     reader = csv.DictReader(io.StringIO(text))
     header = reader.fieldnames or []
     key = "uri" if "uri" in header else "path" if "path" in header else None

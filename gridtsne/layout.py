@@ -201,13 +201,13 @@ def _vector_matrix(column, dim, where):
     return values.astype(np.float32, copy=False).reshape(-1, dim)
 
 
-def read_vectors(vectors_url):
+def read_vectors(vectors_url, storage_options=None):
     """Stream a ``vectors/`` table into ``(uri, sha256, vectors, metadata)``.
 
     ``uri`` and ``sha256`` stay Arrow arrays, ``vectors`` is one preallocated float32 matrix,
     ``metadata`` the table's gridtsne metadata (model, ...). Only those three columns are read.
     """
-    fs, files = storage.parquet_files(vectors_url)
+    fs, files = storage.parquet_files(vectors_url, storage_options)
     if not files:
         raise FileNotFoundError(f"no Parquet files at {vectors_url!r}")
     total, dim, metadata = 0, None, {}
@@ -295,7 +295,8 @@ def layout_table(uri, sha256, x, y, row, col, metadata):
         schema=schema.layout_schema(metadata))
 
 
-def run_layout(vectors_url, output_url, config=LayoutConfig(), positions=None):
+def run_layout(vectors_url, output_url, config=LayoutConfig(), positions=None,
+               storage_options=None):
     """Lay out the vectors table at ``vectors_url``; write ``<output_url>/layout.parquet`` and
     ``<output_url>/layout.json``. Returns the summary written to ``layout.json`` (a dict).
 
@@ -304,11 +305,12 @@ def run_layout(vectors_url, output_url, config=LayoutConfig(), positions=None):
 
     ``positions``, optional, is ``positions(uri, sha256, vectors) -> (xy, info)``: 2-D
     positions to grid instead of a t-SNE fit (see :mod:`gridtsne.stable`); ``info`` goes into
-    the summary under ``positions``.
+    the summary under ``positions``. ``storage_options``: per-protocol fsspec options for
+    both URLs (see :func:`gridtsne.storage.filesystem`).
     """
     started = time.perf_counter()
     start = time.perf_counter()
-    uri, sha, vectors, vectors_meta = read_vectors(vectors_url)
+    uri, sha, vectors, vectors_meta = read_vectors(vectors_url, storage_options)
     order = pc.sort_indices(uri)
     uri, sha = uri.take(order), sha.take(order)
     permute_rows_in_place(vectors, order.to_numpy())
@@ -340,11 +342,12 @@ def run_layout(vectors_url, output_url, config=LayoutConfig(), positions=None):
     }
     start = time.perf_counter()
     table = layout_table(uri.take(index), sha.take(index), x, y, row, col, summary)
-    storage.write_parquet(storage.url_join(output_url, schema.LAYOUT_FILE), table)
+    storage.write_parquet(storage.url_join(output_url, schema.LAYOUT_FILE), table,
+                          storage_options)
     timings["write_s"] = round(time.perf_counter() - start, 3)
     timings["total_s"] = round(time.perf_counter() - started, 3)
     storage.write_bytes(storage.url_join(output_url, LAYOUT_SUMMARY_FILE),
-                        json.dumps(summary, indent=2, sort_keys=True).encode())
+                        json.dumps(summary, indent=2, sort_keys=True).encode(), storage_options)
     log.info("wrote a %dx%d layout of %d images to %s in %.1f s", summary["rows"],
              summary["cols"], summary["images"], output_url, timings["total_s"])
     return summary

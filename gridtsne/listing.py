@@ -10,7 +10,7 @@ import logging
 import os
 import posixpath
 
-import fsspec
+from gridtsne.storage import filesystem
 
 log = logging.getLogger(__name__)
 
@@ -106,19 +106,6 @@ def file_info_from_details(uri, details, explicit=False):
                     etag=etag, explicit=explicit)
 
 
-def filesystem(url, storage_options=None):
-    """The fsspec filesystem and protocol-less path of ``url``.
-
-    ``storage_options`` maps a protocol to its options (``{"s3": {"endpoint_url": ...}}``) so
-    that chained URLs get each layer's options.
-    """
-    options = dict(storage_options or {})
-    if "::" in url:
-        return fsspec.core.url_to_fs(url, **options)
-    protocol = fsspec.core.split_protocol(url)[0] or "file"
-    return fsspec.core.url_to_fs(url, **options.get(protocol, {}))
-
-
 def _make_uri(fs, path, pattern):
     head, _, tail = pattern.partition("::")
     if not tail and "://" not in head:
@@ -158,7 +145,7 @@ def expand_pattern(pattern, storage_options=None, on_hidden=None):
         or a glob (``*``, ``?``, ``[...]``, ``**`` for any depth; matched directories are
         searched recursively too). Any fsspec protocol and ``::`` chains work.
     storage_options : dict, optional
-        Per-protocol fsspec options, see :func:`filesystem`.
+        Per-protocol fsspec options, see :func:`gridtsne.storage.filesystem`.
     on_hidden : callable, optional
         Called with the path of each hidden file or folder content (a name starting with ``.``,
         such as ``.DS_Store`` or macOS ``._photo.jpg`` forks) that a search passes over.

@@ -102,21 +102,9 @@ def projector_config(tensor_name, tensor_path, shape, sprite_cell, note=""):
             f"}}\n").encode()
 
 
-def _count_rows(url):
-    import pyarrow.parquet as pq
-
-    fs, files = storage.parquet_files(url)
-    if not files:
-        raise FileNotFoundError(f"no Parquet files at {url!r}")
-    total = 0
-    for f in files:
-        with fs.open(f, "rb") as fh:
-            total += pq.ParquetFile(fh).metadata.num_rows
-    return total
-
-
 def export_projector(vectors_url, output_url, labels_url=None, max_points=None,
-                     sprite_cell=DEFAULT_SPRITE_CELL, seed=0, tensor_name=DEFAULT_TENSOR_NAME):
+                     sprite_cell=DEFAULT_SPRITE_CELL, seed=0, tensor_name=DEFAULT_TENSOR_NAME,
+                     storage_options=None):
     """Write a TensorBoard Projector folder for the ``vectors/`` table at ``vectors_url``.
 
     Parameters
@@ -131,6 +119,8 @@ def export_projector(vectors_url, output_url, labels_url=None, max_points=None,
         At most this many points (default: as many as the sprite can hold).
     sprite_cell : int
         Side of each thumbnail in the sprite, px.
+    storage_options : dict, optional
+        Per-protocol fsspec options (see :func:`gridtsne.storage.filesystem`).
 
     Returns
     -------
@@ -144,7 +134,9 @@ def export_projector(vectors_url, output_url, labels_url=None, max_points=None,
     if not 1 <= limit <= max_points_for(sprite_cell):
         raise ValueError(f"max_points must be in 1..{max_points_for(sprite_cell)} for "
                          f"{sprite_cell} px sprites, got {max_points!r}")
-    total = _count_rows(vectors_url)
+    if not storage.parquet_files(vectors_url, storage_options)[1]:
+        raise FileNotFoundError(f"no Parquet files at {vectors_url!r}")
+    total = storage.count_parquet_rows(vectors_url, storage_options)
     if total == 0:
         raise ValueError(f"the vectors table at {vectors_url!r} has no rows")
     rows = choose_rows(total, limit, seed)
@@ -161,7 +153,7 @@ def export_projector(vectors_url, output_url, labels_url=None, max_points=None,
     uris, vectors, missing = [], None, 0
     offset, k = 0, 0
     for batch in storage.iter_parquet_batches(vectors_url, columns=["uri", "vector", "thumbnail"],
-                                              batch_size=4096):
+                                              batch_size=4096, storage_options=storage_options):
         n = batch.num_rows
         lo, hi = np.searchsorted(rows, [offset, offset + n])
         local = rows[lo:hi] - offset
@@ -193,7 +185,8 @@ def export_projector(vectors_url, output_url, labels_url=None, max_points=None,
     labels = None
     if labels_url:
         wanted = {uri_key(u) for u in uris}
-        labels = {key: label for key, label in read_labels(labels_url) if key in wanted}
+        labels = {key: label for key, label in read_labels(labels_url, storage_options)
+                  if key in wanted}
     tensor_name_file, tensor_bytes = tensor_file(vectors)
     buf = io.BytesIO()
     sprite.save(buf, "JPEG", quality=90)
@@ -205,7 +198,7 @@ def export_projector(vectors_url, output_url, labels_url=None, max_points=None,
                                       note),
     }
     for name, data in files.items():
-        storage.write_bytes(storage.url_join(output_url, name), data)
+        storage.write_bytes(storage.url_join(output_url, name), data, storage_options)
     log.info("projector export: %d points of dimension %d, sprite %d px, to %s",
              len(rows), vectors.shape[1], sprite.width, output_url)
     return {"points": int(len(rows)), "total": int(total), "sampled": bool(sampled),

@@ -55,7 +55,7 @@ def grid_shape(metadata):
 
 
 def plan_render(layout_url, cell=128, tile=256, fmt="jpeg", overview=DEFAULT_LONGEST,
-                pad=None):
+                pad=None, storage_options=None):
     """Read ``layout.parquet`` (its row, col, x, y columns only) and plan the render.
 
     Raises
@@ -64,7 +64,7 @@ def plan_render(layout_url, cell=128, tile=256, fmt="jpeg", overview=DEFAULT_LON
         When the layout lacks a column, has no rows, a cell outside its declared grid, a
         negative row/col, or non-finite t-SNE coordinates.
     """
-    fs, files = storage.parquet_files(layout_url)
+    fs, files = storage.parquet_files(layout_url, storage_options)
     if not files:
         raise FileNotFoundError(f"no Parquet files at {layout_url!r}")
     with fs.open(files[0], "rb") as fh:
@@ -76,7 +76,8 @@ def plan_render(layout_url, cell=128, tile=256, fmt="jpeg", overview=DEFAULT_LON
     declared = grid_shape(schema.read_metadata(arrow_schema))
     count, max_row, max_col, min_rc = 0, -1, -1, 0
     bounds = [np.inf, -np.inf, np.inf, -np.inf]
-    for batch in storage.iter_parquet_batches(layout_url, columns=["row", "col", "x", "y"]):
+    for batch in storage.iter_parquet_batches(layout_url, columns=["row", "col", "x", "y"],
+                                              storage_options=storage_options):
         if batch.num_rows == 0:
             continue
         row = batch.column("row").to_numpy(zero_copy_only=False)
@@ -110,14 +111,14 @@ def plan_render(layout_url, cell=128, tile=256, fmt="jpeg", overview=DEFAULT_LON
     return RenderPlan(geometry, tsne, count)
 
 
-def declared_levels(layout_url, cell=128, tile=256):
+def declared_levels(layout_url, cell=128, tile=256, storage_options=None):
     """The pyramid's full-resolution level from the layout's declared grid, or None.
 
     Reads only the file's schema; None when the layout does not exist yet or declares no
     grid shape.
     """
     try:
-        fs, files = storage.parquet_files(layout_url)
+        fs, files = storage.parquet_files(layout_url, storage_options)
     except (FileNotFoundError, OSError):
         return None
     if not files:
@@ -129,9 +130,9 @@ def declared_levels(layout_url, cell=128, tile=256):
     return MosaicGeometry(shape[0], shape[1], cell=cell, tile=tile).max_level
 
 
-def table_parts(url):
+def table_parts(url, storage_options=None):
     """``(file URL, row group)`` pairs covering the Parquet table at ``url``."""
-    fs, files = storage.parquet_files(url)
+    fs, files = storage.parquet_files(url, storage_options)
     if not files:
         raise FileNotFoundError(f"no Parquet files at {url!r}")
     parts = []
@@ -142,9 +143,9 @@ def table_parts(url):
     return parts
 
 
-def _iter_part(part, columns):
+def _iter_part(part, columns, storage_options=None):
     file_url, group = part
-    fs, path = storage.filesystem(file_url)
+    fs, path = storage.filesystem(file_url, storage_options)
     with fs.open(path, "rb") as fh:
         pf = pq.ParquetFile(fh)
         names = pf.schema_arrow.names
@@ -157,9 +158,9 @@ def _iter_part(part, columns):
                    for c in columns}
 
 
-def read_layout_part(part):
+def read_layout_part(part, storage_options=None):
     """``(uri key, (uri, row, col, x, y))`` for each row of one layout row group."""
-    for cols in _iter_part(part, LAYOUT_COLUMNS):
+    for cols in _iter_part(part, LAYOUT_COLUMNS, storage_options):
         for uri, row, col, x, y in zip(cols["uri"], cols["row"], cols["col"], cols["x"], cols["y"]):
             if uri is None or row is None or col is None:
                 raise ValueError(f"layout row {(uri, row, col)!r} in {part[0]!r} has a null uri, "
@@ -167,9 +168,9 @@ def read_layout_part(part):
             yield uri_key(uri), (uri, row, col, x, y)
 
 
-def read_thumbnail_part(part):
+def read_thumbnail_part(part, storage_options=None):
     """``(uri key, (thumbnail, width, height, bytes))`` for each row of one vectors row group."""
-    for cols in _iter_part(part, THUMBNAIL_COLUMNS + THUMBNAIL_EXTRA):
+    for cols in _iter_part(part, THUMBNAIL_COLUMNS + THUMBNAIL_EXTRA, storage_options):
         for uri, thumb, w, h, n in zip(cols["uri"], cols["thumbnail"], cols["width"],
                                        cols["height"], cols["bytes"]):
             if uri is None:

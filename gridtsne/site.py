@@ -55,7 +55,7 @@ def uri_key(uri):
     return uri
 
 
-def read_labels(url):
+def read_labels(url, storage_options=None):
     """``(uri, label)`` pairs from a CSV with a ``label`` column and a ``uri`` or ``path`` column.
 
     ``url`` is a URL or a :class:`~gridtsne.labels.LabelsCsv` (a local file read at launch).
@@ -68,7 +68,7 @@ def read_labels(url):
     ValueError
         When the header lacks ``label`` or both ``uri`` and ``path``.
     """
-    key, rows = read_label_rows(url)
+    key, rows = read_label_rows(url, storage_options)
     base = posixpath.dirname(str(url))  # LabelsCsv's str() is its url
     for where, label in rows:
         if key == "path" and not _SCHEME.match(where) and not where.startswith("/"):
@@ -188,11 +188,12 @@ def index_html(config):
     return page.encode("utf-8")
 
 
-def write_page(output, config):
+def write_page(output, config, storage_options=None):
     """Write ``index.html`` and its script and style sheet under ``output``."""
     for name in STATIC_FILES:
-        storage.write_bytes(storage.url_join(output, name), _web_file(name))
-    storage.write_bytes(storage.url_join(output, INDEX_FILE), index_html(config))
+        storage.write_bytes(storage.url_join(output, name), _web_file(name), storage_options)
+    storage.write_bytes(storage.url_join(output, INDEX_FILE), index_html(config),
+                        storage_options)
 
 
 def is_url(text):
@@ -224,9 +225,10 @@ def read_osd_files(osd_path):
     return tuple(out)
 
 
-def write_osd_files(files, output):
+def write_osd_files(files, output, storage_options=None):
     """Write :func:`read_osd_files`'s files into ``<output>/openseadragon/``, so the site works
     offline and from a bucket alike; returns the page's relative ``<script src>``."""
     for name, data in files:
-        storage.write_bytes(storage.url_join(output, "openseadragon", name), data)
+        storage.write_bytes(storage.url_join(output, "openseadragon", name), data,
+                            storage_options)
     return f"openseadragon/{files[0][0]}"

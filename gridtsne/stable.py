@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 MIN_KEPT = 16  # fewer kept points than this make a poor frame for placing new ones
 
 
-def stable_positions(previous_layout_url, refit_fraction=0.2, seed=0, n_jobs=-1):
+def stable_positions(previous_layout_url, refit_fraction=0.2, seed=0, n_jobs=-1,
+                     storage_options=None):
     """A ``positions(uri, sha256, vectors)`` hook for :func:`gridtsne.layout.run_layout`.
 
     It returns ``(xy, info)``, or ``(None, info)`` when a full refit is due (no previous
@@ -30,9 +31,11 @@ def stable_positions(previous_layout_url, refit_fraction=0.2, seed=0, n_jobs=-1)
         raise ValueError(f"refit_fraction must be in [0, 1], got {refit_fraction!r}")
 
     def positions(uri, sha256, vectors):
-        if previous_layout_url is None or not storage.exists(previous_layout_url):
+        if previous_layout_url is None or not storage.exists(previous_layout_url,
+                                                             storage_options):
             return None, {"mode": "refit", "reason": "no previous layout"}
-        prev = storage.read_parquet(previous_layout_url, columns=["uri", "sha256", "x", "y"])
+        prev = storage.read_parquet(previous_layout_url, columns=["uri", "sha256", "x", "y"],
+                                    storage_options=storage_options)
         # A kept image has the same uri and the same content as before.
         keys = pc.binary_join_element_wise(uri, pc.fill_null(sha256, ""), "\x00")
         prev_keys = pc.binary_join_element_wise(prev.column("uri"),

@@ -31,24 +31,24 @@ def version_url(output, version_id):
     return storage.url_join(output, VERSIONS_DIR, version_id)
 
 
-def read_pointer(output):
+def read_pointer(output, storage_options=None):
     """The current ``latest.json`` document under ``output``, or None before the first run."""
     url = storage.url_join(output, POINTER_FILE)
-    if not storage.exists(url):
+    if not storage.exists(url, storage_options):
         return None
-    pointer = json.loads(storage.read_bytes(url))
+    pointer = json.loads(storage.read_bytes(url, storage_options))
     if "version" not in pointer:
         raise ValueError(f"{url!r} is not a gridtsne pointer: no 'version' key in {pointer!r}")
     return pointer
 
 
-def current_version_url(output):
+def current_version_url(output, storage_options=None):
     """The prefix of the version ``latest.json`` points to, or None before the first run."""
-    pointer = read_pointer(output)
+    pointer = read_pointer(output, storage_options)
     return None if pointer is None else version_url(output, pointer["version"])
 
 
-def write_pointer(output, version_id, summary=None):
+def write_pointer(output, version_id, summary=None, storage_options=None):
     """Point ``latest.json`` at ``version_id`` atomically; returns the document written."""
     doc = {
         "version": version_id,
@@ -59,7 +59,7 @@ def write_pointer(output, version_id, summary=None):
     }
     data = json.dumps(doc, indent=2, sort_keys=True).encode()
     url = storage.url_join(output, POINTER_FILE)
-    fs, path = storage.filesystem(url)
+    fs, path = storage.filesystem(url, storage_options)
     if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
         # Same directory as the target, so os.replace is a rename within one file system.
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -70,31 +70,31 @@ def write_pointer(output, version_id, summary=None):
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     else:
-        storage.write_bytes(url, data)
+        storage.write_bytes(url, data, storage_options)
     return doc
 
 
-def list_versions(output):
+def list_versions(output, storage_options=None):
     """Version ids present under ``output`` (complete or not), oldest first."""
-    fs, path = storage.filesystem(storage.url_join(output, VERSIONS_DIR))
+    fs, path = storage.filesystem(storage.url_join(output, VERSIONS_DIR), storage_options)
     if not fs.exists(path):
         return []
     return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
 
 
-def prune_versions(output, keep):
+def prune_versions(output, keep, storage_options=None):
     """Delete all but the newest ``keep`` versions, never the one ``latest.json`` points to.
 
     Runs only after the pointer moved, so a crash here loses nothing but disk space.
     """
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep!r}")
-    pointer = read_pointer(output)
+    pointer = read_pointer(output, storage_options)
     current = pointer["version"] if pointer else None
-    versions = list_versions(output)
+    versions = list_versions(output, storage_options)
     doomed = [v for v in versions[:-keep] if v != current]
     for vid in doomed:
-        fs, path = storage.filesystem(version_url(output, vid))
+        fs, path = storage.filesystem(version_url(output, vid), storage_options)
         fs.rm(path, recursive=True)
         log.info("pruned old version %s", vid)
     return doomed

@@ -16,13 +16,13 @@ import uuid
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from gridtsne import models, schema, storage
+from gridtsne.storage import filesystem
 from gridtsne.decode import DecodeConfig
 from gridtsne.flagfiles import expand_flags_files
-from pipelines.options import add_flag, local_abs
-from gridtsne.listing import filesystem
+from pipelines.options import add_flag, local_abs, storage_options_from
 from transforms import embed_counters as C
 from transforms.embed import EmbedConfig, EmbedImages
 from transforms.listing import ListFiles
@@ -162,26 +162,11 @@ def build_pipeline(p, config):
                                                       emb.storage_options)
     vectors, embed_errors = files | "EmbedImages" >> EmbedImages(emb)
     errors = (list_errors, embed_errors) | "FlattenErrors" >> beam.Flatten()
-    written_vectors = vectors | "WriteVectors" >> WriteTable(config.vectors_prefix,
-                                                            config.vectors_schema)
-    written_errors = errors | "WriteErrors" >> WriteTable(config.errors_prefix,
-                                                         schema.ERRORS_SCHEMA)
+    written_vectors = vectors | "WriteVectors" >> WriteTable(
+        config.vectors_prefix, config.vectors_schema, emb.storage_options)
+    written_errors = errors | "WriteErrors" >> WriteTable(
+        config.errors_prefix, schema.ERRORS_SCHEMA, emb.storage_options)
     return EmbedOutputs(files, vectors, errors, written_vectors, written_errors)
-
-
-def storage_options_from(options):
-    """fsspec options matching Beam's ``--s3_*`` flags, so both see the same S3 endpoint."""
-    s3 = options.view_as(S3Options)
-    opts = {}
-    if s3.s3_endpoint_url:
-        opts["endpoint_url"] = s3.s3_endpoint_url
-    if s3.s3_access_key_id:
-        opts["key"] = s3.s3_access_key_id
-    if s3.s3_secret_access_key:
-        opts["secret"] = s3.s3_secret_access_key
-    if s3.s3_region_name:
-        opts["client_kwargs"] = {"region_name": s3.s3_region_name}
-    return {"s3": opts} if opts else {}
 
 
 def config_from_options(options):

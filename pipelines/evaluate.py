@@ -12,6 +12,7 @@ import logging
 import sys
 
 from gridtsne.evaluate import evaluate_layout
+from pipelines.options import add_storage_args, storage_options_from_args
 
 
 def parse_args(argv):
@@ -26,6 +27,7 @@ def parse_args(argv):
                         help="evaluate DPQ on a seeded sample of at most this many images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_storage_args(parser)
     return parser.parse_args(argv)
 
 
@@ -34,7 +36,8 @@ def run(argv=None):
     if args.max_items < 3:
         raise ValueError(f"--max_items must be at least 3, got {args.max_items!r}")
     result = evaluate_layout(args.layout, args.vectors, args.labels, p=args.p,
-                             max_items=args.max_items, seed=args.seed)
+                             max_items=args.max_items, seed=args.seed,
+                             storage_options=storage_options_from_args(args))
     if args.json:
         print(json.dumps(result, indent=2))
     else:

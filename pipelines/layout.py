@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from gridtsne import storage
 from gridtsne.assign import METHODS
 from gridtsne.flagfiles import expand_flags_files
-from pipelines.options import add_flag, local_abs
+from pipelines.options import add_flag, local_abs, storage_options_from
 from gridtsne.layout import LAYOUT_SUMMARY_FILE, LayoutConfig
 from transforms.layout import LayOutVectors, LayoutJob
 
@@ -95,7 +95,7 @@ def config_from_options(options):
     config = layout_config_from_options(options)
     vectors, output = o.vectors, o.output
     vectors, output = local_abs(vectors), local_abs(output)
-    return LayoutJob(vectors, output, config)
+    return LayoutJob(vectors, output, config, storage_options=storage_options_from(options))
 
 
 def build_pipeline(p, job, upstream=None):
@@ -116,7 +116,8 @@ def run(argv=None):
     p = beam.Pipeline(options=options)
     build_pipeline(p, job)
     p.run().wait_until_finish()
-    summary = json.loads(storage.read_bytes(storage.url_join(job.output_url, LAYOUT_SUMMARY_FILE)))
+    summary = json.loads(storage.read_bytes(storage.url_join(job.output_url, LAYOUT_SUMMARY_FILE),
+                                            job.storage_options))
     t = summary["timings"]
     print(f"layout: {summary['images']} images on a {summary['rows']}x{summary['cols']} grid "
           f"({summary['holes']} empty cells, {summary['method']} assignment) in "

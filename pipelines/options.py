@@ -1,6 +1,10 @@
-"""What the stages' PipelineOptions classes share."""
+"""What the stages' PipelineOptions classes share: flag registration, local paths, storage
+options."""
 import argparse
+import json
 import os
+
+from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
 
 def add_flag(parser, *args, **kwargs):
@@ -24,3 +28,76 @@ def local_abs(url):
     if url is None or "://" in url or "::" in url:
         return url
     return os.path.abspath(url)
+
+
+def parse_storage_options(text):
+    """``--storage_options`` JSON -> ``{protocol: {option: value}}`` (ValueError if malformed)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--storage_options must be JSON such as "
+                         f"'{{\"s3\": {{\"endpoint_url\": \"http://...\"}}}}', got {text!r}: "
+                         f"{exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ValueError(f"--storage_options must map a protocol to its options, got {text!r}")
+    return value
+
+
+def storage_options_for(endpoint_url=None, key=None, secret=None, region=None, extra=None):
+    """The per-protocol fsspec options every job config carries to its workers.
+
+    Beam's ``--s3_*`` flags become s3fs options, so Beam's own S3 IO and fsspec talk to the
+    same endpoint with the same keys; ``extra`` (``--storage_options``) adds any protocol's
+    options and wins over the flags.
+    """
+    s3 = {}
+    if endpoint_url:
+        s3["endpoint_url"] = endpoint_url
+    if key:
+        s3["key"] = key
+    if secret:
+        s3["secret"] = secret
+    if region:
+        s3["client_kwargs"] = {"region_name": region}
+    options = {"s3": s3} if s3 else {}
+    for protocol, values in (extra or {}).items():
+        options[protocol] = {**options.get(protocol, {}), **values}
+    return options
+
+
+class StorageOptions(PipelineOptions):
+    """``--storage_options``: fsspec options per protocol, for stores Beam's flags do not cover."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        add_flag(parser, "--storage_options", default=None,
+                 help="JSON mapping a protocol to fsspec options, e.g. "
+                      "'{\"gs\": {\"project\": \"p\"}}'; Beam's --s3_* flags fill the s3 entry")
+
+
+def storage_options_from(options):
+    """The storage options of a job from its PipelineOptions (``--s3_*``, ``--storage_options``)."""
+    s3 = options.view_as(S3Options)
+    return storage_options_for(s3.s3_endpoint_url, s3.s3_access_key_id, s3.s3_secret_access_key,
+                               s3.s3_region_name,
+                               parse_storage_options(options.view_as(StorageOptions)
+                                                     .storage_options))
+
+
+def add_storage_args(parser):
+    """The same storage flags for a command that is not a Beam job (evaluate, projector)."""
+    parser.add_argument("--s3_endpoint_url", default=None, help="S3-compatible endpoint URL")
+    parser.add_argument("--s3_access_key_id", default=None, help="S3 access key id")
+    parser.add_argument("--s3_secret_access_key", default=None, help="S3 secret access key")
+    parser.add_argument("--s3_region_name", default=None, help="S3 region")
+    parser.add_argument("--storage_options", default=None,
+                        help="JSON mapping a protocol to fsspec options")
+
+
+def storage_options_from_args(args):
+    """:func:`storage_options_for` of the flags :func:`add_storage_args` added."""
+    return storage_options_for(args.s3_endpoint_url, args.s3_access_key_id,
+                               args.s3_secret_access_key, args.s3_region_name,
+                               parse_storage_options(args.storage_options))

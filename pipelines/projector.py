@@ -14,6 +14,7 @@ import logging
 import sys
 
 from gridtsne.projector import DEFAULT_SPRITE_CELL, export_projector
+from pipelines.options import add_storage_args, storage_options_from_args
 
 
 def parse_args(argv):
@@ -31,6 +32,7 @@ def parse_args(argv):
                         help="side of each thumbnail in the sprite, px")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_storage_args(parser)
     return parser.parse_args(argv)
 
 
@@ -38,7 +40,7 @@ def run(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
     summary = export_projector(args.vectors, args.output, args.labels,
                                max_points=args.max_points, sprite_cell=args.sprite_cell,
-                               seed=args.seed)
+                               seed=args.seed, storage_options=storage_options_from_args(args))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

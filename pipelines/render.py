@@ -12,16 +12,15 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from gridtsne import storage
 from gridtsne.flagfiles import expand_flags_files
 from gridtsne.labels import labels_csv
-from pipelines.options import add_flag, local_abs
+from pipelines.options import add_flag, local_abs, storage_options_from
 from gridtsne.render_inputs import plan_render
 from gridtsne.site import DEFAULT_OSD_URL, SUMMARY_FILE, is_url
 from gridtsne.tiles import FORMATS
@@ -92,7 +91,8 @@ def render_config_from_options(options, labels=None):
     return RenderConfig(cell=o.cell, tile=o.tile, fmt=o.tile_format, pad=o.pad, quality=o.quality,
                         overview=o.overview, osd_url=osd_url, labels=labels_csv(labels),
                         title=o.title, projector=o.projector,
-                        projector_max_points=o.projector_max_points)
+                        projector_max_points=o.projector_max_points,
+                        storage_options=storage_options_from(options))
 
 
 def job_from_options(options, labels=None):
@@ -108,7 +108,7 @@ def job_from_options(options, labels=None):
     config = render_config_from_options(options, labels)
     layout = local_abs(o.layout)
     plan = plan_render(layout, config.cell, config.tile, config.fmt, config.overview,
-                       config.pad)
+                       config.pad, config.storage_options)
     config = dataclasses.replace(config, max_levels=max(1, plan.geometry.max_level))
     log.info("rendering %d images on a %dx%d grid: %d levels, %d tiles", plan.images,
              plan.geometry.rows, plan.geometry.cols, plan.geometry.max_level + 1,
@@ -121,27 +121,17 @@ def build_pipeline(p, job):
     return p | "RenderMosaic" >> RenderMosaic(job.vectors, job.layout, job.output, job.config)
 
 
-def use_s3_endpoint(options):
-    # fsspec (which writes every file here) should talk to the same endpoint as Beam's S3 IO.
-    endpoint = options.view_as(S3Options).s3_endpoint_url
-    if endpoint:
-        import fsspec.config
-
-        os.environ["FSSPEC_S3_ENDPOINT_URL"] = endpoint
-        fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = endpoint
-
-
 def run(argv=None):
     """Parse ``argv``, render, print and return the summary (also in ``<output>/site.json``)."""
     argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
     labels, argv = split_labels(argv)
     options = PipelineOptions(argv)
-    use_s3_endpoint(options)
     job = job_from_options(options, labels)
     p = beam.Pipeline(options=options)
     build_pipeline(p, job)
     p.run().wait_until_finish()
-    summary = json.loads(storage.read_bytes(storage.url_join(job.output, SUMMARY_FILE)))
+    summary = json.loads(storage.read_bytes(storage.url_join(job.output, SUMMARY_FILE),
+                                            job.config.storage_options))
     print(f"render: {summary['images']} images on a {summary['grid']['rows']}x"
           f"{summary['grid']['cols']} grid, {summary['tiles_total']} tiles in "
           f"{summary['levels']} levels, {summary['placeholders']} placeholders\n"

@@ -76,6 +76,11 @@ class RunJob:
     quality_items: int = 5000
 
     @property
+    def storage_options(self):
+        """Per-protocol fsspec options of every read and write (the same in every stage)."""
+        return self.embed.embed.storage_options
+
+    @property
     def version_url(self):
         return versions.version_url(self.output, self.version)
 
@@ -136,7 +141,8 @@ def _evaluate(layout_summary, job):
     # withhold a valid version.
     result = evaluate.evaluate_layout(job.layout_url, job.vectors_url, job.labels,
                                       max_items=job.quality_items, seed=job.layout.seed,
-                                      labels_required=False)
+                                      labels_required=False,
+                                      storage_options=job.storage_options)
     return {k: result[k] for k in ("dpq", "dpq_items", "p", "label_agreement", "labelled",
                                    "label_problem") if k in result}
 
@@ -162,7 +168,8 @@ def commit_version(_, job, render_summary, layout_summary, quality, fates, faile
     if rows != expected:
         raise RuntimeError(f"version {job.version}: {rows} rows in vectors/, but new + changed "
                            f"+ unchanged = {expected}: not publishing it")
-    error_rows = storage.count_parquet_rows(job.errors_url)
+    opts = job.storage_options
+    error_rows = storage.count_parquet_rows(job.errors_url, opts)
     if error_rows != failed:
         raise RuntimeError(f"version {job.version}: {error_rows} rows in errors/ "
                            f"({len(errors_written)} files), but {failed} images failed: not "
@@ -182,32 +189,32 @@ def commit_version(_, job, render_summary, layout_summary, quality, fates, faile
         "site": f"{versions.VERSIONS_DIR}/{job.version}/{SITE_DIR}/index.html",
     }
     storage.write_bytes(storage.url_join(job.version_url, SUMMARY_FILE),
-                        json.dumps(summary, indent=2, sort_keys=True, default=str).encode())
-    versions.write_pointer(job.output, job.version, summary)
-    storage.write_bytes(storage.url_join(job.output, "index.html"), _root_page(job.version))
-    versions.prune_versions(job.output, job.keep_versions)
+                        json.dumps(summary, indent=2, sort_keys=True, default=str).encode(), opts)
+    versions.write_pointer(job.output, job.version, summary, opts)
+    storage.write_bytes(storage.url_join(job.output, "index.html"), _root_page(job.version), opts)
+    versions.prune_versions(job.output, job.keep_versions, opts)
     return summary
 
 
 def build_pipeline(p, job):
     """Wire the whole job into ``p``; returns the PCollection of the committed summary."""
-    emb = job.embed
-    files, list_errors = p | "ListFiles" >> ListFiles(emb.inputs, emb.manifests,
-                                                      emb.embed.storage_options)
-    previous = p | "ReadPreviousVersion" >> ReadPreviousRows(job.output, emb.metadata, job.full)
+    emb, opts = job.embed, job.storage_options
+    files, list_errors = p | "ListFiles" >> ListFiles(emb.inputs, emb.manifests, opts)
+    previous = p | "ReadPreviousVersion" >> ReadPreviousRows(job.output, emb.metadata, job.full,
+                                                             opts)
     classified = files | "ClassifyFiles" >> ClassifyFiles(previous)
     new_rows, embed_errors = classified[TO_EMBED] | "EmbedImages" >> EmbedImages(emb.embed)
     rows = (new_rows, classified[CARRIED]) | "MergeRows" >> beam.Flatten()
     errors = (list_errors, embed_errors) | "FlattenErrors" >> beam.Flatten()
-    written = rows | "WriteVectors" >> WriteTable(emb.vectors_prefix, emb.vectors_schema)
+    written = rows | "WriteVectors" >> WriteTable(emb.vectors_prefix, emb.vectors_schema, opts)
     errors_written = errors | "WriteErrors" >> WriteTable(emb.errors_prefix,
-                                                          schema.ERRORS_SCHEMA)
+                                                          schema.ERRORS_SCHEMA, opts)
     fates = classified[FATES] | "CountFates" >> CountFates(new_rows)
     failed = errors | "CountFailed" >> beam.combiners.Count.Globally()
 
     layout_job = LayoutJob(job.vectors_url, job.version_url, job.layout,
                            stable_from=job.output if job.stable else None,
-                           refit_fraction=job.refit_fraction)
+                           refit_fraction=job.refit_fraction, storage_options=opts)
     laid_out = written | "LayOutVectors" >> LayOutVectors(layout_job)
     quality = laid_out | "EvaluateLayout" >> beam.Map(_evaluate, job)
     rendered = laid_out | "RenderMosaic" >> RenderMosaic(job.vectors_url, job.layout_url,
@@ -224,13 +231,13 @@ def _fmt(value, spec=".3f"):
     return "n/a" if value is None else format(value, spec)
 
 
-def report(output, version, counters=None):
+def report(output, version, counters=None, storage_options=None):
     """Print the committed version's summary; returns it (raises if it was not committed).
 
     ``counters`` are this run's Beam counters of the embedding stage: how many images were
     actually read and embedded (unchanged ones are neither).
     """
-    pointer = versions.read_pointer(output)
+    pointer = versions.read_pointer(output, storage_options)
     if pointer is None or pointer["version"] != version:
         raise RuntimeError(f"the run finished but {output}/latest.json does not point to "
                            f"version {version}: nothing was published")
@@ -260,7 +267,6 @@ def run(argv=None):
     check_inputs(argv)
     labels, argv = render_stage.split_labels(argv)
     options = PipelineOptions(argv)
-    render_stage.use_s3_endpoint(options)
     job = job_from_options(options, labels)
     p = beam.Pipeline(options=options)
     build_pipeline(p, job)
@@ -270,7 +276,7 @@ def run(argv=None):
         print(f"dry run: the job graph for version {job.version} was built and validated; "
               f"nothing was submitted")
         return None
-    return report(job.output, job.version, embed_stage.counters(result))
+    return report(job.output, job.version, embed_stage.counters(result), job.storage_options)
 
 
 if __name__ == "__main__":

@@ -249,27 +249,52 @@ def test_killed_run_leaves_previous_version_intact(tmp_path, digits):
     assert versions.read_pointer(str(out))["version"] == resumed["version"]
 
 
-def test_end_to_end_on_s3(s3_bucket, s3_server, digits, tmp_path):
+def test_end_to_end_on_s3_with_storage_flags_only(s3_bucket, s3_server, digits, tmp_path,
+                                                   monkeypatch):
+    """The whole job on S3 with the endpoint and keys given only as flags.
+
+    The ``s3_server`` fixture sets AWS_* variables and fsspec's process-wide S3 endpoint for
+    the other tests; they are removed here, because Dataflow and Flink workers get neither:
+    every stage (listing, embedding, re-index, layout, render, labels, commit) must use the
+    storage options its job config carries.
+    """
     import boto3
+    import fsspec.config
+    import s3fs
 
     local = tmp_path / "photos"
     paths = make_collection(str(local), range(24), digits)
-    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3 = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="testing",
+                      aws_secret_access_key="testing", region_name="us-east-1")
     for p in paths + [str(local / "labels.csv")]:
         s3.upload_file(p, s3_bucket, "photos/" + os.path.relpath(p, local))
+
+    for name in [k for k in os.environ if k.startswith(("AWS_", "FSSPEC_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws either
+    monkeypatch.setitem(fsspec.config.conf, "s3", {})
+    s3fs.S3FileSystem.clear_instance_cache()
+    flags = ["--s3_endpoint_url", s3_server, "--s3_access_key_id", "testing",
+             "--s3_secret_access_key", "testing", "--s3_region_name", "us-east-1"]
+    with pytest.raises(Exception):  # without the flags nothing reaches the server
+        storage.read_bytes(f"s3://{s3_bucket}/photos/labels.csv")
+
     out = f"s3://{s3_bucket}/maps/family"
     summary = job.run(["--input", f"s3://{s3_bucket}/photos/**", "--output", out,
-                       "--labels", f"s3://{s3_bucket}/photos/labels.csv",
-                       "--s3_endpoint_url", s3_server, *FAST])
+                       "--labels", f"s3://{s3_bucket}/photos/labels.csv", *flags, *FAST])
     assert summary["counts"]["new"] == 24 and summary["counts"]["failed"] == 0
     assert summary["quality"]["labelled"] == 24
-    current = versions.current_version_url(out)
-    assert storage.read_parquet(storage.url_join(current, "vectors")).num_rows == 24
+    opts = {"s3": {"endpoint_url": s3_server, "key": "testing", "secret": "testing",
+                   "client_kwargs": {"region_name": "us-east-1"}}}
+    current = versions.current_version_url(out, opts)
+    assert storage.read_parquet(storage.url_join(current, "vectors"),
+                                storage_options=opts).num_rows == 24
     head = s3.head_object(Bucket=s3_bucket, Key=f"maps/family/{summary['site']}")
     assert head["ContentType"] == "text/html"
-    again = job.run(["--input", f"s3://{s3_bucket}/photos/**", "--output", out,
-                     "--s3_endpoint_url", s3_server, *FAST])
+    again = job.run(["--input", f"s3://{s3_bucket}/photos/**", "--output", out, "--stable",
+                     *flags, *FAST])
     assert again["embedded"] == 0 and again["counts"]["unchanged"] == 24
+    assert again["positions"]["mode"] == "stable"
 
 
 def test_portable_runner_runs_the_whole_job(tmp_path, digits):

@@ -45,3 +45,23 @@ def test_missing_parquet_is_a_clear_error(tmp_path):
 def test_url_join_keeps_protocol():
     assert storage.url_join("s3://b/run/", "vectors", "x.parquet") == "s3://b/run/vectors/x.parquet"
     assert storage.url_join("/tmp/a", "b") == "/tmp/a/b"
+
+
+def test_storage_options_come_from_flags_not_process_config():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.options import storage_options_from
+
+    options = PipelineOptions(["--s3_endpoint_url", "http://127.0.0.1:9", "--s3_access_key_id",
+                               "k", "--s3_secret_access_key", "s", "--s3_region_name", "eu-west-1",
+                               "--storage_options", '{"gs": {"project": "p"}, "s3": {"anon": false}}'])
+    opts = storage_options_from(options)
+    assert opts == {"s3": {"endpoint_url": "http://127.0.0.1:9", "key": "k", "secret": "s",
+                           "client_kwargs": {"region_name": "eu-west-1"}, "anon": False},
+                    "gs": {"project": "p"}}
+    fs, path = storage.filesystem("s3://bucket/key.json", opts)
+    assert path == "bucket/key.json" and fs.endpoint_url == "http://127.0.0.1:9"
+    assert fs.key == "k" and fs.secret == "s"
+    assert storage_options_from(PipelineOptions([])) == {}
+    with pytest.raises(ValueError, match="--storage_options must be JSON"):
+        storage_options_from(PipelineOptions(["--storage_options", "{nope"]))

@@ -26,7 +26,8 @@ class LayoutJob:
     ``stable_from``, when set, is an output root whose ``latest.json`` names the previous
     version: its layout's positions are kept (``--stable``, see :mod:`gridtsne.stable`) unless
     more than ``refit_fraction`` of the images are new. It is resolved on the worker at run
-    time, so the launcher reads nothing.
+    time, so the launcher reads nothing. ``storage_options``: per-protocol fsspec options for
+    every URL (see :func:`gridtsne.storage.filesystem`), carried to the worker.
     """
 
     vectors_url: str
@@ -34,6 +35,7 @@ class LayoutJob:
     config: LayoutConfig = LayoutConfig()
     stable_from: str = None
     refit_fraction: float = 0.2
+    storage_options: dict = None
 
     def __post_init__(self):
         for name in ("vectors_url", "output_url"):
@@ -56,13 +58,16 @@ class RunLayoutFn(beam.DoFn):
         if upstream_count is not None:
             log.info("layout starts after %d upstream elements", upstream_count)
         job = self._job
+        opts = job.storage_options
         positions = None
         if job.stable_from:
-            previous = versions.current_version_url(job.stable_from)
+            previous = versions.current_version_url(job.stable_from, opts)
             previous_layout = previous and storage.url_join(previous, schema.LAYOUT_FILE)
             positions = stable_positions(previous_layout, job.refit_fraction,
-                                         seed=job.config.seed, n_jobs=job.config.n_jobs)
-        summary = run_layout(job.vectors_url, job.output_url, job.config, positions=positions)
+                                         seed=job.config.seed, n_jobs=job.config.n_jobs,
+                                         storage_options=opts)
+        summary = run_layout(job.vectors_url, job.output_url, job.config, positions=positions,
+                             storage_options=opts)
         self._images.inc(summary["images"])
         self._holes.inc(summary["holes"])
         yield summary

@@ -19,19 +19,19 @@ NAMESPACE = "gridtsne.reindex"
 TO_EMBED, CARRIED, FATES = "to_embed", "carried", "fates"
 
 
-def previous_vector_parts(output, metadata):
+def previous_vector_parts(output, metadata, storage_options=None):
     """The Parquet files of the previous version's ``vectors/``, or [] if none can be reused.
 
     Rows made by another model, other weights or other preprocessing (input size,
     thumbnail size ...) cannot be mixed with new ones, so a change of any of them makes every
     image new (a full rebuild), with a log line saying why (:func:`gridtsne.reindex.reuse_mismatch`).
     """
-    pointer = versions.read_pointer(output)
+    pointer = versions.read_pointer(output, storage_options)
     if pointer is None:
         log.info("no previous version under %s: every image is new", output)
         return []
     url = storage.url_join(versions.version_url(output, pointer["version"]), schema.VECTORS_DIR)
-    fs, files = storage.parquet_files(url)
+    fs, files = storage.parquet_files(url, storage_options)
     if not files:
         log.warning("previous version %s has no vectors: every image is new", pointer["version"])
         return []
@@ -44,9 +44,9 @@ def previous_vector_parts(output, metadata):
     return [fs.unstrip_protocol(f) for f in files]
 
 
-def read_vector_rows(url, batch_size=1024):
+def read_vector_rows(url, batch_size=1024, storage_options=None):
     """``(uri, row)`` for every row of one ``vectors/`` Parquet file, streamed in batches."""
-    fs, path = storage.filesystem(url)
+    fs, path = storage.filesystem(url, storage_options)
     with fs.open(path, "rb") as fh:
         for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_size):
             for row in batch.to_pylist():
@@ -56,20 +56,23 @@ def read_vector_rows(url, batch_size=1024):
 class ReadPreviousRows(beam.PTransform):
     """``p`` -> ``(uri, row)`` of the previous version (nothing on a first or ``--full`` run)."""
 
-    def __init__(self, output, metadata, full=False):
+    def __init__(self, output, metadata, full=False, storage_options=None):
         super().__init__()
         self._output = output
         self._metadata = dict(metadata)
         self._full = full
+        self._storage_options = dict(storage_options or {})
 
     def expand(self, pbegin):
         output, metadata, full = self._output, self._metadata, self._full
+        opts = self._storage_options
         return (pbegin
                 | "CreateOutput" >> beam.Create([output])
                 | "ListPreviousParts" >> beam.FlatMap(
-                    lambda out: [] if full else previous_vector_parts(out, metadata))
+                    lambda out: [] if full else previous_vector_parts(out, metadata, opts))
                 | "SpreadPreviousParts" >> beam.Reshuffle()
-                | "ReadPreviousRows" >> beam.FlatMap(read_vector_rows))
+                | "ReadPreviousRows" >> beam.FlatMap(
+                    lambda url: read_vector_rows(url, storage_options=opts)))
 
 
 class ClassifyFilesFn(beam.DoFn):

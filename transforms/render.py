@@ -61,7 +61,8 @@ class RenderConfig:
     (:func:`gridtsne.labels.labels_csv`); title: the page's title; projector:
     also export a TensorBoard Projector folder to ``<output>/projector``; max_levels: reduction
     stages to build (default: exactly the pyramid's when the layout exists before the pipeline
-    runs, else ``DEFAULT_MAX_LEVELS``).
+    runs, else ``DEFAULT_MAX_LEVELS``); storage_options: per-protocol fsspec options for every
+    file read and written (see :func:`gridtsne.storage.filesystem`).
     """
 
     cell: int = 128
@@ -77,6 +78,7 @@ class RenderConfig:
     projector_max_points: typing.Optional[int] = None
     max_levels: typing.Optional[int] = None
     osd_files: typing.Optional[tuple] = None
+    storage_options: typing.Optional[dict] = None
 
     def __post_init__(self):
         # Local files are read here, on the launcher: workers cannot see its disk.
@@ -131,7 +133,8 @@ class RenderTopTileFn(_TileFn):
         g = plan.geometry
         top = render_top_tile(g, tx, ty, [(c[0], c[1], c[2], c[3]) for c in cells])
         storage.write_bytes(storage.url_join(self.output, g.tile_path(g.max_level, tx, ty)),
-                            encode_tile(top.image, g.fmt, self.config.quality))
+                            encode_tile(top.image, g.fmt, self.config.quality),
+                            self.config.storage_options)
         self.tiles.inc()
         self.cells.inc(len(top.decoded))
         self.placeholders.inc(len(top.missing))
@@ -176,10 +179,12 @@ class ReduceTileFn(_TileFn):
         halves = []
         for dx, dy in got:
             url = storage.url_join(self.output, g.tile_path(level + 1, 2 * tx + dx, 2 * ty + dy))
-            halves.append((dx, dy, half_of_encoded(storage.read_bytes(url))))
+            halves.append((dx, dy, half_of_encoded(
+                storage.read_bytes(url, self.config.storage_options))))
         img = assemble_parent(g, level, tx, ty, halves)
         storage.write_bytes(storage.url_join(self.output, g.tile_path(level, tx, ty)),
-                            encode_tile(img, g.fmt, self.config.quality))
+                            encode_tile(img, g.fmt, self.config.quality),
+                            self.config.storage_options)
         self.tiles.inc()
         yield TaggedOutput(WRITTEN, level)
         if level > 0:
@@ -227,10 +232,11 @@ def _paint_tsne_block(element, plan):
     return bx, by, encode_jpeg(block, quality=95), owned
 
 
-def _write_tsne(blocks, output, plan):
+def _write_tsne(blocks, output, plan, storage_options=None):
     images = [(bx, by, decode_image(data)) for bx, by, data, _ in blocks]
     img = stitch_blocks(plan.tsne, images)
-    storage.write_bytes(storage.url_join(output, TSNE_OVERVIEW), encode_jpeg(img))
+    storage.write_bytes(storage.url_join(output, TSNE_OVERVIEW), encode_jpeg(img),
+                        storage_options)
     return {"file": TSNE_OVERVIEW, "width": img.width, "height": img.height,
             "point": plan.tsne.point, "points": sum(b[3] for b in blocks)}
 
@@ -245,19 +251,20 @@ def _write_mosaic_overview(_, output, config, plan, tiles_written):
 
     def read_tile(level, tx, ty):
         url = storage.url_join(output, g.tile_path(level, tx, ty))
-        return decode_image(storage.read_bytes(url))
+        return decode_image(storage.read_bytes(url, config.storage_options))
 
     img = compose_mosaic_overview(g, read_tile, config.overview)
-    storage.write_bytes(storage.url_join(output, MOSAIC_OVERVIEW), encode_jpeg(img))
+    storage.write_bytes(storage.url_join(output, MOSAIC_OVERVIEW), encode_jpeg(img),
+                        config.storage_options)
     return {"file": MOSAIC_OVERVIEW, "width": img.width, "height": img.height}
 
 
-def _write_cell_shard(element, output):
+def _write_cell_shard(element, output, storage_options=None):
     """Write one block's cell index; ``(1 shard, its number of images)``."""
     (br, bc), entries = element
     entries = list(entries)
     name, data = cell_shard(br, bc, entries, CELL_BLOCK)
-    storage.write_bytes(storage.url_join(output, name), data)
+    storage.write_bytes(storage.url_join(output, name), data, storage_options)
     return 1, len(entries)
 
 
@@ -269,16 +276,17 @@ def _sum_pairs(pairs):
     return tuple(totals)
 
 
-def _write_search_chunks(element, output):
+def _write_search_chunks(element, output, storage_options=None):
     prefix, entries = element
     for name, data, entry in search_chunks(prefix, entries):
-        storage.write_bytes(storage.url_join(output, name), data)
+        storage.write_bytes(storage.url_join(output, name), data, storage_options)
         yield entry
 
 
-def _write_search_directory(entries, output):
+def _write_search_directory(entries, output, storage_options=None):
     """Write ``search/index.js``; ``(chunks, names indexed)``."""
-    storage.write_bytes(storage.url_join(output, SEARCH_DIRECTORY), search_directory(entries))
+    storage.write_bytes(storage.url_join(output, SEARCH_DIRECTORY), search_directory(entries),
+                        storage_options)
     return len(entries), sum(e[3] for e in entries)
 
 
@@ -303,14 +311,15 @@ def _write_site(_, output, config, plan, tiles, placeholders, examples, cells, s
     """Last step: ``mosaic.dzi``, the page and ``site.json``, once everything else exists."""
     check_counts(cells, placeholders, shards, search, tsne)
     g = plan.geometry
-    storage.write_bytes(storage.url_join(output, DZI_NAME), g.dzi_xml())
+    opts = config.storage_options
+    storage.write_bytes(storage.url_join(output, DZI_NAME), g.dzi_xml(), opts)
     osd_url = config.osd_url
     if config.osd_files:
-        osd_url = write_osd_files(config.osd_files, output)
+        osd_url = write_osd_files(config.osd_files, output, opts)
     page = PageConfig(title=config.title, rows=g.rows, cols=g.cols, cell=g.cell, tile=g.tile,
                       ext=g.ext, width=g.width, height=g.height, images=cells, osd_url=osd_url,
                       labels=bool(config.labels), projector=projector is not None)
-    write_page(output, page)
+    write_page(output, page, opts)
     summary = {
         "images": cells,
         "grid": {"rows": g.rows, "cols": g.cols, "holes": g.rows * g.cols - cells},
@@ -332,7 +341,7 @@ def _write_site(_, output, config, plan, tiles, placeholders, examples, cells, s
         "gridtsne_version": __version__,
     }
     storage.write_bytes(storage.url_join(output, SUMMARY_FILE),
-                        json.dumps(summary, indent=2, sort_keys=True).encode())
+                        json.dumps(summary, indent=2, sort_keys=True).encode(), opts)
     if placeholders:
         log.warning("%d of %d images had a missing or undecodable thumbnail and were drawn as "
                     "placeholders, e.g. %s", placeholders, cells, sorted(examples)[:3])
@@ -382,33 +391,35 @@ class RenderMosaic(beam.PTransform):
             return self.config.max_levels
         if isinstance(pcoll, beam.pvalue.PBegin):
             # The layout exists already (nothing upstream writes it): build exactly enough.
-            top = declared_levels(self.layout_url, self.config.cell, self.config.tile)
+            top = declared_levels(self.layout_url, self.config.cell, self.config.tile,
+                                  self.config.storage_options)
             if top is not None:
                 return max(1, top)
         return DEFAULT_MAX_LEVELS
 
     def expand(self, pcoll):
         cfg, out = self.config, self.output
+        opts = cfg.storage_options
         start = _start(pcoll)
         layout_url, vectors_url = self.layout_url, self.vectors_url
         plan = start | "PlanRender" >> beam.Map(
             lambda _: plan_render(layout_url, cfg.cell, cfg.tile, cfg.fmt, cfg.overview,
-                                  cfg.pad))
+                                  cfg.pad, opts))
         plan_si = AsSingleton(plan)
 
         layout = (start
-                  | "ListLayoutParts" >> beam.FlatMap(lambda _: table_parts(layout_url))
+                  | "ListLayoutParts" >> beam.FlatMap(lambda _: table_parts(layout_url, opts))
                   | "SpreadLayoutParts" >> beam.Reshuffle()
-                  | "ReadLayout" >> beam.FlatMap(read_layout_part))
+                  | "ReadLayout" >> beam.FlatMap(read_layout_part, opts))
         thumbs = (start
-                  | "ListVectorParts" >> beam.FlatMap(lambda _: table_parts(vectors_url))
+                  | "ListVectorParts" >> beam.FlatMap(lambda _: table_parts(vectors_url, opts))
                   | "SpreadVectorParts" >> beam.Reshuffle()
-                  | "ReadThumbnails" >> beam.FlatMap(read_thumbnail_part))
+                  | "ReadThumbnails" >> beam.FlatMap(read_thumbnail_part, opts))
         sources = {"layout": layout, "thumbs": thumbs}
         if cfg.labels:
             labels_url = cfg.labels
             sources["labels"] = start | "ReadLabels" >> beam.FlatMap(
-                lambda _: read_labels(labels_url))
+                lambda _: read_labels(labels_url, opts))
         cells = (sources
                  | "JoinByUri" >> beam.CoGroupByKey()
                  | "MakeCells" >> beam.FlatMap(join_cells))
@@ -444,7 +455,7 @@ class RenderMosaic(beam.PTransform):
                 | "GroupTsnePoints" >> beam.GroupByKey()
                 | "PaintTsneBlocks" >> beam.Map(_paint_tsne_block, plan_si)
                 | "CollectTsneBlocks" >> beam.combiners.ToList()
-                | "WriteTsneOverview" >> beam.Map(_write_tsne, out, plan_si))
+                | "WriteTsneOverview" >> beam.Map(_write_tsne, out, plan_si, opts))
 
         placeholders = top[MISSING] | "CountPlaceholders" >> beam.combiners.Count.Globally()
         examples = (top[MISSING]
@@ -456,21 +467,22 @@ class RenderMosaic(beam.PTransform):
                       lambda c: (cell_block(c[1], c[2], CELL_BLOCK),
                                  (c[1], c[2], c[0], c[9], c[6], c[7], c[8])))
                   | "GroupCellsByBlock" >> beam.GroupByKey()
-                  | "WriteCellShards" >> beam.Map(_write_cell_shard, out)
+                  | "WriteCellShards" >> beam.Map(_write_cell_shard, out, opts)
                   | "CountCellShards" >> beam.CombineGlobally(_sum_pairs))
         search = (cells
                   | "KeyNamesByPrefix" >> beam.Map(lambda c: (search_prefix(c[0]),
                                                               (c[0], c[1], c[2])))
                   | "GroupNamesByPrefix" >> beam.GroupByKey()
-                  | "WriteSearchChunks" >> beam.FlatMap(_write_search_chunks, out)
+                  | "WriteSearchChunks" >> beam.FlatMap(_write_search_chunks, out, opts)
                   | "CollectSearchChunks" >> beam.combiners.ToList()
-                  | "WriteSearchDirectory" >> beam.Map(_write_search_directory, out))
+                  | "WriteSearchDirectory" >> beam.Map(_write_search_directory, out, opts))
 
         if cfg.projector:
             labels_url, max_points = cfg.labels, cfg.projector_max_points
             projector = start | "ExportProjector" >> beam.Map(
                 lambda _: export_projector(vectors_url, storage.url_join(out, "projector"),
-                                           labels_url, max_points=max_points))
+                                           labels_url, max_points=max_points,
+                                           storage_options=opts))
         else:
             projector = start | "NoProjector" >> beam.Map(lambda _: None)
 
