@@ -133,6 +133,9 @@ def test_failed_inference_becomes_error_rows(mixed):
 def test_write_table_through_fsspec_for_urls_beam_cannot_write():
     assert beam_can_write("/tmp/x") and beam_can_write("s3://b/x") and beam_can_write("gs://b/x")
     assert not beam_can_write("memory://x") and not beam_can_write("zip://a::/tmp/b.zip")
+    # Options Beam's file systems would not see: the fsspec writer carries them.
+    assert not beam_can_write("s3://b/x", {"s3": {"endpoint_url": "http://127.0.0.1:9"}})
+    assert beam_can_write("s3://b/x", {"gs": {"project": "p"}})
     rows = [{"uri": f"u{i}", "stage": "decode", "error_type": "E", "message": "m"}
             for i in range(5)]
     with BeamTestPipeline() as p:

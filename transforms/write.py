@@ -24,12 +24,18 @@ _BEAM_PROTOCOLS = ("", "file", "gs", "s3")
 _ROWS_PER_PART = 20_000
 
 
-def beam_can_write(url):
-    """Whether Beam's own file systems can write ``url`` (so ``WriteToParquet`` is used)."""
+def beam_can_write(url, storage_options=None):
+    """Whether Beam's own file systems can write ``url`` (so ``WriteToParquet`` is used).
+
+    Not when ``storage_options`` hold options for its protocol: Beam's file systems would not
+    see them (only its own ``--s3_*`` flags), so the fsspec writer, which carries them, is used.
+    """
     url = str(url)
     if "::" in url:
         return False
     protocol = url.split("://", 1)[0] if "://" in url else ""
+    if (storage_options or {}).get(protocol or "file"):
+        return False
     return protocol in _BEAM_PROTOCOLS
 
 
@@ -102,7 +108,7 @@ class WriteTable(beam.PTransform):
         self._storage_options = dict(storage_options or {})
 
     def expand(self, rows):
-        if beam_can_write(self._prefix):
+        if beam_can_write(self._prefix, self._storage_options):
             return rows | "WriteToParquet" >> beam.io.WriteToParquet(
                 _beam_path(self._prefix), self._schema, file_name_suffix=SUFFIX)
         parent, name = posixpath.split(self._prefix)
