@@ -39,7 +39,8 @@ from gridtsne.grid import cell_centres
 log = logging.getLogger(__name__)
 
 METHODS = ("exact", "scalable", "auto")
-# Largest N for which ``auto`` still solves exactly (2 s at 2,048; 16-26 s at 3,781-4,096 here).
+# Largest N for which ``auto`` still solves exactly (2 s at 2,048; 16-26 s at 3,781-4,096 here;
+# above 2,048 the scalable solve plus the refinement step is both faster and better).
 EXACT_AUTO_LIMIT = 2048
 # ... and only while its cost matrix stays small (points x cells entries, 8 bytes each).
 EXACT_AUTO_MAX_ENTRIES = 4 * EXACT_AUTO_LIMIT ** 2
