@@ -16,12 +16,11 @@ Three methods:
     window solve can only lower the total cost, so the refinement never makes things worse.
     Disjoint blocks are solved in parallel threads (SciPy releases the GIL).
 ``auto``
-    ``exact`` up to :data:`EXACT_AUTO_LIMIT` points as long as the cost matrix stays small,
-    ``scalable`` above. The limit is 4,096 rather than the ~2,000 an exact solve finishes in a
-    couple of seconds: on 3,781 real photos (clothing-small, same t-SNE) exact scored DPQ16
-    0.8738 and neighbour label agreement 0.681 against 0.8725 and 0.676 for scalable, i.e. the
-    original recipe's quality, and its 16 s are still 3.5x less than the recipe's dense
-    ``lap.lapjv`` (55 s) and small beside t-SNE.
+    ``exact`` up to :data:`EXACT_AUTO_LIMIT` (2,048) points as long as the cost matrix stays
+    small, ``scalable`` above. Alone, exact is slightly better (3,781 clothing-small photos:
+    DPQ16 0.8738 vs 0.8725), but the layout's refinement step (:mod:`gridtsne.refine`) more than
+    makes that up: on 4,096 CIFAR-10 photos scalable + refinement scored DPQ16 0.8825 in 1.3 s
+    against 0.8619 for exact alone in 42 s (docs/layout.md).
 
 All functions take points already in grid units (see :func:`gridtsne.grid.to_grid_units`)
 and return the flat cell index (``row * cols + col``) of every point.
