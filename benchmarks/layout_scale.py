@@ -10,7 +10,7 @@ a dense (N x N) squared-distance cost matrix to a regular grid, and ``lap.lapjv`
 it. This stage: ``gridtsne.layout.compute_layout`` with its defaults.
 
 Vectors: real EfficientNet-Lite0 embeddings of CIFAR-10 photos (``benchmarks/cifar_vectors.py``,
-cached under ``benchmarks/.cache/``) for as many images as are cached or embeddable
+cached by that script outside the repository) for as many images as are cached or embeddable
 (``--cifar-max``, default 16,384), synthetic clustered vectors beyond. Each measurement runs in
 its own process, so "peak MB" is that process's peak resident memory (Python, libraries and
 the input included). DPQ16 is on all images up to 10,000, else on a seeded sample of 10,000.

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 from gridtsne import __version__, schema, storage
 from gridtsne.assign import METHODS, assign_to_grid, total_cost
 from gridtsne.grid import parse_grid, resolve_grid, to_grid_units
-from gridtsne.tsne import embed_2d, resolve_gradient
+from gridtsne.refine import REFINEMENTS, refine_layout
+from gridtsne.tsne import METRICS, embed_2d, resolve_gradient
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ class LayoutConfig:
     sample_size : lay out a seeded random sample of at most this many images.
     leaf_cells, window, passes : parameters of the scalable assignment (see
         :func:`gridtsne.assign.assign_scalable`).
+    metric : distance of the t-SNE input affinities, ``"euclidean"`` or ``"cosine"``.
+    refine : refinement of the solved grid in the full vector space: ``"swaps"`` (greedy
+        neighbour swaps, see :mod:`gridtsne.refine`) or ``"none"``.
+    refine_passes : sweeps of the refinement (it stops earlier when a sweep changes nothing).
     verbose : log t-SNE progress every 50 iterations.
     """
 
@@ -72,6 +77,9 @@ class LayoutConfig:
     leaf_cells: int = 144
     window: int = 12
     passes: int = 12
+    metric: str = "euclidean"
+    refine: str = "swaps"
+    refine_passes: int = 20
     verbose: bool = True
 
     def __post_init__(self):
@@ -95,6 +103,13 @@ class LayoutConfig:
         if self.sample_size is not None and (not isinstance(self.sample_size, int)
                                              or self.sample_size < 4):
             raise ValueError(f"sample_size must be an integer >= 4, got {self.sample_size!r}")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.refine not in REFINEMENTS:
+            raise ValueError(f"refine must be one of {REFINEMENTS}, got {self.refine!r}")
+        if not isinstance(self.refine_passes, int) or self.refine_passes < 0:
+            raise ValueError(f"refine_passes must be a non-negative integer, "
+                             f"got {self.refine_passes!r}")
         if self.leaf_cells < 1 or self.window < 2 or self.passes < 0:
             raise ValueError(f"bad scalable assignment parameters: leaf_cells={self.leaf_cells!r}, "
                              f"window={self.window!r}, passes={self.passes!r}")
@@ -127,8 +142,11 @@ def select_images(n, config):
     return index, resolve_grid(config.grid, keep)
 
 
-def compute_layout(vectors, config=LayoutConfig(), xy=None):
-    """t-SNE of ``vectors`` and assignment of each to a grid cell.
+def compute_layout(vectors, config=LayoutConfig(), xy=None, pinned=None):
+    """t-SNE of ``vectors``, assignment of each to a grid cell, refinement of the grid.
+
+    Three named steps, each switchable in ``config``: t-SNE (skipped when ``xy`` is given),
+    assignment (``config.assign``) and refinement (``config.refine``).
 
     Parameters
     ----------
@@ -137,6 +155,8 @@ def compute_layout(vectors, config=LayoutConfig(), xy=None):
     xy : (n, 2) float array, optional
         2-D positions to grid instead of running t-SNE (``--stable`` re-indexing keeps the
         previous map's positions and places only the new images).
+    pinned : (n,) bool array, optional
+        Images the refinement must not move (``--stable`` pins the images it kept).
 
     Returns
     -------
@@ -144,8 +164,8 @@ def compute_layout(vectors, config=LayoutConfig(), xy=None):
     row, col : int32 cells of the laid-out images.
     info : dict with ``index`` (int64 positions in ``vectors`` of the laid-out images, in the
         order of the other arrays: all of them unless sampling), ``rows``, ``cols``,
-        ``method`` (the one used), ``cost`` (mean squared displacement in cells) and
-        ``timings`` (seconds per step).
+        ``method`` (the one used), ``cost`` (mean squared displacement in cells, before the
+        refinement), ``refine`` (what it did) and ``timings`` (seconds per step).
     """
     vectors = np.asarray(vectors)
     if vectors.ndim != 2:
@@ -160,7 +180,7 @@ def compute_layout(vectors, config=LayoutConfig(), xy=None):
                                  n_iter=config.n_iter,
                                  early_exaggeration_iter=config.early_exaggeration_iter,
                                  fit_sample=config.fit_sample, gradient=config.gradient,
-                                 verbose=config.verbose)
+                                 metric=config.metric, verbose=config.verbose)
     else:
         xy = np.asarray(xy, dtype=np.float32)
         if xy.shape != (len(vectors), 2):
@@ -174,13 +194,24 @@ def compute_layout(vectors, config=LayoutConfig(), xy=None):
                                     window=config.window, passes=config.passes,
                                     n_jobs=config.n_jobs)
     timings["assign_s"] = round(time.perf_counter() - start, 3)
+    cost = total_cost(points, row, col) / len(points)
+    start = time.perf_counter()
+    if pinned is not None:
+        pinned = np.asarray(pinned, dtype=bool)
+        if pinned.shape != (len(vectors),):
+            raise ValueError(f"pinned must have shape ({len(vectors)},), got {pinned.shape!r}")
+        pinned = pinned[index]
+    row, col, refine_info = refine_layout(chosen, row, col, shape, config.refine,
+                                          passes=config.refine_passes, pinned=pinned)
+    timings["refine_s"] = round(time.perf_counter() - start, 3)
     info = {
         "index": index,
         "rows": shape[0],
         "cols": shape[1],
         "method": used,
-        "cost": total_cost(points, row, col) / len(points),
+        "cost": cost,
         "tsne": tsne_info,
+        "refine": refine_info,
         "timings": timings,
     }
     return xy[:, 0].copy(), xy[:, 1].copy(), row, col, info
@@ -305,8 +336,9 @@ def run_layout(vectors_url, output_url, config=LayoutConfig(), positions=None,
 
     ``positions``, optional, is ``positions(uri, sha256, vectors) -> (xy, info)``: 2-D
     positions to grid instead of a t-SNE fit (see :mod:`gridtsne.stable`); ``info`` goes into
-    the summary under ``positions``. ``storage_options``: per-protocol fsspec options for
-    both URLs (see :func:`gridtsne.storage.filesystem`).
+    the summary under ``positions``, except its optional ``pinned`` (an (n,) bool array of the
+    images the refinement must leave in their cells). ``storage_options``: per-protocol fsspec
+    options for both URLs (see :func:`gridtsne.storage.filesystem`).
     """
     started = time.perf_counter()
     start = time.perf_counter()
@@ -318,7 +350,9 @@ def run_layout(vectors_url, output_url, config=LayoutConfig(), positions=None,
     log.info("read %d vectors of %d dimensions from %s in %.1f s", len(vectors),
              vectors.shape[1], vectors_url, read_s)
     xy, positions_info = positions(uri, sha, vectors) if positions else (None, None)
-    x, y, row, col, info = compute_layout(vectors, config, xy=xy)
+    # The hook marks the images it kept in place; the refinement must not move them.
+    pinned = (positions_info or {}).pop("pinned", None)
+    x, y, row, col, info = compute_layout(vectors, config, xy=xy, pinned=pinned)
     index = pa.array(info["index"])
     timings = {"read_s": round(read_s, 3), **info["timings"]}
     summary = {
@@ -333,6 +367,7 @@ def run_layout(vectors_url, output_url, config=LayoutConfig(), positions=None,
         "seed": config.seed,
         "parameters": config.to_dict(),
         "tsne": info["tsne"],
+        "refine": info["refine"],
         "positions": positions_info,
         "vectors": vectors_url,
         "vectors_metadata": vectors_meta,

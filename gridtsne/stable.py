@@ -3,7 +3,8 @@
 A scheduled re-run that re-fitted t-SNE from scratch would reshuffle the whole map, and users
 would no longer find their photos. Instead, images already laid out (same ``uri`` and
 ``sha256``) keep their previous t-SNE coordinates, new and changed ones are placed against
-them with openTSNE's partial optimisation, and only the grid assignment is solved again. When
+them with openTSNE's partial optimisation, and only the grid assignment is solved again; the
+refinement step (:mod:`gridtsne.refine`) then moves new images only, never kept ones. When
 the new images exceed ``refit_fraction`` of the collection the old map no longer represents
 it, and a full t-SNE fit is made instead.
 """
@@ -59,6 +60,7 @@ def stable_positions(previous_layout_url, refit_fraction=0.2, seed=0, n_jobs=-1,
             xy[~kept] = place_new_points(vectors[kept], xy[kept], vectors[~kept], seed=seed,
                                          n_jobs=n_jobs)
         log.info("stable layout: kept %d positions, placed %d new images", n_kept, n_new)
-        return xy, {**info, "mode": "stable"}
+        # Kept images are pinned: the refinement step moves only the new ones.
+        return xy, {**info, "mode": "stable", "pinned": kept}
 
     return positions

@@ -27,6 +27,7 @@ PCA_DIMS = 200
 # From this many points on, FFT gradients (linear) beat Barnes-Hut (N log N), as in openTSNE.
 FFT_MIN_N = 10_000
 GRADIENTS = ("auto", "fft", "bh")
+METRICS = ("euclidean", "cosine")
 
 
 def reduce_dimensions(vectors, dims):
@@ -96,12 +97,13 @@ def resolve_gradient(gradient, n):
 
 
 def _tsne(perplexity, seed, n_jobs, n_iter, early_exaggeration_iter, n_points, verbose,
-          gradient):
+          gradient, metric="euclidean"):
     from openTSNE import TSNE
 
     return TSNE(
         n_components=2,
         perplexity=min(perplexity, max(1.0, (n_points - 1) / 3.0)),
+        metric=metric,
         initialization="pca",
         negative_gradient_method=gradient,
         learning_rate="auto",
@@ -115,7 +117,8 @@ def _tsne(perplexity, seed, n_jobs, n_iter, early_exaggeration_iter, n_points, v
 
 
 def embed_2d(vectors, perplexity=30.0, seed=0, n_jobs=-1, pca_dims="auto", n_iter=500,
-             early_exaggeration_iter=250, fit_sample="auto", gradient="auto", verbose=True):
+             early_exaggeration_iter=250, fit_sample="auto", gradient="auto", metric="euclidean",
+             verbose=True):
     """2-D t-SNE coordinates (float32, shape (n, 2)) of ``vectors``, and an info dict.
 
     Parameters
@@ -129,6 +132,7 @@ def embed_2d(vectors, perplexity=30.0, seed=0, n_jobs=-1, pca_dims="auto", n_ite
     fit_sample : ``"auto"``/None/0 (fit all) or the number of points to fit on; the others
         are placed with ``transform`` (faster for huge N, but clearly worse maps).
     gradient : ``"auto"`` (FFT from 10,000 points on, Barnes-Hut below), ``"fft"`` or ``"bh"``.
+    metric : ``"euclidean"`` or ``"cosine"``: the distance of the input affinities.
     """
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim != 2 or len(x) < 4:
@@ -137,6 +141,8 @@ def embed_2d(vectors, perplexity=30.0, seed=0, n_jobs=-1, pca_dims="auto", n_ite
         raise ValueError("vectors contain NaN or infinite values")
     if perplexity <= 0:
         raise ValueError(f"perplexity must be positive, got {perplexity!r}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     n, d = x.shape
     info = {}
     start = time.perf_counter()
@@ -152,7 +158,7 @@ def embed_2d(vectors, perplexity=30.0, seed=0, n_jobs=-1, pca_dims="auto", n_ite
     info["gradient"] = resolve_gradient(gradient, m)
     start = time.perf_counter()
     tsne = _tsne(perplexity, seed, n_jobs, n_iter, early_exaggeration_iter, m, verbose,
-                 info["gradient"])
+                 info["gradient"], metric)
     if m >= n:
         log.info("t-SNE of %d points (%d dimensions)", n, x.shape[1])
         xy = np.asarray(tsne.fit(x), dtype=np.float32)

@@ -2,7 +2,10 @@
 
     python -m pipelines.layout --vectors s3://maps/run1/vectors --output s3://maps/run1 \\
         [--grid 32x32 | --grid auto] [--assign exact|scalable|auto] [--perplexity 30] \\
-        [--seed 0] [--sample] [Beam flags: --runner ...]
+        [--seed 0] [--sample] [--refine swaps|none] [Beam flags: --runner ...]
+
+Three named steps, each with its own flags: t-SNE (``--perplexity``, ``--tsne_*``, ``--n_iter``),
+grid assignment (``--assign``) and refinement (``--refine``, ``--refine_passes``).
 
 The stage runs on one worker (see ``transforms/layout.py``); ``run()`` validates the flags
 before anything starts and ``build_pipeline()`` only wires the transform.
@@ -19,6 +22,8 @@ from gridtsne.assign import METHODS
 from gridtsne.flagfiles import expand_flags_files
 from pipelines.options import add_flag, local_abs, storage_options_from
 from gridtsne.layout import LAYOUT_SUMMARY_FILE, LayoutConfig
+from gridtsne.refine import REFINEMENTS
+from gridtsne.tsne import METRICS
 from transforms.layout import LayOutVectors, LayoutJob
 
 log = logging.getLogger(__name__)
@@ -70,6 +75,13 @@ class LayoutOptions(PipelineOptions):
                  help=f"t-SNE early exaggeration iterations (default {d.early_exaggeration_iter})")
         add_flag(parser, "--tsne_threads", type=int, default=None,
                  help="threads for t-SNE (default -1: all cores)")
+        add_flag(parser, "--tsne_metric", default=None, choices=METRICS,
+                 help=f"distance of the t-SNE affinities (default {d.metric})")
+        add_flag(parser, "--refine", default=None, choices=REFINEMENTS,
+                 help=f"refinement of the grid in the full vector space: swaps (greedy swaps of "
+                      f"neighbouring cells) or none (default {d.refine})")
+        add_flag(parser, "--refine_passes", type=int, default=None,
+                 help=f"sweeps of the refinement (default {d.refine_passes})")
 
 
 def layout_config_from_options(options):
@@ -81,7 +93,8 @@ def layout_config_from_options(options):
     fields = {"grid": o.grid, "assign": o.assign, "perplexity": o.perplexity, "seed": o.seed,
               "sample": o.sample, "sample_size": o.sample_size, "pca_dims": o.pca_dims,
               "fit_sample": o.fit_sample, "gradient": o.tsne_gradient, "n_iter": o.n_iter,
-              "early_exaggeration_iter": o.early_exaggeration_iter, "n_jobs": o.tsne_threads}
+              "early_exaggeration_iter": o.early_exaggeration_iter, "n_jobs": o.tsne_threads,
+              "metric": o.tsne_metric, "refine": o.refine, "refine_passes": o.refine_passes}
     return LayoutConfig(**{k: v for k, v in fields.items() if v is not None})
 
 
@@ -121,7 +134,8 @@ def run(argv=None):
     t = summary["timings"]
     print(f"layout: {summary['images']} images on a {summary['rows']}x{summary['cols']} grid "
           f"({summary['holes']} empty cells, {summary['method']} assignment) in "
-          f"{t['total_s']:.1f} s (t-SNE {t['tsne_s']:.1f} s, assignment {t['assign_s']:.1f} s) "
+          f"{t['total_s']:.1f} s (t-SNE {t['tsne_s']:.1f} s, assignment {t['assign_s']:.1f} s, "
+          f"refinement {t['refine_s']:.1f} s) "
           f"-> {storage.url_join(job.output_url, 'layout.parquet')}")
     return summary
 

@@ -306,8 +306,10 @@ def test_every_layout_flag_reaches_the_config():
         "--grid", "8x9", "--assign", "exact", "--perplexity", "12", "--seed", "5", "--sample",
         "--sample_size", "70", "--pca_dims", "none", "--fit_sample", "300",
         "--tsne_gradient", "fft", "--n_iter", "10", "--early_exaggeration_iter", "11",
-        "--tsne_threads", "1", "--runner", "DirectRunner"]))
+        "--tsne_threads", "1", "--tsne_metric", "cosine", "--refine", "none",
+        "--refine_passes", "7", "--runner", "DirectRunner"]))
     assert cfg == LayoutConfig(grid="8x9", assign="exact", perplexity=12.0, seed=5, sample=True,
                                sample_size=70, pca_dims=0, fit_sample=300, gradient="fft",
-                               n_iter=10, early_exaggeration_iter=11, n_jobs=1)
+                               n_iter=10, early_exaggeration_iter=11, n_jobs=1, metric="cosine",
+                               refine="none", refine_passes=7)
     assert layout_config_from_options(PipelineOptions([])) == LayoutConfig()

@@ -1,0 +1,188 @@
+"""Layout quality and speed: the original recipe, the old default and candidates, side by side.
+
+    python benchmarks/layout_quality.py                              # the full table (slow)
+    python benchmarks/layout_quality.py --sets cifar4096 --seeds 0   # one set, one seed
+    python benchmarks/layout_quality.py --candidates recipe,default  # just these two
+
+Sets: ``clothing`` (all 3,781 clothing-small photos), ``cifar4096`` and ``cifar16384`` (fixed
+shuffled CIFAR-10 subsets), as EfficientNet-Lite0 vectors (``benchmarks/cifar_vectors.py``,
+cached outside the repository; the first run embeds them, which takes minutes).
+
+For every set and seed it runs the original recipe (openTSNE's defaults, points scaled to
+[0, 1], a dense squared-distance cost matrix to a square grid filled row by row, ``lap.lapjv``)
+and each candidate through :func:`gridtsne.layout.compute_layout`, and prints DPQ16, neighbour
+label agreement (NLA) and seconds per stage (t-SNE, assignment, refinement), then the
+differences to the recipe: mean over seeds and their range (min..max). Candidates with the
+same t-SNE settings share one fit per seed (its seconds are counted in each of them). The
+recipe's dense solve is skipped above ``--recipe-max`` images (16,384 would need a 2 GB matrix
+and hours): there the recipe row uses the scalable assignment and says so. DPQ16 is computed on
+all images up to ``--dpq-items``, else on a seeded sample of that many (a sample scores lower).
+The CPU is shared: times are noisy; the ratios within one run are what count.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(0, str(ROOT))
+
+SETS = ("clothing", "cifar4096", "cifar16384")
+OLD_EXACT_LIMIT = 4096
+OLD = dict(perplexity=30.0, assign="old-auto", refine="none")
+# name -> LayoutConfig fields ("old-auto": exact up to 4,096 images, scalable above, as the
+# default assignment was before refinement existed).
+CANDIDATES = {
+    "old-default": OLD,
+    "p15": {**OLD, "perplexity": 15.0},
+    "p15-cosine": {**OLD, "perplexity": 15.0, "metric": "cosine"},
+    "p15-iter1000": {**OLD, "perplexity": 15.0, "n_iter": 1000},
+    "swaps": {**OLD, "refine": "swaps"},
+    "scalable-swaps": {**OLD, "assign": "scalable", "refine": "swaps"},
+    "p15-exact-swaps": {**OLD, "perplexity": 15.0, "assign": "exact", "refine": "swaps"},
+    "default": {},
+}
+
+
+def load_set(name):
+    """``(vectors, labels)`` of a named set, or None when its photos are absent."""
+    from cifar_vectors import cifar_vectors, clothing_vectors
+    got = clothing_vectors() if name == "clothing" else cifar_vectors(int(name[5:]))
+    return None if got is None else (got[0], got[1])
+
+
+def recipe(vectors, seed, dense_max):
+    """The original recipe: ``(row, col, timings)``."""
+    import lap
+    from openTSNE import TSNE
+    from scipy.spatial.distance import cdist
+    n = len(vectors)
+    start = time.perf_counter()
+    xy = np.asarray(TSNE(n_jobs=-1, random_state=seed).fit(vectors))
+    t_tsne = time.perf_counter() - start
+    start = time.perf_counter()
+    side = int(np.ceil(np.sqrt(n)))
+    if n <= dense_max:
+        xy = (xy - xy.min(0)) / (xy.max(0) - xy.min(0))
+        gx, gy = np.meshgrid(np.linspace(0, 1, side), np.linspace(0, 1, side))
+        grid = np.column_stack([gx.ravel(), gy.ravel()])[:n]
+        cost = cdist(grid, xy, "sqeuclidean")
+        cost = cost * (100000 / cost.max())
+        _, row_of_grid, _ = lap.lapjv(cost)
+        cell = np.empty(n, dtype=np.int64)
+        cell[row_of_grid] = np.arange(n)
+        row, col = np.divmod(cell, side)
+        how = "lap.lapjv dense"
+    else:
+        from gridtsne.assign import assign_to_grid
+        from gridtsne.grid import auto_grid, to_grid_units
+        shape = auto_grid(n)
+        row, col, _ = assign_to_grid(to_grid_units(xy, shape), shape, "scalable")
+        how = "scalable (dense too large)"
+    return row, col, {"tsne_s": t_tsne, "assign_s": time.perf_counter() - start,
+                      "refine_s": 0.0, "how": how}
+
+
+def candidate(vectors, fields, seed, fits):
+    """One candidate through compute_layout, reusing a t-SNE fit with the same settings."""
+    from gridtsne.layout import LayoutConfig, compute_layout
+    fields = dict(fields)
+    if fields.get("assign") == "old-auto":
+        fields["assign"] = "exact" if len(vectors) <= OLD_EXACT_LIMIT else "scalable"
+    config = LayoutConfig(seed=seed, verbose=False, **fields)
+    key = (config.perplexity, config.metric, config.n_iter, config.early_exaggeration_iter)
+    xy, tsne_s = fits.get(key, (None, None))
+    x, y, row, col, info = compute_layout(vectors, config, xy=xy)
+    t = dict(info["timings"])
+    if xy is None:
+        fits[key] = (np.column_stack([x, y]), t["tsne_s"])
+    else:
+        t["tsne_s"] = tsne_s
+    t["how"] = f"{info['method']}" + (", swaps" if info["refine"]["method"] == "swaps" else "")
+    return row, col, t
+
+
+def quality(vectors, labels, row, col, dpq_items):
+    from gridtsne.metrics import dpq, neighbour_label_agreement, sample_for_metrics
+    pick = sample_for_metrics(len(vectors), dpq_items, seed=0)
+    return (dpq(vectors[pick], np.asarray(row)[pick], np.asarray(col)[pick]),
+            neighbour_label_agreement(row, col, labels))
+
+
+def _fmt(values, digits=4, signed=False):
+    v = np.asarray(values, dtype=float)
+    sign = "+" if signed else ""
+    text = f"{v.mean():{sign}.{digits}f}"
+    if len(v) > 1:
+        text += f" ({v.min():{sign}.{digits}f}..{v.max():{sign}.{digits}f})"
+    return text
+
+
+def report(name, n, results, names):
+    """Print the markdown table of one set: results[candidate] = list of per-seed dicts."""
+    base = results["recipe"]
+    print(f"\n### {name} ({n:,} images, seeds: {len(base)})\n")
+    print("| layout | how | DPQ16 | NLA | ΔDPQ16 vs recipe | ΔNLA vs recipe | t-SNE s | "
+          "assign s | refine s | total s | time / recipe |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for cand in ["recipe"] + names:
+        rs = results.get(cand)
+        if not rs:
+            continue
+        d = [r["dpq"] - b["dpq"] for r, b in zip(rs, base)]
+        a = [r["nla"] - b["nla"] for r, b in zip(rs, base)]
+        ratio = [r["total_s"] / b["total_s"] for r, b in zip(rs, base)]
+        mean = {k: np.mean([r[k] for r in rs]) for k in ("tsne_s", "assign_s", "refine_s",
+                                                         "total_s")}
+        print(f"| {cand} | {rs[0]['how']} | {_fmt([r['dpq'] for r in rs])} | "
+              f"{_fmt([r['nla'] for r in rs])} | {_fmt(d, signed=True)} | {_fmt(a, signed=True)} | "
+              f"{mean['tsne_s']:.1f} | {mean['assign_s']:.1f} | {mean['refine_s']:.1f} | "
+              f"{mean['total_s']:.1f} | {_fmt(ratio, 2)} |", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated of {SETS}")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated t-SNE seeds")
+    parser.add_argument("--candidates", default=",".join(["recipe", *CANDIDATES]),
+                        help="comma-separated of recipe," + ",".join(CANDIDATES))
+    parser.add_argument("--recipe-max", type=int, default=4096,
+                        help="largest set solved densely with lap.lapjv for the recipe")
+    parser.add_argument("--dpq-items", type=int, default=10_000,
+                        help="DPQ16 on a seeded sample of this many images above it")
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    names = [c for c in args.candidates.split(",") if c]
+    unknown = set(names) - {"recipe", *CANDIDATES}
+    if unknown:
+        parser.error(f"unknown candidates {sorted(unknown)}")
+    for set_name in args.sets.split(","):
+        if set_name not in SETS:
+            parser.error(f"unknown set {set_name!r}: one of {SETS}")
+        data = load_set(set_name)
+        if data is None:
+            print(f"\n{set_name}: photos not found under ../shared/data, skipped")
+            continue
+        vectors, labels = data
+        results = {}
+        for seed in seeds:
+            fits = {}
+            for cand in ["recipe"] + [c for c in names if c != "recipe"]:
+                if cand == "recipe":
+                    row, col, t = recipe(vectors, seed, args.recipe_max)
+                else:
+                    row, col, t = candidate(vectors, CANDIDATES[cand], seed, fits)
+                t["total_s"] = t["tsne_s"] + t["assign_s"] + t["refine_s"]
+                t["dpq"], t["nla"] = quality(vectors, labels, row, col, args.dpq_items)
+                results.setdefault(cand, []).append(t)
+                print(f"{set_name} seed {seed} {cand}: DPQ16 {t['dpq']:.4f} NLA {t['nla']:.4f} "
+                      f"t-SNE {t['tsne_s']:.1f} s assign {t['assign_s']:.1f} s refine "
+                      f"{t['refine_s']:.1f} s ({t['how']})", file=sys.stderr, flush=True)
+        report(set_name, len(vectors), results, [c for c in names if c != "recipe"])
+
+
+if __name__ == "__main__":
+    main()
