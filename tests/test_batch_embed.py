@@ -4,6 +4,7 @@ import csv
 import io
 import multiprocessing
 import os
+import uuid
 
 import numpy as np
 import pytest
@@ -196,25 +197,23 @@ def test_embedder_rows_and_errors():
     embedder.close()
 
 
-def _use_shared(tag_dir, barrier, queue):
+def _use_shared(tag, barrier, queue):
     from transforms.embed import acquire_embedder
 
-    os.environ["TMPDIR"] = tag_dir  # the shared model's lock and address files
-    import tempfile
-    tempfile.tempdir = tag_dir
     config = EmbedderConfig(model="tests.tiny_model:TINY", device="cpu",
                             decode=DecodeConfig(input_size=32))
-    embedder = acquire_embedder(config, share=True)
+    embedder = acquire_embedder(config, share_tag=tag)
     barrier.wait(60)  # both processes hold it at once
     vectors = embedder.embed([corpus.jpeg_bytes(corpus.photo("rocket"))])
     queue.put((os.getpid(), embedder.pid(), vectors[0][3].tolist()))
     barrier.wait(60)  # the process that serves it stays up until the other one is done
 
 
-def test_two_processes_use_one_shared_model(tmp_path):
+def test_two_processes_use_one_shared_model():
     ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_use_shared, args=(str(tmp_path), barrier, queue))
+    tag = f"gridtsne-test-{uuid.uuid4().hex}"
+    procs = [ctx.Process(target=_use_shared, args=(tag, barrier, queue))
              for _ in range(2)]
     for p in procs:
         p.start()

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import logging
 import time
+import uuid
 
 import apache_beam as beam
 import numpy as np
@@ -365,7 +366,10 @@ class BatchEmbedFn(beam.DoFn):
     def __init__(self, config):
         self._config = config
         self._embedder_config = config.embedder_config()
-        self._shared = None
+        # One tag per job: its processes on a machine share the model, and an address file
+        # left behind by an earlier job's model server is never tried.
+        self._share_tag = f"gridtsne-embedder-{self._embedder_config.key()}-" \
+                          f"{uuid.uuid4().hex[:12]}" if config.share_model else None
         self._embedder = None
         self._pool = None
         self._pending = None
@@ -380,7 +384,7 @@ class BatchEmbedFn(beam.DoFn):
     def setup(self):
         self._pool = concurrent.futures.ThreadPoolExecutor(
             self._config.read_threads, thread_name_prefix="ReadBatch")
-        self._embedder = acquire_embedder(self._embedder_config, self._config.share_model)
+        self._embedder = acquire_embedder(self._embedder_config, self._share_tag)
 
     def start_bundle(self):
         self._pending = None
@@ -433,17 +437,18 @@ class BatchEmbedFn(beam.DoFn):
             yield _windowed(vector_row(record, value), where)
 
 
-def acquire_embedder(config, share):
+def acquire_embedder(config, share_tag=None):
     """The :class:`BatchEmbedder` of ``config``: this machine's shared one, or a private one.
 
-    Shared: the first process of the machine to ask builds it and serves it to the others
+    Shared (``share_tag`` given, the same in every process of the job): the first process of
+    the machine to ask builds it and serves it to the others
     (``apache_beam.utils.multi_process_shared``, a local socket guarded by a file lock, the
     mechanism of RunInference's ``large_model``); calls from other processes send file bytes
     and get vectors and thumbnails back.
     """
-    if not share:
+    if not share_tag:
         return BatchEmbedder(config)
     from apache_beam.utils.multi_process_shared import MultiProcessShared
 
-    tag = f"gridtsne-embedder-{config.key()}"
-    return MultiProcessShared(functools.partial(BatchEmbedder, config), tag=tag).acquire()
+    return MultiProcessShared(functools.partial(BatchEmbedder, config),
+                              tag=share_tag).acquire()
