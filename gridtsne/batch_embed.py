@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import threading
 
 from gridtsne import models
 from gridtsne.batch_decode import decode_batch, thread_pool
@@ -75,6 +76,7 @@ class EmbedderConfig:
     torch_threads: int = None
     threads: int = 4  # Pillow fallbacks and thumbnail encoding
     decode: DecodeConfig = DecodeConfig()
+    device_calls: int = 2  # batches on the device at once (one decodes while one finishes)
 
     def key(self):
         """A short digest naming this configuration (the tag of a machine-wide shared model)."""
@@ -101,6 +103,9 @@ class BatchEmbedder:
                              f"{self.model.weights_sha256}, the job was launched with "
                              f"{config.weights_sha256}")
         self._pool = thread_pool(config.threads)
+        # Calls from many processes: bound the device memory they hold at once; with two
+        # slots one call's thumbnail encoding overlaps the other's device work.
+        self._device_slots = threading.BoundedSemaphore(config.device_calls)
 
     def pid(self):
         """The process that holds the model (the same for every process sharing it)."""
@@ -116,14 +121,19 @@ class BatchEmbedder:
         A file the batched decoder refuses is decoded alone by Pillow; a failing forward
         pass turns only the decoded images of this call into ``embed`` errors.
         """
-        decoded = decode_batch(datas, self.config.decode, self.model.device, self._pool)
-        out = list(decoded.outcomes)
-        if not decoded.rows:
-            return out
-        try:
-            vectors = models.embed_tensor(self.model, decoded.pixels)
-        except Exception as exc:
-            log.exception("embedding a batch of %d images failed", len(decoded.rows))
+        with self._device_slots:
+            decoded = decode_batch(datas, self.config.decode, self.model.device, self._pool)
+            out = list(decoded.outcomes)
+            if not decoded.rows:
+                return out
+            try:
+                vectors = models.embed_tensor(self.model, decoded.pixels)
+            except Exception as exc:
+                vectors = exc
+            decoded.pixels = None  # the device memory goes back before the next call
+        if isinstance(vectors, Exception):
+            exc = vectors
+            log.error("embedding a batch of %d images failed: %r", len(decoded.rows), exc)
             error = DecodeError.from_exception(STAGE_EMBED, exc)
             for i in decoded.rows:
                 out[i] = error

@@ -205,9 +205,10 @@ def embed_tensor(model, pixels):
     """Like :func:`embed_batch` for a float ``(N, 3, H, W)`` batch in 0..255 on the device."""
     with torch.inference_mode():
         x = pixels.to(model.device, non_blocking=True).float()
+        x = x * model.input_scale - model.input_shift  # new tensor: ``pixels`` stays as it is
         if model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return _features(model, x.mul_(model.input_scale).sub_(model.input_shift))
+        return _features(model, x)
 
 
 def _features(model, x):

@@ -197,6 +197,25 @@ def test_embedder_rows_and_errors():
     embedder.close()
 
 
+def build_broken(weights=None):
+    """A real model that fails on real input (its linear layer expects another size)."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(100, 4))
+    return net, "0" * 64, "tests (broken on purpose)"
+
+
+BROKEN = models.ModelSpec(name="broken", dim=4, input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3,
+                          build=build_broken)
+
+
+def test_a_failing_forward_pass_gives_embed_errors_for_that_batch_only():
+    embedder = BatchEmbedder(EmbedderConfig(model="tests.test_batch_embed:BROKEN", device="cpu",
+                                            decode=DecodeConfig(input_size=32)))
+    out = embedder.embed([corpus.jpeg_bytes(corpus.photo("rocket")), b"", corpus.cmyk_jpeg()])
+    assert [(o.stage, o.error_type) for o in out] == [
+        ("embed", "RuntimeError"), ("read", "EmptyFile"), ("embed", "RuntimeError")]
+    embedder.close()
+
+
 def _use_shared(tag, barrier, queue):
     from transforms.embed import acquire_embedder
 
