@@ -10,7 +10,11 @@ COPY setup.py constraints.txt README.md ./
 COPY gridtsne ./gridtsne
 COPY pipelines ./pipelines
 COPY transforms ./transforms
-RUN pip install --no-cache-dir -c constraints.txt . \
-    && python -c "import torch, torchvision, timm, gridtsne; print('torch', torch.__version__)"
+# [gpu]: nvImageCodec (with nvjpeg) beside torchvision's bundled nvjpeg, for the GPU path's
+# decoder comparison; torch's PyPI wheels carry CUDA, Dataflow's install-nvidia-driver the driver.
+RUN pip install --no-cache-dir -c constraints.txt ".[gpu]" \
+    && python -c "import importlib.metadata as m, torch, torchvision, timm, gridtsne.batch_embed; \
+print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+      'nvimgcodec', m.version('nvidia-nvimgcodec-cu13'))"
 
 # The SDK image's entry point (/opt/apache/beam/boot) stays as it is.

@@ -38,6 +38,9 @@ setup(
         "tqdm>=4.70",
     ],
     extras_require={
+        # The GPU path needs only torch's CUDA wheels and torchvision (nvjpeg is bundled);
+        # nvImageCodec is the alternative GPU decoder benchmarks/embed_gpu.py compares.
+        "gpu": ["nvidia-nvimgcodec-cu13[nvjpeg]==0.9.0.20"],
         # The embedded demo photos ship with these two.
         "demo": ["scikit-image>=0.26", "scikit-learn>=1.9"],
         "test": [

@@ -47,6 +47,9 @@ class DecodeError(Exception):
         self.error_type = error_type
         self.message = message
 
+    def __reduce__(self):  # travels between processes (a machine-wide shared model)
+        return type(self), (self.stage, self.error_type, self.message)
+
     @classmethod
     def from_exception(cls, stage, exc):
         return cls(stage, type(exc).__name__, str(exc) or repr(exc))

@@ -7,6 +7,7 @@ origin of its weights. Tests and
 users add entries with :func:`register_model`, or name one as ``"package.module:ATTRIBUTE"``
 so that worker processes import it themselves.
 """
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -25,6 +26,8 @@ DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +71,7 @@ class LoadedModel:
     channels_last: bool = True
     input_scale: object = None  # 1 / (255 std), shaped (1, 3, 1, 1)
     input_shift: object = None  # mean / std
+    precision: str = "fp32"  # resolved: fp32, bf16 or fp16
 
 
 _REGISTRY = {}
@@ -115,8 +119,31 @@ def resolve_device(device):
     return device
 
 
+def resolve_precision(precision, device):
+    """The precision the model runs in on ``device`` (``"cpu"``/``"cuda"``, or ``"auto"``).
+
+    ``"auto"`` is bf16 on CUDA (tensor cores; same range as fp32, so no overflow) and fp32 on
+    the CPU; with ``device="auto"`` that choice waits for the worker, and the answer is
+    ``"auto"``. Whatever runs inside, the vectors leave as float32, L2-normalised.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device == "auto":
+        return "auto"
+    return "bf16" if str(device).startswith("cuda") else "fp32"
+
+
+def _autocast(model):
+    dtype = _AUTOCAST_DTYPES.get(model.precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=model.device.type, dtype=dtype)
+
+
 def load_model(name=DEFAULT_MODEL, weights=None, device="auto", channels_last=True,
-               fold_bn=True):
+               fold_bn=True, precision="auto"):
     """Build the model ``name`` with its weights on ``device``, in eval mode.
 
     Parameters
@@ -129,6 +156,8 @@ def load_model(name=DEFAULT_MODEL, weights=None, device="auto", channels_last=Tr
     channels_last : bool
         Keep activations in NHWC memory layout, which oneDNN and cuDNN convolutions prefer
         (see ``benchmarks/embed_cpu_options.py`` for the measured effect).
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Autocast dtype of the forward pass (:func:`resolve_precision`).
     fold_bn : bool
         Fold inference-mode batch norms into the convolutions before them
         (:func:`fold_batch_norms`): the same vectors, fewer passes over memory.
@@ -136,6 +165,7 @@ def load_model(name=DEFAULT_MODEL, weights=None, device="auto", channels_last=Tr
     spec = get_spec(name)
     module, sha, source = spec.build(weights)
     dev = torch.device(resolve_device(device))
+    precision = resolve_precision(precision, dev.type)
     module = module.eval().requires_grad_(False)
     if fold_bn:
         module = fold_batch_norms_checked(module, spec.input_size)
@@ -148,7 +178,8 @@ def load_model(name=DEFAULT_MODEL, weights=None, device="auto", channels_last=Tr
     # (x / 255 - mean) / std as one multiply and one subtract.
     return LoadedModel(spec=spec, module=module, device=dev, weights_sha256=sha,
                        weights_source=source, channels_last=channels_last,
-                       input_scale=1.0 / (255.0 * std), input_shift=mean / std)
+                       input_scale=1.0 / (255.0 * std), input_shift=mean / std,
+                       precision=precision)
 
 
 def to_input_tensor(model, pixels):
@@ -167,14 +198,29 @@ def to_input_tensor(model, pixels):
 def embed_batch(model, pixels):
     """The L2-normalised float32 vectors ``(N, dim)`` of a uint8 ``(N, H, W, 3)`` batch."""
     with torch.inference_mode():
-        feats = model.module(to_input_tensor(model, pixels))
-        feats = torch.nn.functional.normalize(feats.float(), dim=1)
+        return _features(model, to_input_tensor(model, pixels))
+
+
+def embed_tensor(model, pixels):
+    """Like :func:`embed_batch` for a float ``(N, 3, H, W)`` batch in 0..255 on the device."""
+    with torch.inference_mode():
+        x = pixels.to(model.device, non_blocking=True).float()
+        x = x * model.input_scale - model.input_shift  # new tensor: ``pixels`` stays as it is
+        if model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return _features(model, x)
+
+
+def _features(model, x):
+    with _autocast(model):
+        feats = model.module(x)
+    feats = torch.nn.functional.normalize(feats.float(), dim=1)
     return feats.cpu().numpy().astype(np.float32, copy=False)
 
 
 def classify_batch(model, pixels):
     """ImageNet logits ``(N, classes)`` of a batch: checks that the weights are the real ones."""
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(model):
         logits = model.module.classify(model.module(to_input_tensor(model, pixels)))
     return logits.float().cpu().numpy()
 

@@ -24,7 +24,7 @@ from gridtsne.decode import DecodeConfig
 from gridtsne.flagfiles import expand_flags_files
 from pipelines.options import add_flag, local_abs, storage_options_from
 from transforms import embed_counters as C
-from transforms.embed import EmbedConfig, EmbedImages
+from transforms.embed import DECODERS, EmbedConfig, EmbedImages, resolve_decoder
 from transforms.listing import ListFiles
 from transforms.write import WriteTable
 
@@ -61,7 +61,21 @@ class EmbedOptions(PipelineOptions):
         add_flag(parser, "--torch_threads", type=int, default=None,
                  help="torch intra-op threads per worker process (default: torch's choice)")
         add_flag(parser, "--decode_threads", type=int, default=EmbedConfig.decode_threads,
-                 help="threads per worker that fetch and decode ahead of the model")
+                 help="threads per worker that fetch and decode ahead of the model (Pillow "
+                      "path), or that encode thumbnails and decode fallbacks (batched path)")
+        add_flag(parser, "--decoder", default=EmbedConfig.decoder, choices=DECODERS,
+                 help="batched: JPEGs decoded in batches by torchvision (nvjpeg on CUDA), "
+                      "resized on the device; pillow: one image at a time on the CPU; auto: "
+                      "batched with --device cuda (or auto on a GPU machine), else pillow")
+        add_flag(parser, "--precision", default=EmbedConfig.precision,
+                 choices=models.PRECISIONS,
+                 help="forward pass precision; auto: bf16 on CUDA, fp32 on the CPU (vectors "
+                      "are float32 either way)")
+        add_flag(parser, "--share_model", default="yes", choices=("yes", "no"),
+                 help="batched path: one model per worker machine shared by its processes "
+                      "(yes) or one per process (no)")
+        add_flag(parser, "--read_threads", type=int, default=EmbedConfig.read_threads,
+                 help="batched path: threads per process reading files ahead of the device")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +153,18 @@ def describe_job(embed_config):
     _, sha, source = spec.build(embed_config.weights)
     meta = models.describe(spec, sha, source)
     meta["preprocessing"] = embed_config.decode.describe()
+    device = embed_config.device
+    if device == "auto":
+        device = models.resolve_device("auto")
+    decoder = resolve_decoder(embed_config.decoder, device)
+    meta["decoder"] = decoder
+    if decoder == "batched":
+        meta["preprocessing"]["resize"] = (
+            f"bicubic with antialiasing on the device, whole image squashed to "
+            f"{embed_config.decode.input_size}x{embed_config.decode.input_size}, aspect not "
+            f"kept (files the batched decoder refuses: Pillow, as the pillow decoder)")
+    meta["precision"] = models.resolve_precision(embed_config.precision, embed_config.device)
+    meta["device"] = embed_config.device
     return meta
 
 
@@ -183,7 +209,9 @@ def config_from_options(options):
     embed = EmbedConfig(model=o.model, weights=o.weights, device=o.device,
                         batch_size=o.batch_size, decode=decode,
                         storage_options=storage_options_from(options),
-                        torch_threads=o.torch_threads, decode_threads=o.decode_threads)
+                        torch_threads=o.torch_threads, decode_threads=o.decode_threads,
+                        decoder=o.decoder, precision=o.precision,
+                        share_model=o.share_model == "yes", read_threads=o.read_threads)
     metadata = describe_job(embed)
     embed = dataclasses.replace(embed, weights_sha256=metadata["weights_sha256"])
     return EmbedJobConfig(inputs=tuple(o.input or ()), manifests=tuple(o.manifest or ()),

@@ -12,7 +12,8 @@ RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)
 
 def jpeg_bytes(image, **kwargs):
     out = io.BytesIO()
-    image.save(out, "JPEG", quality=92, **kwargs)
+    kwargs.setdefault("quality", 92)
+    image.save(out, "JPEG", **kwargs)
     return out.getvalue()
 
 

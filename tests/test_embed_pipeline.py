@@ -180,3 +180,71 @@ def test_help_lists_the_stage_flags(capsys):
     assert cli_main(["embed", "--help"]) == 0
     text = capsys.readouterr().out
     assert "--input" in text and "--manifest" in text and "--max_pixels" in text
+
+
+def _rows_by_name(url, *columns):
+    return {os.path.basename(r["uri"]): tuple(r[c] for c in columns)
+            for r in _table(url).to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def pillow_run(mixed, tmp_path_factory):
+    folder, *_ = mixed
+    out = tmp_path_factory.mktemp("pillow") / "out"
+    summary = embed.run(["--input", str(folder), "--output", str(out), "--decoder", "pillow"]
+                        + TINY)
+    return out, summary
+
+
+def _check_same_rows_as_pillow(out, pillow_out):
+    vectors = os.path.join(out, schema.VECTORS_DIR)
+    assert _rows_by_name(vectors, "width", "height", "sha256", "bytes") == \
+        _rows_by_name(os.path.join(pillow_out, schema.VECTORS_DIR), "width", "height",
+                      "sha256", "bytes")
+    errors = os.path.join(out, schema.ERRORS_DIR)
+    assert _rows_by_name(errors, "stage", "error_type") == \
+        _rows_by_name(os.path.join(pillow_out, schema.ERRORS_DIR), "stage", "error_type")
+    rows = _table(vectors).to_pylist()
+    for r in rows:
+        assert abs(np.linalg.norm(r["vector"]) - 1) < 1e-5
+        assert r["thumbnail"][:2] == b"\xff\xd8"
+    return schema.read_metadata(_table(vectors).schema)
+
+
+def test_batched_decoder_keeps_every_row_and_error_of_the_pillow_path(mixed, pillow_run,
+                                                                      tmp_path):
+    folder, good, bad, other = mixed
+    pillow_out, pillow_summary = pillow_run
+    out = tmp_path / "out"
+    summary = embed.run(["--input", str(folder), "--output", str(out), "--decoder", "batched",
+                         "--share_model", "no", "--read_threads", "3"] + TINY)
+    _check_counts(summary, good, bad, other)
+    meta = _check_same_rows_as_pillow(out, pillow_out)
+    assert (meta["decoder"], meta["precision"], meta["device"]) == ("batched", "fp32", "cpu")
+    assert "antialias" in meta["preprocessing"]["resize"]
+    pillow_meta = schema.read_metadata(
+        _table(os.path.join(pillow_out, schema.VECTORS_DIR)).schema)
+    assert (pillow_meta["decoder"], pillow_meta["precision"]) == ("pillow", "fp32")
+
+
+def test_precision_flag_is_recorded(mixed, tmp_path):
+    folder, good, bad, other = mixed
+    out = tmp_path / "out"
+    summary = embed.run(["--input", str(folder / "chelsea.jpg"), "--output", str(out),
+                         "--precision", "bf16"] + TINY)
+    assert summary["vectors"] == 1
+    vectors = _table(os.path.join(out, schema.VECTORS_DIR))
+    assert schema.read_metadata(vectors.schema)["precision"] == "bf16"
+    assert vectors.schema.field("vector").type.value_type == "float"
+
+
+@pytest.mark.slow
+def test_batched_decoder_multi_processing_shares_one_model(mixed, pillow_run, tmp_path):
+    folder, good, bad, other = mixed
+    pillow_out, _ = pillow_run
+    out = tmp_path / "out"
+    summary = embed.run(["--input", str(folder), "--output", str(out), "--decoder", "batched",
+                         "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+                        + TINY)
+    _check_counts(summary, good, bad, other)
+    _check_same_rows_as_pillow(out, pillow_out)

@@ -1,14 +1,22 @@
 """Beam side of the embedding stage: file infos in, ``vectors/`` rows and ``errors/`` rows out.
 
-``EmbedImages`` = ``ReadAndDecodeFn`` (gridtsne.ingest) -> ``RunInference`` with a keyed
-:class:`EmbeddingModelHandler` (gridtsne.models) -> rows (gridtsne.rows). Every file that is
-an image leaves as exactly one vector row or one error row.
+Two paths, chosen by ``EmbedConfig.decoder`` (see :func:`resolve_decoder`):
+
+* ``pillow``: ``ReadAndDecodeFn`` (gridtsne.ingest, one image per element) -> ``RunInference``
+  with a keyed :class:`EmbeddingModelHandler` (gridtsne.models) -> rows (gridtsne.rows);
+* ``batched``: ``BatchElements`` -> :class:`BatchEmbedFn`, one element per batch of files:
+  bytes read ahead by threads, decoded and resized as a batch on the device
+  (gridtsne.batch_embed), the model shared by the worker machine's processes.
+
+Either way every file that is an image leaves as exactly one vector row or one error row.
 """
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import time
+import uuid
 
 import apache_beam as beam
 import numpy as np
@@ -16,6 +24,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunIn
 from apache_beam.utils.windowed_value import WindowedValue
 
 from gridtsne import models
+from gridtsne.batch_embed import BatchEmbedder, EmbedderConfig, embed_fetched, submit_fetches
 from gridtsne.decode import STAGE_DECODE, STAGE_EMBED, DecodeConfig, DecodeError
 from gridtsne.ingest import read_and_decode
 from gridtsne.rows import error_row, error_row_from, vector_row
@@ -24,6 +33,7 @@ from transforms import embed_counters as C
 log = logging.getLogger(__name__)
 
 ERRORS = "errors"
+DECODERS = ("auto", "pillow", "batched")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +61,17 @@ class EmbedConfig:
         ``torch.set_num_threads`` in each worker process; None keeps torch's default.
     decode_threads : int
         Threads per DoFn instance that fetch and decode ahead of the model (1: inline).
+    decoder : {"auto", "pillow", "batched"}
+        ``batched``: torchvision's batched JPEG decoder (nvjpeg on CUDA) and resizing on the
+        device; ``pillow``: one image at a time on the CPU; ``auto``: batched when the worker
+        has CUDA, else Pillow.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Of the forward pass (:func:`gridtsne.models.resolve_precision`).
+    share_model : bool
+        Batched path: one model per worker machine, served to its processes
+        (``apache_beam.utils.multi_process_shared``); False: one per process.
+    read_threads : int
+        Batched path: threads per process that read files' bytes ahead of the device.
     """
 
     model: str = models.DEFAULT_MODEL
@@ -63,6 +84,10 @@ class EmbedConfig:
     channels_last: bool = True
     torch_threads: int = None
     decode_threads: int = 4
+    decoder: str = "auto"
+    precision: str = "auto"
+    share_model: bool = True
+    read_threads: int = 16
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
@@ -73,6 +98,28 @@ class EmbedConfig:
             raise ValueError(f"torch_threads must be positive, got {self.torch_threads!r}")
         if not isinstance(self.decode_threads, int) or self.decode_threads < 1:
             raise ValueError(f"decode_threads must be at least 1, got {self.decode_threads!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        models.resolve_precision(self.precision, self.device)
+        if not isinstance(self.read_threads, int) or self.read_threads < 1:
+            raise ValueError(f"read_threads must be at least 1, got {self.read_threads!r}")
+
+    def embedder_config(self):
+        """The :class:`~gridtsne.batch_embed.EmbedderConfig` of the batched path."""
+        return EmbedderConfig(model=self.model, weights=self.weights,
+                              weights_sha256=self.weights_sha256, device=self.device,
+                              precision=self.precision, channels_last=self.channels_last,
+                              torch_threads=self.torch_threads, threads=self.decode_threads,
+                              decode=self.decode)
+
+
+def resolve_decoder(decoder, device):
+    """``"auto"`` -> ``"batched"`` on a CUDA device, else ``"pillow"`` (``device`` resolved)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if decoder != "auto":
+        return decoder
+    return "batched" if device == "cuda" else "pillow"
 
 
 def _read_and_decode_outcome(info, decode_config, storage_options):
@@ -198,7 +245,8 @@ class EmbeddingModelHandler(ModelHandler):
         if self._config.torch_threads:
             torch.set_num_threads(self._config.torch_threads)
         loaded = models.load_model(self._config.model, self._config.weights,
-                                   self._config.device, self._config.channels_last)
+                                   self._config.device, self._config.channels_last,
+                                   precision=self._config.precision)
         expected = self._config.weights_sha256
         if expected and loaded.weights_sha256 != expected:
             raise ValueError(f"weights {loaded.weights_source!r} have sha256 "
@@ -268,6 +316,26 @@ class EmbedImages(beam.PTransform):
         self._config = config
 
     def expand(self, files):
+        # A worker resolves "auto" itself; the launcher decides the graph, so "auto" is
+        # resolved here from what the device flag says (auto + a GPU here counts as cuda).
+        device = self._config.device
+        if device == "auto":
+            device = models.resolve_device("auto")
+        if resolve_decoder(self._config.decoder, device) == "batched":
+            return self._expand_batched(files)
+        return self._expand_pillow(files)
+
+    def _expand_batched(self, files):
+        cfg = self._config
+        vectors, errors = (
+            files
+            | "BatchFiles" >> beam.BatchElements(min_batch_size=cfg.batch_size,
+                                                 max_batch_size=cfg.batch_size)
+            | "EmbedBatches" >> beam.ParDo(BatchEmbedFn(cfg)).with_outputs(ERRORS,
+                                                                           main="vectors"))
+        return vectors, errors
+
+    def _expand_pillow(self, files):
         decoded, decode_errors = (
             files
             | "ReadAndDecodeImages" >> beam.ParDo(ReadAndDecodeFn(
@@ -284,3 +352,103 @@ class EmbedImages(beam.PTransform):
                         | "ToEmbedErrorRows" >> beam.ParDo(_CountEmbedErrorsFn()))
         errors = (decode_errors, embed_errors) | "FlattenEmbedErrors" >> beam.Flatten()
         return vectors, errors
+
+
+class BatchEmbedFn(beam.DoFn):
+    """A batch of file infos -> ``vectors/`` rows; unusable images go to the ``errors`` output.
+
+    Each batch's bytes are read by a thread pool as soon as the batch arrives, while the
+    previous batch is decoded and embedded (one batch in flight): reading overlaps the device
+    work. The model lives in a :class:`~gridtsne.batch_embed.BatchEmbedder`, by default one per
+    worker machine shared by its processes (``share_model``), so the GPU holds one copy.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        self._embedder_config = config.embedder_config()
+        # One tag per job: its processes on a machine share the model, and an address file
+        # left behind by an earlier job's model server is never tried.
+        self._share_tag = f"gridtsne-embedder-{self._embedder_config.key()}-" \
+                          f"{uuid.uuid4().hex[:12]}" if config.share_model else None
+        self._embedder = None
+        self._pool = None
+        self._pending = None
+        self._found = C.counter(C.IMAGES_FOUND)
+        self._skipped = C.counter(C.NOT_IMAGES)
+        self._decode_errors = C.counter(C.DECODE_ERRORS)
+        self._embed_errors = C.counter(C.EMBED_ERRORS)
+        self._vectors = C.counter(C.VECTORS)
+        self._bytes = C.counter(C.BYTES_READ)
+        self._batch_msec = C.distribution(C.BATCH_MSEC)
+
+    def setup(self):
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self._config.read_threads, thread_name_prefix="ReadBatch")
+        self._embedder = acquire_embedder(self._embedder_config, self._share_tag)
+
+    def start_bundle(self):
+        self._pending = None
+
+    def process(self, infos, timestamp=beam.DoFn.TimestampParam,
+                window=beam.DoFn.WindowParam):
+        futures = submit_fetches(infos, self._config.decode.max_bytes,
+                                 self._config.storage_options, self._pool)
+        previous, self._pending = self._pending, (futures, timestamp, window)
+        if previous is not None:
+            yield from self._embed(previous)
+
+    def finish_bundle(self):
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            yield from self._embed(pending)
+
+    def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _embed(self, pending):
+        futures, timestamp, window = pending
+        where = (timestamp, window)
+        start = time.perf_counter()
+        fetched = [f.result() for f in futures]
+        try:
+            results = embed_fetched(self._embedder, fetched)
+        except Exception as exc:  # the shared model's process died, a bug: rows, not a crash
+            log.exception("a batch of %d files failed", len(fetched))
+            error = DecodeError.from_exception(STAGE_EMBED, exc)
+            results = [(f, None, f.error or (error if f.data is not None else None))
+                       for f in fetched]
+        self._batch_msec.update(int((time.perf_counter() - start) * 1000))
+        for f, record, value in results:
+            if record is None and value is None:
+                self._skipped.inc()
+                continue
+            self._found.inc()
+            if record is None:
+                counter = self._embed_errors if value.stage == STAGE_EMBED else \
+                    self._decode_errors
+                counter.inc()
+                yield beam.pvalue.TaggedOutput(
+                    ERRORS, _windowed(error_row_from(f.info.uri, value), where))
+                continue
+            self._bytes.inc(record.bytes)
+            self._vectors.inc()
+            yield _windowed(vector_row(record, value), where)
+
+
+def acquire_embedder(config, share_tag=None):
+    """The :class:`BatchEmbedder` of ``config``: this machine's shared one, or a private one.
+
+    Shared (``share_tag`` given, the same in every process of the job): the first process of
+    the machine to ask builds it and serves it to the others
+    (``apache_beam.utils.multi_process_shared``, a local socket guarded by a file lock, the
+    mechanism of RunInference's ``large_model``); calls from other processes send file bytes
+    and get vectors and thumbnails back.
+    """
+    if not share_tag:
+        return BatchEmbedder(config)
+    from apache_beam.utils.multi_process_shared import MultiProcessShared
+
+    return MultiProcessShared(functools.partial(BatchEmbedder, config),
+                              tag=share_tag).acquire()

@@ -15,6 +15,7 @@ DECODE_ERRORS = "decode_errors"
 EMBED_ERRORS = "embed_errors"
 VECTORS = "vectors"
 DECODE_MSEC = "decode_msec"
+BATCH_MSEC = "batch_msec"
 
 
 def counter(name):

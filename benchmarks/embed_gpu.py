@@ -1,0 +1,345 @@
+"""Images per second of the batched (GPU) embedding path: model, decoders, plain loop and stage.
+
+    python benchmarks/embed_gpu.py [--device cuda] [--count 20480] [--batch_size 256]
+        [--processes 16] [--skip stage_mp,...] [--json results.json]
+    python benchmarks/embed_gpu.py --device cpu --limit 256      # runs without a GPU
+
+Corpus: real photos (``../shared/data/clothing-small``, or scikit-image's photos where that
+is absent) re-encoded at ImageNet size (500x375 or 375x500, JPEG quality 90) and replicated
+to ``--count`` files in a temporary folder (``--limit`` caps it). In one process, on the same
+files, it times:
+
+* ``model``: the model alone, ``--precision`` (auto: bf16 on CUDA), input already on the
+  device, batches of ``--batch_size``;
+* ``decode pillow``: ``gridtsne.decode.decode_image`` (the CPU path's decode, resize and
+  thumbnail) on a pool of one thread per core;
+* ``decode torchvision``: ``torchvision.io.decode_jpeg`` on a list of files per batch, full
+  size, on the device (nvjpeg on CUDA), nothing else;
+* ``decode nvimgcodec``: ``nvidia.nvimgcodec.Decoder.decode`` per batch, when installed
+  (``pip install gridtsne[gpu]``); DALI likewise when ``nvidia.dali`` imports;
+* ``decode batched``: ``gridtsne.batch_decode.decode_batch``, the stage's decode: decoding,
+  EXIF orientation, grouped resize on the device and thumbnails;
+* ``plain``: a plain loop doing the stage's work without Beam: the next batch's bytes read by
+  threads while this one is decoded and embedded, rows built, one Parquet file written;
+* ``stage``: ``pipelines.embed.run --decoder batched`` on the DirectRunner, in memory and
+  with ``--direct_running_mode=multi_processing --direct_num_workers=--processes``.
+
+Prints images/s of each and the ratios stage/model and stage/plain (targets on one H100:
+stage >= 5,000 images/s and >= 0.9x plain).
+"""
+import argparse
+import concurrent.futures
+import csv
+import io
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from gridtsne import models, schema  # noqa: E402
+from gridtsne.batch_decode import decode_batch, thread_pool  # noqa: E402
+from gridtsne.batch_embed import (BatchEmbedder, EmbedderConfig, embed_fetched,  # noqa: E402
+                                  submit_fetches)
+from gridtsne.decode import DecodeConfig, decode_image  # noqa: E402
+from gridtsne.listing import expand_pattern  # noqa: E402
+from gridtsne.rows import error_row_from, vector_row  # noqa: E402
+
+DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "clothing-small")
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry",
+                  "retina", "hubble_deep_field", "motorcycle_left", "page")
+
+
+def source_photos(data, distinct):
+    """Up to ``distinct`` real photos as RGB Pillow images."""
+    labels = os.path.join(data, "labels.csv")
+    if os.path.exists(labels):
+        with open(labels, newline="") as fh:
+            paths = [os.path.join(data, row["path"]) for row in csv.DictReader(fh)]
+        step = max(1, len(paths) // distinct)
+        return [Image.open(p).convert("RGB") for p in paths[::step][:distinct]], data
+    from skimage import data as skdata
+
+    photos = [Image.fromarray(getattr(skdata, n)()).convert("RGB") for n in SKIMAGE_PHOTOS]
+    return photos, "scikit-image photos (shared data absent)"
+
+
+def make_corpus(folder, photos, count):
+    """``count`` JPEGs in ``folder``: the photos at 500x375 (or 375x500), quality 90, repeated."""
+    encoded = []
+    for image in photos:
+        size = (500, 375) if image.width >= image.height else (375, 500)
+        out = io.BytesIO()
+        image.resize(size, Image.Resampling.BICUBIC).save(out, "JPEG", quality=90)
+        encoded.append(out.getvalue())
+    paths = []
+    for i in range(count):
+        sub = os.path.join(folder, f"{i // 1000:03d}")
+        os.makedirs(sub, exist_ok=True)
+        path = os.path.join(sub, f"{i:06d}.jpg")
+        with open(path, "wb") as fh:
+            fh.write(encoded[i % len(encoded)])
+        paths.append(path)
+    return paths
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def batches(items, size):
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def read_all(paths):
+    out = []
+    for p in paths:
+        with open(p, "rb") as fh:
+            out.append(fh.read())
+    return out
+
+
+def time_model(model, n, batch_size):
+    size = model.spec.input_size
+    x = torch.randint(0, 256, (batch_size, 3, size, size), device=model.device).float()
+    models.embed_tensor(model, x)  # warm-up (cuDNN autotuning)
+    sync(model.device)
+    start = time.perf_counter()
+    done = 0
+    while done < n:
+        models.embed_tensor(model, x)
+        done += batch_size
+    sync(model.device)
+    return done, time.perf_counter() - start
+
+
+def time_pillow(datas, config, threads):
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        start = time.perf_counter()
+        list(pool.map(lambda d: decode_image(d, config), datas))
+        return time.perf_counter() - start
+
+
+def time_torchvision(datas, device, batch_size):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    decode_jpeg(tensors[:2], mode=ImageReadMode.RGB, device=device)
+    sync(device)
+    start = time.perf_counter()
+    for chunk in batches(tensors, batch_size):
+        decode_jpeg(chunk, mode=ImageReadMode.RGB, device=device)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def time_nvimgcodec(datas, device, batch_size):
+    from nvidia import nvimgcodec
+
+    backends = None if device.type == "cuda" else [nvimgcodec.Backend(
+        nvimgcodec.BackendKind.CPU_ONLY)]
+    decoder = nvimgcodec.Decoder(backends=backends) if backends else nvimgcodec.Decoder()
+    decoder.decode(datas[:2])
+    sync(device)
+    start = time.perf_counter()
+    for chunk in batches(datas, batch_size):
+        decoder.decode(chunk)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def time_dali(datas, device, batch_size):
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=batch_size, num_threads=os.cpu_count(), device_id=0)
+    def pipe():
+        raw = fn.external_source(name="raw", dtype=types.UINT8)
+        return fn.decoders.image(raw, device="mixed" if device.type == "cuda" else "cpu",
+                                 output_type=types.RGB)
+
+    p = pipe()
+    p.build()
+    start = time.perf_counter()
+    for chunk in batches(datas, batch_size):
+        p.feed_input("raw", [np.frombuffer(d, np.uint8) for d in chunk])
+        p.run()
+    return time.perf_counter() - start
+
+
+def time_batched(datas, config, device, batch_size, threads):
+    with thread_pool(threads) as pool:
+        decode_batch(datas[:2], config, device, pool)
+        sync(device)
+        start = time.perf_counter()
+        for chunk in batches(datas, batch_size):
+            decode_batch(chunk, config, device, pool)
+        sync(device)
+        return time.perf_counter() - start
+
+
+def time_plain(paths, embedder_config, batch_size, read_threads, out):
+    """The stage's work in a plain loop: model load, read ahead one batch, decode + embed,
+    rows, one Parquet file."""
+    start = time.perf_counter()
+    embedder = BatchEmbedder(embedder_config)
+    infos = [info for p in paths for info in expand_pattern(p)]
+    vectors, errors = [], []
+    max_bytes = embedder.config.decode.max_bytes
+    with concurrent.futures.ThreadPoolExecutor(read_threads) as pool:
+        pending = None
+        for chunk in batches(infos, batch_size) + [None]:
+            started = submit_fetches(chunk, max_bytes, None, pool) if chunk else None
+            if pending is not None:
+                for f, record, value in embed_fetched(embedder, [x.result() for x in pending]):
+                    if record is not None:
+                        vectors.append(vector_row(record, value))
+                    elif value is not None:
+                        errors.append(error_row_from(f.info.uri, value))
+            pending = started
+    model = embedder.model
+    meta = models.describe(model.spec, model.weights_sha256, model.weights_source)
+    pq.write_table(pa.Table.from_pylist(vectors, schema=schema.vectors_schema(
+        model.spec.dim, meta)), out)
+    embedder.close()
+    assert len(vectors) == len(paths), (len(vectors), errors[:3])
+    return time.perf_counter() - start
+
+
+def time_stage(manifest, out, args, extra):
+    from pipelines import embed
+
+    start = time.perf_counter()
+    summary = embed.run(["--manifest", manifest, "--output", out, "--model", args.model,
+                         "--batch_size", str(args.batch_size), "--device", args.device,
+                         "--precision", args.precision, "--decoder", "batched",
+                         "--read_threads", str(args.read_threads),
+                         "--decode_threads", str(args.threads)]
+                        + shlex.split(args.stage_flags) + extra)
+    elapsed = time.perf_counter() - start
+    assert summary["vectors"] == sum(1 for _ in open(manifest)), summary
+    return elapsed
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--count", type=int, default=20_480, help="files in the corpus")
+    parser.add_argument("--limit", type=int, default=None, help="cap on --count")
+    parser.add_argument("--distinct", type=int, default=256, help="distinct source photos")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--precision", default="auto", choices=models.PRECISIONS)
+    parser.add_argument("--model", default=models.DEFAULT_MODEL)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="Pillow / thumbnail threads")
+    parser.add_argument("--read_threads", type=int, default=16)
+    parser.add_argument("--processes", type=int, default=min(16, os.cpu_count()),
+                        help="--direct_num_workers of the multi-processing stage run")
+    parser.add_argument("--skip", default="", help="comma list: model, pillow, torchvision, "
+                        "nvimgcodec, dali, batched, plain, stage, stage_mp")
+    parser.add_argument("--stage_flags", default="",
+                        help="extra flags for both stage runs, e.g. '--share_model no'")
+    parser.add_argument("--keep", help="make the corpus in this folder and keep it")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    device = torch.device(models.resolve_device(args.device))
+    count = min(args.count, args.limit) if args.limit else args.count
+
+    tmp = args.keep or tempfile.mkdtemp(prefix="embed-gpu-")
+    photos, origin = source_photos(args.data, min(args.distinct, count))
+    paths = make_corpus(os.path.join(tmp, "corpus"), photos, count)
+    n = len(paths)
+    manifest = os.path.join(tmp, "manifest.txt")
+    with open(manifest, "w") as fh:
+        fh.write("\n".join(paths) + "\n")
+    datas = read_all(paths)
+    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "none"
+    print(f"{n} JPEGs ({len(photos)} distinct, ~500x375 q90, {sum(map(len, datas)) / n / 1024:.0f}"
+          f" KiB each) from {origin}\nmodel {args.model}, batch {args.batch_size}, device "
+          f"{device} ({gpu}), precision {models.resolve_precision(args.precision, device.type)}"
+          f", {os.cpu_count()} cores, torch {torch.__version__}", flush=True)
+
+    size = models.get_spec(args.model).input_size
+    config = DecodeConfig(input_size=size)
+    embedder_config = EmbedderConfig(model=args.model, device=device.type,
+                                     precision=args.precision, threads=args.threads,
+                                     decode=config)
+    embedder = BatchEmbedder(embedder_config)
+    rates, cpu_seconds = {}, {}
+
+    def report(name, images, seconds, cpu):
+        rates[name] = images / seconds
+        cpu_seconds[name] = cpu
+        print(f"  {name:<22} {rates[name]:9.1f} images/s  ({seconds:.2f} s, CPU of this "
+              f"process {cpu:.1f} s)", flush=True)
+
+    def attempt(name, fn):
+        if name.split()[-1] in skip or name in skip:
+            return
+        cpu = time.process_time()
+        try:
+            seconds = fn()
+        except ImportError as exc:
+            print(f"  {name:<22} not installed ({exc})", flush=True)
+            return
+        report(name, n, seconds, time.process_time() - cpu)
+
+    if "model" not in skip:
+        cpu = time.process_time()
+        images, seconds = time_model(embedder.model, n, args.batch_size)
+        report("model", images, seconds, time.process_time() - cpu)
+    attempt("decode pillow", lambda: time_pillow(datas, config, args.threads))
+    attempt("decode torchvision", lambda: time_torchvision(datas, device, args.batch_size))
+    attempt("decode nvimgcodec", lambda: time_nvimgcodec(datas, device, args.batch_size))
+    attempt("decode dali", lambda: time_dali(datas, device, args.batch_size))
+    attempt("decode batched", lambda: time_batched(datas, config, device, args.batch_size,
+                                                   args.threads))
+    embedder.close()
+    attempt("plain", lambda: time_plain(paths, embedder_config, args.batch_size,
+                                        args.read_threads, os.path.join(tmp, "plain.parquet")))
+    del embedder
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if not {"stage", "stage_mp"} <= skip:  # warm-up: imports, Beam's runner, first load
+        with open(os.path.join(tmp, "warm.txt"), "w") as fh:
+            fh.write("\n".join(paths[:8]) + "\n")
+        time_stage(os.path.join(tmp, "warm.txt"), os.path.join(tmp, "warm"), args, [])
+    attempt("stage", lambda: time_stage(manifest, os.path.join(tmp, "stage"), args, []))
+    attempt("stage_mp", lambda: time_stage(
+        manifest, os.path.join(tmp, "stage-mp"), args,
+        ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.processes}"]))
+
+    print()
+    for name in ("stage", "stage_mp"):
+        if name not in rates:
+            continue
+        for ref in ("model", "plain"):
+            if ref in rates:
+                print(f"{name} / {ref} = {rates[name] / rates[ref]:.2f}x")
+    if device.type == "cuda":
+        print(f"peak GPU memory of this process: {torch.cuda.max_memory_allocated() / 2**30:.1f}"
+              f" GiB")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"images": n, "device": str(device), "gpu": gpu,
+                       "images_per_s": rates, "cpu_seconds": cpu_seconds}, fh, indent=2)
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rates
+
+
+if __name__ == "__main__":
+    main()

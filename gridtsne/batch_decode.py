@@ -1,0 +1,291 @@
+"""The batched image path: a batch of files' bytes -> model-input pixels on the device + thumbnails.
+
+JPEGs are decoded together by ``torchvision.io.decode_jpeg`` (nvjpeg's batched decoder on CUDA,
+libjpeg-turbo on the CPU, so CI runs this very code), turned upright from the EXIF orientation
+read by :mod:`gridtsne.jpeg`, and resized as whole groups of equal size on the device (bicubic
+with antialiasing, which matches Pillow's resampling: cosine >= 0.999 against the Pillow path on
+real photos, see ``tests/test_batch_decode.py``). Thumbnails are resized from the same decoded
+pixels, so each file is decoded once. A file the fast decoder does not take (not a JPEG, CMYK,
+12-bit, arithmetic-coded, or refused by the decoder) goes alone through the Pillow path of
+:mod:`gridtsne.decode`; the rest of its batch stays on the fast path.
+"""
+import concurrent.futures
+import dataclasses
+import io
+import logging
+import math
+import warnings
+
+import torch
+from PIL import Image
+
+from gridtsne.decode import STAGE_DECODE, STAGE_READ, DecodeConfig, DecodeError, decode_image
+from gridtsne.jpeg import read_header
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageMeta:
+    """What a decoded image contributes to its ``vectors/`` row besides the vector."""
+
+    width: int
+    height: int
+    thumbnail: bytes
+    fast: bool  # decoded by the batched decoder (False: Pillow)
+
+
+@dataclasses.dataclass
+class DecodedBatch:
+    """The outcome of :func:`decode_batch`.
+
+    Attributes
+    ----------
+    pixels : torch.Tensor
+        ``(n, 3, S, S)`` float32 in 0..255 on the device, one row per decoded image, in input
+        order; not normalised.
+    rows : list of int
+        For each row of ``pixels``, the index of its file in the input.
+    outcomes : list
+        Per input file, an :class:`ImageMeta` or the :class:`~gridtsne.decode.DecodeError`
+        that makes it unusable.
+    """
+
+    pixels: torch.Tensor
+    rows: list
+    outcomes: list
+
+
+def thumbnail_size(width, height, size):
+    """Pillow's ``Image.thumbnail`` size for a ``width`` x ``height`` image in a ``size`` box.
+
+    The same rounding (the side whose aspect error is smallest, never below 1 pixel), so both
+    paths give thumbnails of the same size; never enlarged.
+    """
+    if width <= size and height <= size:
+        return width, height
+    aspect = width / height
+    x, y = size, size
+    if x / y >= aspect:
+        x = max(min(math.floor(y * aspect), math.ceil(y * aspect),
+                    key=lambda n: abs(aspect - n / y)), 1)
+    else:
+        y = max(min(math.floor(x / aspect), math.ceil(x / aspect),
+                    key=lambda n: 0 if n == 0 else abs(aspect - x / n)), 1)
+    return x, y
+
+
+def orient(image, orientation):
+    """``(3, H, W)`` ``image`` turned upright for EXIF ``orientation`` 1..8 (as Pillow does)."""
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(-1).flip(-2)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:
+        return image.transpose(-1, -2)
+    if orientation == 6:
+        return image.transpose(-1, -2).flip(-1)
+    if orientation == 7:
+        return image.transpose(-1, -2).flip(-1).flip(-2)
+    if orientation == 8:
+        return image.transpose(-1, -2).flip(-2)
+    return image
+
+
+def resize(images, size):
+    """``(n, 3, h, w)`` uint8 -> ``(n, 3, size[1], size[0])`` float in 0..255, rounded.
+
+    Bicubic with antialiasing (a filter widened by the scale factor, as Pillow does), rounded
+    to whole levels like Pillow's 8-bit output.
+    """
+    width, height = size
+    x = images.float()
+    if x.shape[-2:] != (height, width):
+        x = torch.nn.functional.interpolate(x, size=(height, width), mode="bicubic",
+                                            antialias=True, align_corners=False)
+    return x.clamp_(0, 255).round_()
+
+
+def encode_thumbnail(pixels, quality):
+    """JPEG bytes of a ``(h, w, 3)`` uint8 array (Pillow, as the CPU path encodes them)."""
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def _as_tensor(data):
+    with warnings.catch_warnings():  # decode_jpeg only reads its input
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(data, dtype=torch.uint8)
+
+
+def _fast_decode(datas, device):
+    """Decoded ``(3, H, W)`` uint8 tensors, or the exception, per input; one batched call."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = [_as_tensor(d) for d in datas]
+    try:
+        return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+    except Exception as exc:  # one bad file fails the batched call: find it
+        log.debug("batched decode failed (%s); decoding one by one", exc)
+    out = []
+    for t in tensors:
+        try:
+            out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def _check_size(data, config):
+    if len(data) == 0:
+        raise DecodeError(STAGE_READ, "EmptyFile", "the file is empty (0 bytes)")
+    if len(data) > config.max_bytes:
+        raise DecodeError(STAGE_READ, "FileTooLarge",
+                          f"{len(data):,} bytes is more than max_bytes={config.max_bytes:,}")
+
+
+def _check_pixels(header, config):
+    pixels = header.width * header.height
+    if pixels > config.max_pixels:
+        raise DecodeError(STAGE_DECODE, "DecompressionBombError",
+                          f"the image declares {header.width} x {header.height} = {pixels:,} "
+                          f"pixels, more than max_pixels={config.max_pixels:,}")
+
+
+def _pillow(data, config):
+    try:
+        return decode_image(data, config)
+    except DecodeError as exc:
+        return exc
+    except Exception as exc:  # a bug must cost one file, not its batch
+        log.exception("unexpected failure decoding with Pillow")
+        return DecodeError.from_exception(STAGE_DECODE, exc)
+
+
+# Device memory bounds: decoded uint8 pixels held at once, and float pixels resized at once.
+DECODE_CHUNK_PIXELS = 256 * 2**20  # 768 MiB of RGB uint8 (about 20 twelve-megapixel photos)
+RESIZE_CHUNK_PIXELS = 64 * 2**20  # 768 MiB of RGB float32
+
+
+def decode_batch(datas, config=DecodeConfig(), device="cpu", pool=None):
+    """Decode a batch of whole files.
+
+    Parameters
+    ----------
+    datas : sequence of bytes
+        Each file's bytes.
+    config : DecodeConfig
+        Sizes and limits; ``resample`` and ``draft`` concern the Pillow path only (the fast
+        path always resizes bicubic with antialiasing from the full decoded image).
+    device : str or torch.device
+        Where decoding and resizing run (``"cuda"``: nvjpeg).
+    pool : concurrent.futures.Executor, optional
+        Runs Pillow fallbacks and thumbnail JPEG encoding (both release the GIL) alongside
+        the device work; None runs them inline.
+
+    Returns
+    -------
+    DecodedBatch
+    """
+    device = torch.device(device)
+    size = config.input_size
+    outcomes = [None] * len(datas)
+    fast, slow = [], []
+    for i, data in enumerate(datas):
+        try:
+            _check_size(data, config)
+            header = read_header(data)
+            if header is not None and header.fast_decodable:
+                _check_pixels(header, config)
+                fast.append((i, header))
+            else:
+                slow.append(i)
+        except DecodeError as exc:
+            outcomes[i] = exc
+    submit = pool.submit if pool is not None else _inline
+    slow_futures = {i: submit(_pillow, datas[i], config) for i in slow}
+
+    pixels, thumbs = {}, {}
+    for chunk in _chunks(fast, lambda item: item[1].width * item[1].height,
+                         DECODE_CHUNK_PIXELS):
+        decoded = _fast_decode([datas[i] for i, _ in chunk], device)
+        upright = {}
+        for (i, header), image in zip(chunk, decoded):
+            if isinstance(image, Exception):
+                slow_futures[i] = submit(_pillow, datas[i], config)  # Pillow has the last word
+            else:
+                upright[i] = orient(image, header.orientation)
+                outcomes[i] = header.upright_size
+        del decoded
+        _resize_groups(upright, config, pixels, thumbs, submit)
+
+    for i, future in slow_futures.items():
+        result = future.result()
+        if isinstance(result, DecodeError):
+            outcomes[i] = result
+            continue
+        outcomes[i] = ImageMeta(result.width, result.height, result.thumbnail, fast=False)
+        pixels[i] = torch.from_numpy(result.pixels).to(device).permute(2, 0, 1).float()
+    for i, future in thumbs.items():
+        width, height = outcomes[i]
+        outcomes[i] = ImageMeta(width, height, future.result(), fast=True)
+
+    rows = sorted(pixels)
+    if rows:
+        batch = torch.stack([pixels[i] for i in rows])
+    else:
+        batch = torch.empty((0, 3, size, size), dtype=torch.float32, device=device)
+    return DecodedBatch(pixels=batch, rows=rows, outcomes=outcomes)
+
+
+def _resize_groups(upright, config, pixels, thumbs, submit):
+    """Resize images of equal shape together: model input into ``pixels``, thumbnails encoded."""
+    size = config.input_size
+    groups = {}
+    for i, image in upright.items():
+        groups.setdefault(tuple(image.shape[-2:]), []).append(i)
+    for (height, width), members in groups.items():
+        tw, th = thumbnail_size(width, height, config.thumbnail_size)
+        for part in _chunks(members, lambda i: height * width, RESIZE_CHUNK_PIXELS):
+            stack = torch.stack([upright[i] for i in part])
+            model_in = resize(stack, (size, size))
+            small = resize(stack, (tw, th)).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            for k, i in enumerate(part):
+                pixels[i] = model_in[k]
+                thumbs[i] = submit(encode_thumbnail, small[k], config.thumbnail_quality)
+
+
+def _chunks(items, weight, budget):
+    """Consecutive runs of ``items`` whose total ``weight`` stays within ``budget`` (>= 1 item)."""
+    chunk, total = [], 0
+    for item in items:
+        w = weight(item)
+        if chunk and total + w > budget:
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(item)
+        total += w
+    if chunk:
+        yield chunk
+
+
+class _Done:
+    """An already-computed result with the ``Future.result()`` interface."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def result(self):
+        return self._value
+
+
+def _inline(fn, *args):
+    return _Done(fn(*args))
+
+
+def thread_pool(threads):
+    """The executor :func:`decode_batch` uses for Pillow fallbacks and thumbnail encoding."""
+    return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="BatchDecode")

@@ -1,0 +1,175 @@
+"""The batched embedding path: a batch of listed files -> vectors and errors, one call each.
+
+Two halves, so that a machine can run one model for many worker processes:
+
+* :func:`fetch_batch` (in each worker process): reads the files' bytes with threads, so object
+  store latency is paid in parallel, and hashes them;
+* :class:`BatchEmbedder` (one per machine when shared): decodes the bytes as one batch on the
+  device (:mod:`gridtsne.batch_decode`), runs the model and returns per file the upright size,
+  the thumbnail and the vector, or the error.
+
+What crosses between the two is bytes in and vectors plus thumbnails out, a few kilobytes per
+image, never device tensors. Beam-free: ``transforms/embed.py`` wires it.
+"""
+import dataclasses
+import hashlib
+import logging
+import os
+import threading
+
+from gridtsne import models
+from gridtsne.batch_decode import decode_batch, thread_pool
+from gridtsne.decode import STAGE_DECODE, STAGE_EMBED, DecodeConfig, DecodeError
+from gridtsne.ingest import ImageRecord, fetch
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    """One listed file after :func:`fetch_batch`: its bytes, or why there are none.
+
+    ``data`` is None and ``error`` None for a file whose content is not an image (skipped).
+    """
+
+    info: object  # gridtsne.listing.FileInfo
+    data: bytes = None
+    sha256: str = None
+    error: DecodeError = None
+
+
+def _fetch_one(info, max_bytes, storage_options):
+    try:
+        data = fetch(info, max_bytes, storage_options)
+    except DecodeError as exc:
+        return Fetched(info, error=exc)
+    except Exception as exc:  # a bug must cost one file, not its batch
+        log.exception("unexpected failure reading %s", info.uri)
+        return Fetched(info, error=DecodeError.from_exception(STAGE_DECODE, exc))
+    if data is None:
+        return Fetched(info)
+    return Fetched(info, data=data, sha256=hashlib.sha256(data).hexdigest())
+
+
+def submit_fetches(infos, max_bytes, storage_options, pool):
+    """Start reading ``infos`` on ``pool``; futures of :class:`Fetched`, in input order."""
+    return [pool.submit(_fetch_one, info, max_bytes, storage_options) for info in infos]
+
+
+def fetch_batch(infos, max_bytes, storage_options=None, pool=None):
+    """:class:`Fetched` per file info (threads of ``pool`` when given), in input order."""
+    if pool is None:
+        return [_fetch_one(info, max_bytes, storage_options) for info in infos]
+    return [f.result() for f in submit_fetches(infos, max_bytes, storage_options, pool)]
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedderConfig:
+    """What builds a :class:`BatchEmbedder`; also its identity when shared across processes."""
+
+    model: str = models.DEFAULT_MODEL
+    weights: str = None
+    weights_sha256: str = None
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    torch_threads: int = None
+    threads: int = 4  # Pillow fallbacks and thumbnail encoding
+    decode: DecodeConfig = DecodeConfig()
+    device_calls: int = 2  # batches on the device at once (one decodes while one finishes)
+
+    def key(self):
+        """A short digest naming this configuration (the tag of a machine-wide shared model)."""
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
+
+
+class BatchEmbedder:
+    """Decodes batches of file bytes on the model's device and embeds them.
+
+    Thread-safe: calls from several threads (the processes of a machine, through a shared
+    proxy) run concurrently; the device serialises the kernels, the thread pool is shared.
+    """
+
+    def __init__(self, config):
+        import torch
+
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        self.config = config
+        self.model = models.load_model(config.model, config.weights, config.device,
+                                       config.channels_last, precision=config.precision)
+        if config.weights_sha256 and self.model.weights_sha256 != config.weights_sha256:
+            raise ValueError(f"weights {self.model.weights_source!r} have sha256 "
+                             f"{self.model.weights_sha256}, the job was launched with "
+                             f"{config.weights_sha256}")
+        self._pool = thread_pool(config.threads)
+        # Calls from many processes: bound the device memory they hold at once; with two
+        # slots one call's thumbnail encoding overlaps the other's device work.
+        self._device_slots = threading.BoundedSemaphore(config.device_calls)
+
+    def pid(self):
+        """The process that holds the model (the same for every process sharing it)."""
+        return os.getpid()
+
+    def describe(self):
+        return {"device": str(self.model.device), "precision": self.model.precision,
+                "pid": os.getpid()}
+
+    def embed(self, datas):
+        """Per file's bytes: ``(width, height, thumbnail, vector)`` or a :class:`DecodeError`.
+
+        A file the batched decoder refuses is decoded alone by Pillow; a failing forward
+        pass turns only the decoded images of this call into ``embed`` errors.
+        """
+        with self._device_slots:
+            decoded = decode_batch(datas, self.config.decode, self.model.device, self._pool)
+            out = list(decoded.outcomes)
+            if not decoded.rows:
+                return out
+            try:
+                vectors = models.embed_tensor(self.model, decoded.pixels)
+            except Exception as exc:
+                vectors = exc
+            decoded.pixels = None  # the device memory goes back before the next call
+        if isinstance(vectors, Exception):
+            exc = vectors
+            log.error("embedding a batch of %d images failed: %r", len(decoded.rows), exc)
+            error = DecodeError.from_exception(STAGE_EMBED, exc)
+            for i in decoded.rows:
+                out[i] = error
+            return out
+        for i, vector in zip(decoded.rows, vectors):
+            meta = out[i]
+            out[i] = (meta.width, meta.height, meta.thumbnail, vector)
+        return out
+
+    def close(self):
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def embed_fetched(embedder, fetched):
+    """Embed a batch of :class:`Fetched`.
+
+    Returns
+    -------
+    list of (Fetched, ImageRecord or None, vector or DecodeError or None)
+        Per input: the record and vector of an image, ``(None, error)`` for an unusable one,
+        ``(None, None)`` for a file that is not an image.
+    """
+    readable = [f for f in fetched if f.data is not None]
+    results = iter(embedder.embed([f.data for f in readable]) if readable else [])
+    out = []
+    for f in fetched:
+        if f.error is not None or f.data is None:
+            out.append((f, None, f.error))
+            continue
+        result = next(results)
+        if isinstance(result, DecodeError):
+            out.append((f, None, result))
+            continue
+        width, height, thumbnail, vector = result
+        record = ImageRecord(uri=f.info.uri, sha256=f.sha256, bytes=len(f.data),
+                             mtime_us=f.info.mtime_us, width=int(width), height=int(height),
+                             thumbnail=thumbnail)
+        out.append((f, record, vector))
+    return out
