@@ -40,6 +40,8 @@ setup(
     extras_require={
         # The embedded demo photos ship with these two.
         "demo": ["scikit-image>=0.26", "scikit-learn>=1.9"],
+        # `gridtsne serve`: the HTTP API (docs/service.md).
+        "serve": ["fastapi>=0.163", "uvicorn>=0.54"],
         "test": [
             "pytest>=9",
             "moto[server]>=5.2",
@@ -49,6 +51,10 @@ setup(
             "tensorboard>=2.21",
             "playwright>=1.65",
             "apache-beam[gcp]==2.77.0",
+            # The service tests run the real server and talk to it over HTTP.
+            "fastapi>=0.163",
+            "uvicorn>=0.54",
+            "httpx>=0.28",
         ],
     },
     entry_points={"console_scripts": ["gridtsne = gridtsne.cli:main"]},
