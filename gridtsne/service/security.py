@@ -10,6 +10,7 @@ import socket
 import urllib.parse
 
 WEB_SCHEMES = ("http", "https")
+_IPV6_HOST = re.compile(r"\[[0-9A-Fa-f:.%]*\]")
 _MAP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
@@ -28,7 +29,7 @@ def split_url(url):
     segments, relative local paths.
     """
     url = str(url).strip()
-    if "::" in url:
+    if "::" in _IPV6_HOST.sub("", url):
         raise ValueError("is a '::' URL chain, which the service does not accept")
     if "\x00" in url or any(ord(c) < 32 for c in url):
         raise ValueError("contains control characters")
