@@ -67,24 +67,36 @@ def gone(pid, timeout=20):
     return False
 
 
-def wait_until_embedding(client, job_id, server):
-    """Wait until the job's child has started Beam work (its log has the pipeline going)."""
+RUNNING_MARKS = ("loaded model", "every image is new", "Creating state cache")
+
+
+def wait_until_embedding(client, job_id):
+    """Wait until the job's child is inside its Beam pipeline (its log says so)."""
     wait_for(client, job_id, ("RUNNING",), timeout=60)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         log = client.get(f"/v2/visualizations/{job_id}/log").text
-        if "Running" in log or "pipeline" in log.lower() or len(log) > 600:
+        if any(mark in log for mark in RUNNING_MARKS):
+            assert "published" not in log
             return
-        time.sleep(0.5)
+        time.sleep(0.2)
+    raise AssertionError(f"the job never got going:\n{log[-2000:]}")
 
 
 def test_local_map_end_to_end(photos, tmp_path):
     server = Server(tmp_path / "srv", "--output_root", tmp_path / "maps",
-                    "--allow_input", photos, "--allow_model", FAST_OPTIONS["model"])
+                    "--allow_input", photos, "--allow_model", FAST_OPTIONS["model"],
+                    "--max_concurrent_jobs", "2")
     key = server.create_key("alice")
     with server, server.client(key) as c:
-        job_id = post(c, [str(photos)])
+        job_id = post(c, [str(photos)], output="family")
+        # Same output, posted at once: it waits for the first, then re-indexes on top of it.
+        second_id = post(c, [str(photos)], output="family")
         out = wait_for(c, job_id, ("SUCCEEDED",))
+        second = wait_for(c, second_id, ("SUCCEEDED",))
+        assert second["started_at"] >= out["finished_at"]
+        assert second["data"]["counts"] == {"new": 0, "changed": 0, "unchanged": N_PHOTOS,
+                                            "removed": 0, "failed": 0}
         data = out["data"]
         assert data["counts"]["new"] == N_PHOTOS and data["counts"]["failed"] == 0
         assert data["images"] == N_PHOTOS and data["quality"]["dpq"] > 0
@@ -106,8 +118,8 @@ def test_local_map_end_to_end(photos, tmp_path):
             assert browser.post(url).status_code == 405
         log = c.get(f"/v2/visualizations/{job_id}/log").text
         assert "published" in log
-        pointer = versions.read_pointer(out["output_url"])
-        assert pointer["version"] == out["version"] == f"{job_id}-1"
+        assert out["version"] == f"{job_id}-1"
+        assert versions.read_pointer(out["output_url"])["version"] == second["version"]
 
 
 def test_s3_map_with_signed_urls(photos, s3_server, s3_bucket, tmp_path):
@@ -149,7 +161,7 @@ def test_killed_server_reruns_the_job_on_restart(photos, tmp_path):
     server.start()
     with server.client(key) as c:
         job_id = post(c, [str(photos)])
-        wait_until_embedding(c, job_id, server)
+        wait_until_embedding(c, job_id)
     child = job_pid(server, job_id)
     server.stop(signal.SIGKILL)
     # The child dies with its server (PR_SET_PDEATHSIG) instead of running on unsupervised.
@@ -176,7 +188,7 @@ def test_cancel_a_running_job(photos, tmp_path):
     key = server.create_key("alice")
     with server, server.client(key) as c:
         job_id = post(c, [str(photos)])
-        wait_until_embedding(c, job_id, server)
+        wait_until_embedding(c, job_id)
         child = job_pid(server, job_id)
         r = c.delete(f"/v2/visualizations/{job_id}")
         assert r.status_code == 200 and r.json()["output"]["status"]["code"] == "CANCELLED"

@@ -221,7 +221,8 @@ class JobRunner:
     def _start(self, job):
         version = version_for(job["id"], job["attempts"] + 1)
         argv = job_argv(job, version, self.config.job_flags)
-        cmd = [self.config.python, "-m", "gridtsne.cli", "run", *argv]
+        # `gridtsne run` itself; as a module it also logs its stages (INFO) into the job's log.
+        cmd = [self.config.python, "-m", "pipelines.run", *argv]
         fh = open(log_path(self.config, job["id"]), "a", buffering=1, encoding="utf-8")
         fh.write(f"[gridtsne serve] {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
                  f"attempt {job['attempts'] + 1}, version {version}\n")
