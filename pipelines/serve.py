@@ -51,6 +51,9 @@ def parser():
                      help="where the jobs' logs go (default: logs/ beside --database)")
     srv.add_argument("--max_concurrent_jobs", type=int, default=1,
                      help="jobs running at once; the rest wait in order (0: queue only)")
+    srv.add_argument("--job_nice", type=int, default=10,
+                     help="nice increment of the job processes, so that requests stay fast "
+                          "while jobs use every core (0: same priority as the server)")
     srv.add_argument("--max_active_per_key", type=int, default=4,
                      help="pending + running jobs per key before 429 (0: no limit)")
     srv.add_argument("--requests_per_minute", type=int, default=120,
@@ -97,7 +100,7 @@ def config_from_args(args):
         database=os.path.abspath(args.database), output_root=args.output_root,
         allow_input=tuple(args.allow_input), allow_model=tuple(args.allow_model),
         job_flags=tuple(job_flags), log_dir=args.log_dir,
-        max_concurrent_jobs=args.max_concurrent_jobs,
+        max_concurrent_jobs=args.max_concurrent_jobs, job_nice=args.job_nice,
         max_active_per_key=args.max_active_per_key,
         requests_per_minute=args.requests_per_minute, max_body_bytes=args.max_body_bytes,
         signed_url_expiry=args.signed_url_expiry, public_url=args.public_url)

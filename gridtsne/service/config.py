@@ -30,6 +30,7 @@ class ServiceConfig:
     job_flags: tuple = ()
     log_dir: str = None
     max_concurrent_jobs: int = 1
+    job_nice: int = 10
     max_active_per_key: int = 4
     requests_per_minute: int = 120
     max_body_bytes: int = 64 * 1024
@@ -41,8 +42,8 @@ class ServiceConfig:
     def __post_init__(self):
         if not self.output_root:
             raise ValueError("give --output_root: the prefix under which maps are written")
-        for name in ("max_concurrent_jobs", "max_active_per_key", "requests_per_minute",
-                     "max_body_bytes", "signed_url_expiry"):
+        for name in ("max_concurrent_jobs", "job_nice", "max_active_per_key",
+                     "requests_per_minute", "max_body_bytes", "signed_url_expiry"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be 0 or more, got {getattr(self, name)!r}")
         if self.log_dir is None:

@@ -27,8 +27,10 @@ _PR_SET_PDEATHSIG = 1
 _ERROR_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception|Exit)\b.*")
 
 
-def _die_with_parent():
-    """In the child, before exec: be killed when the thread that started us goes away."""
+def _child_setup(nice):
+    """In the child, before exec: lower priority, and die when the starting thread goes away."""
+    if nice:
+        os.nice(nice)  # batch work yields the CPU to the API's requests
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:  # not Linux: the restart's requeue still covers a server crash
@@ -230,7 +232,8 @@ class JobRunner:
         try:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, cwd=self.config.workdir, env=env,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+                                    start_new_session=True,
+                                    preexec_fn=lambda: _child_setup(self.config.job_nice))
         except OSError as err:
             fh.close()
             self.store.mark_running(job["id"], None, version)
