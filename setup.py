@@ -41,7 +41,8 @@ setup(
         # The embedded demo photos ship with these two.
         "demo": ["scikit-image>=0.26", "scikit-learn>=1.9"],
         # `gridtsne serve`: the HTTP API (docs/service.md).
-        "serve": ["fastapi>=0.163", "uvicorn>=0.54"],
+        # httptools: uvicorn's C HTTP parser (the pure-Python h11 otherwise).
+        "serve": ["fastapi>=0.163", "uvicorn>=0.54", "httptools>=0.9"],
         "test": [
             "pytest>=9",
             "moto[server]>=5.2",
@@ -54,6 +55,7 @@ setup(
             # The service tests run the real server and talk to it over HTTP.
             "fastapi>=0.163",
             "uvicorn>=0.54",
+            "httptools>=0.9",
             "httpx>=0.28",
         ],
     },
