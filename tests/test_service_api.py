@@ -229,3 +229,30 @@ def test_create_key_refuses_duplicate_names(tmp_path):
     store = Store(server.database)
     assert [k["name"] for k in store.list_keys()] == ["erin"]
     store.close()
+
+
+def test_progress_document_is_read_when_present_and_tolerated_when_not(tmp_path):
+    from gridtsne import storage, versions
+    from gridtsne.service import jobs
+
+    out = str(tmp_path / "map")
+    assert jobs.read_progress(out, "v1-1") is None
+    url = storage.url_join(versions.version_url(out, "v1-1"), jobs.PROGRESS_FILE)
+    doc = {"version": "v1-1", "phase": "embedding", "counts": {"listed": 30, "embedded": 12,
+                                                               "failed": 0},
+           "total": 30, "rate": 4.0, "eta_s": 4.5, "started": "2026-11-23T09:00:00Z",
+           "updated": "2026-11-23T09:00:03Z"}
+    storage.write_bytes(url, json.dumps(doc).encode())
+    assert jobs.read_progress(out, "v1-1") == doc
+    storage.write_bytes(url, b'{"version": "v1-1", "pha')  # caught mid-write
+    assert jobs.read_progress(out, "v1-1") is None
+
+
+def test_run_refuses_a_bad_version_id():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines import run as job
+
+    options = PipelineOptions(["--input", "/x", "--output", "/y", "--version_id", "../evil"])
+    with pytest.raises(ValueError, match="--version_id must match"):
+        job.job_from_options(options)

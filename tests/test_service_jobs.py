@@ -154,14 +154,21 @@ def test_s3_map_with_signed_urls(photos, s3_server, s3_bucket, tmp_path):
 
 
 def test_killed_server_reruns_the_job_on_restart(photos, tmp_path):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.jpg").write_bytes(b"not a JPEG at all")
     flags = ("--output_root", tmp_path / "maps", "--allow_input", photos,
-             "--allow_model", FAST_OPTIONS["model"])
+             "--allow_input", junk, "--allow_model", FAST_OPTIONS["model"])
     server = Server(tmp_path / "srv", *flags)
     key = server.create_key("alice")
     server.start()
     with server.client(key) as c:
         job_id = post(c, [str(photos)])
+        # Queued behind the first (one job at a time); it fails: nothing in it decodes.
+        junk_id = post(c, [str(junk)])
         wait_until_embedding(c, job_id)
+        assert c.get(f"/v2/visualizations/{junk_id}").json()["output"]["status"]["code"] == \
+            "PENDING"
     child = job_pid(server, job_id)
     server.stop(signal.SIGKILL)
     # The child dies with its server (PR_SET_PDEATHSIG) instead of running on unsupervised.
@@ -172,6 +179,8 @@ def test_killed_server_reruns_the_job_on_restart(photos, tmp_path):
     again = Server(tmp_path / "srv", *flags)
     with again, again.client(key) as c:
         out = wait_for(c, job_id, ("SUCCEEDED",))
+        # The job that was pending when the server died still runs, and fails readably.
+        failed = wait_for(c, junk_id, ("FAILED",))
     assert out["status"]["attempts"] == 2
     assert out["version"] == f"{job_id}-2"
     assert out["data"]["images"] == N_PHOTOS and out["data"]["counts"]["failed"] == 0
@@ -180,6 +189,8 @@ def test_killed_server_reruns_the_job_on_restart(photos, tmp_path):
     vectors = storage.read_parquet(storage.url_join(versions.version_url(output, out["version"]),
                                                     "vectors"), columns=["uri"])
     assert vectors.num_rows == N_PHOTOS
+    assert failed["status"]["attempts"] == 1 and "Error" in failed["status"]["error"]
+    assert "data" not in failed
 
 
 def test_cancel_a_running_job(photos, tmp_path):
