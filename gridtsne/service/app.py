@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Red
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from gridtsne.service import jobs, keys, links, responses
+from gridtsne.service import jobs, keys, links, responses, security
 from gridtsne.service import store as S
 from gridtsne.service.limits import RateLimiter
 from gridtsne.service.schemas import VisualizationRequest
@@ -159,11 +159,14 @@ def create_app(config, store=None):
         return responses.visualization(job, base, data_links, progress)
 
     async def answer_async(job, request):
-        """:func:`answer` off the event loop only when it may touch storage (progress, signing)."""
-        if job["status"] == S.RUNNING or (job["status"] == S.SUCCEEDED
-                                           and not links.is_local(job["output"])):
-            return await run_in_threadpool(answer, job, request)
-        return answer(job, request)
+        """:func:`answer`, off the event loop only where it may wait on a remote store.
+
+        Everything else stays on the loop: a pool of threads contending for the GIL on a
+        loaded machine is what made the latency tail seconds long (benchmarks/api_load.py).
+        """
+        if links.is_local(job["output"]) or job["status"] not in (S.RUNNING, S.SUCCEEDED):
+            return answer(job, request)
+        return await run_in_threadpool(answer, job, request)
 
     def owned(job_id, key):
         job = store.get_job(job_id, key["id"])
@@ -237,7 +240,12 @@ def create_app(config, store=None):
         except ValidationError as err:
             return _validation_answer([{**e, "loc": ("body", *e["loc"])}
                                        for e in err.errors(include_url=False)])
-        job, created = await run_in_threadpool(create, body, key, idem)
+        urls = [*body.inputs, *body.manifests, body.labels or ""]
+        if any(u.lower().startswith(security.WEB_SCHEMES) for u in urls):
+            # Checking web URLs resolves their host names: not on the event loop.
+            job, created = await run_in_threadpool(create, body, key, idem)
+        else:
+            job, created = create(body, key, idem)
         headers = {} if created else {"Idempotent-Replayed": "true"}
         content = {"output": await answer_async(job, request)}
         return JSONResponse(content, status_code=202, headers=headers)

@@ -9,7 +9,7 @@ import re
 import socket
 import urllib.parse
 
-WEB_SCHEMES = ("http", "https")
+WEB_SCHEMES = ("http://", "https://")
 _IPV6_HOST = re.compile(r"\[[0-9A-Fa-f:.%]*\]")
 _MAP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
@@ -92,7 +92,7 @@ def check_url(field, url, prefixes):
     if scheme not in schemes:
         raise Refused(field, url, f"uses the scheme {scheme!r}, which is not allowed here "
                                   f"(allowed: {', '.join(schemes) or 'none'})")
-    if scheme in WEB_SCHEMES:
+    if scheme + "://" in WEB_SCHEMES:
         host = urllib.parse.urlsplit(normal).hostname
         why = unsafe_address(host) if host else "has no host"
         if why:
