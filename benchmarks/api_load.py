@@ -172,10 +172,12 @@ def report(args, results, job_status, stored, rss_start, rss_end):
             if not st:
                 continue
             errors += st["5xx"] + st["failed"]
+            kinds = sorted({str(r[2]) for r in rows if r[0] == kind and not (
+                isinstance(r[2], int) and 200 <= r[2] < 300)})
             p99[name, kind] = st["p99"]
             print(f"{name:<11} {kind:<5} {st['n']:>8} {st['n'] / elapsed:>7.0f} "
                   f"{st['p50']:>8.1f} {st['p99']:>8.1f} {st['max']:>8.1f} {st['non2xx']:>8} "
-                  f"{st['5xx']:>5} {st['failed']:>8}")
+                  f"{st['5xx']:>5} {st['failed']:>8}" + (f"  ({', '.join(kinds)})" if kinds else ""))
         print(f"{'':<11} server CPU {cpu / max(1, len(rows)) * 1000:.2f} ms per request, "
               f"{cpu / elapsed:.0%} of one core; machine load average {load:.1f} "
               f"on {os.cpu_count()} CPUs")
