@@ -43,6 +43,9 @@ setup(
         "gpu": ["nvidia-nvimgcodec-cu13[nvjpeg]==0.9.0.20"],
         # The embedded demo photos ship with these two.
         "demo": ["scikit-image>=0.26", "scikit-learn>=1.9"],
+        # `gridtsne serve`: the HTTP API (docs/service.md).
+        # httptools: uvicorn's C HTTP parser (the pure-Python h11 otherwise).
+        "serve": ["fastapi>=0.163", "uvicorn>=0.54", "httptools>=0.9"],
         "test": [
             "pytest>=9",
             "moto[server]>=5.2",
@@ -52,6 +55,11 @@ setup(
             "tensorboard>=2.21",
             "playwright>=1.65",
             "apache-beam[gcp]==2.77.0",
+            # The service tests run the real server and talk to it over HTTP.
+            "fastapi>=0.163",
+            "uvicorn>=0.54",
+            "httptools>=0.9",
+            "httpx>=0.28",
         ],
     },
     entry_points={"console_scripts": ["gridtsne = gridtsne.cli:main"]},

@@ -14,6 +14,7 @@ COMMANDS = {
     "render": ("pipelines.render", "tiled Deep Zoom mosaic, overview images and the web page"),
     "evaluate": ("pipelines.evaluate", "quality figures (DPQ, neighbour label agreement) of a layout"),
     "export-projector": ("pipelines.projector", "a TensorBoard Projector folder of the vectors"),
+    "serve": ("pipelines.serve", "the HTTP API that runs visualizations (docs/service.md)"),
 }
 
 

@@ -14,6 +14,7 @@ the very end, so a run killed at any moment leaves the previous version complete
 import dataclasses
 import json
 import logging
+import re
 import sys
 
 import apache_beam as beam
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 SITE_DIR = "site"
+VERSION_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 class RunOptions(PipelineOptions):
@@ -57,6 +59,9 @@ class RunOptions(PipelineOptions):
                  help="versions kept under <output>/versions after a successful run")
         add_flag(parser, "--quality_items", type=int, default=5000,
                  help="DPQ16 is computed on a seeded sample of at most this many images")
+        add_flag(parser, "--version_id", default=None,
+                 help="id of the version this run writes (default: a new timestamped id); "
+                      "lets a caller such as `gridtsne serve` know where it goes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +127,9 @@ def job_from_options(options, labels=None, version=None):
         raise ValueError(f"--keep_versions must be at least 1, got {o.keep_versions!r}")
     if not 0 <= o.refit_fraction <= 1:
         raise ValueError(f"--refit_fraction must be in [0, 1], got {o.refit_fraction!r}")
-    version = version or versions.new_version_id()
+    version = version or o.version_id or versions.new_version_id()
+    if not VERSION_ID.fullmatch(version):
+        raise ValueError(f"--version_id must match [0-9A-Za-z_-]{{1,64}}, got {version!r}")
     base = embed_stage.config_from_options(options)
     output = base.output
     embed = dataclasses.replace(base, output=versions.version_url(output, version),

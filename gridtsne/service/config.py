@@ -1,0 +1,53 @@
+"""The operator's settings of one ``gridtsne serve`` process."""
+import dataclasses
+import os
+import sys
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the app, the job runner and the checks need, validated once at start.
+
+    Attributes
+    ----------
+    database : str
+        SQLite file holding the jobs and the key hashes.
+    output_root : str
+        New maps go to ``<output_root>/<id>``; an explicit ``output`` must lie under it.
+    allow_input : tuple of str
+        URL prefixes that ``inputs``, ``manifests`` and ``labels`` may name; nothing else.
+    allow_model : tuple of str
+        Values of ``options.model`` a caller may choose.
+    job_flags : tuple of str
+        Runner flags added to every job after the caller's options (they win): the expanded
+        ``--flags_file``.
+    """
+
+    database: str
+    output_root: str
+    allow_input: tuple = ()
+    allow_model: tuple = ()
+    job_flags: tuple = ()
+    log_dir: str = None
+    max_concurrent_jobs: int = 1
+    job_nice: int = 10
+    max_active_per_key: int = 4
+    requests_per_minute: int = 120
+    max_body_bytes: int = 64 * 1024
+    signed_url_expiry: int = 3600
+    public_url: str = None
+    python: str = sys.executable
+    workdir: str = None
+
+    def __post_init__(self):
+        if not self.output_root:
+            raise ValueError("give --output_root: the prefix under which maps are written")
+        for name in ("max_concurrent_jobs", "job_nice", "max_active_per_key",
+                     "requests_per_minute", "max_body_bytes", "signed_url_expiry"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be 0 or more, got {getattr(self, name)!r}")
+        if self.log_dir is None:
+            object.__setattr__(self, "log_dir", os.path.join(
+                os.path.dirname(os.path.abspath(self.database)), "logs"))
+        if self.workdir is None:
+            object.__setattr__(self, "workdir", os.getcwd())
