@@ -15,6 +15,7 @@ from gridtsne.flagfiles import read_flags_file
 from gridtsne.service import keys
 from gridtsne.service.config import ServiceConfig
 from gridtsne.service.store import Store
+from pipelines.options import add_storage_args, storage_options_from_args
 
 DEFAULT_DATABASE = "gridtsne-serve.db"
 
@@ -82,16 +83,11 @@ def _key_command(args, store):
             print(f"{row['name']}\t{'revoked' if row['revoked'] else 'active'}")
 
 
-def _use_s3_endpoint(job_flags):
-    """Sign and read s3:// maps on the endpoint the jobs write to (``--s3_endpoint_url``)."""
+def _job_storage_options(job_flags):
+    """The storage options the jobs get from their own ``--s3_*``/``--storage_options`` flags."""
     flags = argparse.ArgumentParser(add_help=False)
-    flags.add_argument("--s3_endpoint_url", default=None)
-    endpoint = flags.parse_known_args(job_flags)[0].s3_endpoint_url
-    if endpoint:
-        import fsspec.config
-
-        os.environ["FSSPEC_S3_ENDPOINT_URL"] = endpoint
-        fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = endpoint
+    add_storage_args(flags)
+    return storage_options_from_args(flags.parse_known_args(list(job_flags))[0])
 
 
 def config_from_args(args):
@@ -103,7 +99,8 @@ def config_from_args(args):
         max_concurrent_jobs=args.max_concurrent_jobs, job_nice=args.job_nice,
         max_active_per_key=args.max_active_per_key,
         requests_per_minute=args.requests_per_minute, max_body_bytes=args.max_body_bytes,
-        signed_url_expiry=args.signed_url_expiry, public_url=args.public_url)
+        signed_url_expiry=args.signed_url_expiry, public_url=args.public_url,
+        storage_options=_job_storage_options(job_flags))
 
 
 def run(argv=None):
@@ -119,7 +116,6 @@ def run(argv=None):
         config = config_from_args(args)
     except (OSError, ValueError) as err:
         raise SystemExit(f"gridtsne serve: {err}") from None
-    _use_s3_endpoint(config.job_flags)
     import uvicorn
 
     from gridtsne.service.app import create_app

@@ -151,11 +151,12 @@ def create_app(config, store=None):
             try:
                 data_links = links.map_links(job["output"], job["result"]["version"],
                                              job["share_token"], base,
-                                             config.signed_url_expiry)
+                                             config.signed_url_expiry, config.storage_options)
             except Exception as err:  # the store cannot sign: say so, keep the rest
                 data_links = {"error": f"could not make the map's URLs: {err}"}
         if job["status"] == S.RUNNING and with_progress:
-            progress = jobs.read_progress(job["output"], job.get("version_id"))
+            progress = jobs.read_progress(job["output"], job.get("version_id"),
+                                          config.storage_options)
         return responses.visualization(job, base, data_links, progress)
 
     async def answer_async(job, request):

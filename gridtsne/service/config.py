@@ -21,6 +21,10 @@ class ServiceConfig:
     job_flags : tuple of str
         Runner flags added to every job after the caller's options (they win): the expanded
         ``--flags_file``.
+    storage_options : dict
+        The jobs' per-protocol fsspec options (from their ``--s3_*`` and ``--storage_options``
+        flags), so the server reads progress and pointers and signs URLs on the store the jobs
+        write to.
     """
 
     database: str
@@ -38,6 +42,7 @@ class ServiceConfig:
     public_url: str = None
     python: str = sys.executable
     workdir: str = None
+    storage_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not self.output_root:

@@ -82,7 +82,7 @@ def error_from_log(text, code):
     return f"gridtsne run exited with status {code}" + (f": {tail}" if tail else "")
 
 
-def read_progress(output, version):
+def read_progress(output, version, storage_options=None):
     """The run's progress document (issue 9's contract), or None where there is none yet."""
     if not version:
         return None
@@ -90,26 +90,26 @@ def read_progress(output, version):
     try:
         import json
 
-        return json.loads(storage.read_bytes(url))
+        return json.loads(storage.read_bytes(url, storage_options))
     except Exception:  # absent, half-written or unreadable: progress is optional
         return None
 
 
-def published_result(output, version):
+def published_result(output, version, storage_options=None):
     """``{"version", "summary"}`` when ``latest.json`` points at ``version``, else None."""
-    pointer = versions.read_pointer(output)
+    pointer = versions.read_pointer(output, storage_options)
     if pointer is None or pointer.get("version") != version:
         return None
     return {"version": version, "summary": pointer.get("summary") or {}}
 
 
-def discard_version(output, version):
+def discard_version(output, version, storage_options=None):
     """Remove a cancelled run's unpublished ``versions/<version>/`` (best effort)."""
-    pointer = versions.read_pointer(output)
+    pointer = versions.read_pointer(output, storage_options)
     if pointer is not None and pointer.get("version") == version:
         return  # it got published before the kill landed: never delete the current map
     try:
-        fs, path = storage.filesystem(versions.version_url(output, version))
+        fs, path = storage.filesystem(versions.version_url(output, version), storage_options)
         if fs.exists(path):
             fs.rm(path, recursive=True)
     except Exception as err:  # pruning by a later run removes it anyway
@@ -188,7 +188,7 @@ class JobRunner:
             fh.write(f"\n[gridtsne serve] child exited with status {proc.returncode}\n")
             fh.close()
             if cancelled:
-                discard_version(job["output"], version)
+                discard_version(job["output"], version, self.config.storage_options)
                 log.info("job %s cancelled; its child %s is gone", job_id, proc.pid)
                 continue
             self._record_exit(job, version, proc.returncode)
@@ -196,7 +196,7 @@ class JobRunner:
     def _record_exit(self, job, version, code):
         result = None
         try:
-            result = published_result(job["output"], version) if code == 0 else None
+            result = published_result(job["output"], version, self.config.storage_options) if code == 0 else None
         except Exception as err:
             error = f"the run ended but its pointer could not be read: {err}"
         else:

@@ -29,7 +29,7 @@ def site_url(output, version):
     return storage.url_join(versions.version_url(output, version), SITE_DIR)
 
 
-def map_links(output, version, share_token, base_url, expiry_s):
+def map_links(output, version, share_token, base_url, expiry_s, storage_options=None):
     """``{name: {"url": ...}}`` for :data:`FILES`, plus ``expires_at`` on signed URLs."""
     site = site_url(output, version)
     if is_local(output):
@@ -38,11 +38,11 @@ def map_links(output, version, share_token, base_url, expiry_s):
     scheme = output.split("://", 1)[0].lower()
     if scheme not in SIGNED_SCHEMES:
         return {name: {"url": storage.url_join(site, f)} for name, f in FILES.items()}
-    fs, _ = storage.filesystem(site)
+    fs, _ = storage.filesystem(site, storage_options)
     expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + expiry_s))
     links = {}
     for name, f in FILES.items():
-        _, path = storage.filesystem(storage.url_join(site, f))
+        _, path = storage.filesystem(storage.url_join(site, f), storage_options)
         links[name] = {"url": fs.sign(path, expiration=expiry_s), "expires_at": expires}
     return links
 
