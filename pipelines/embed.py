@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 from gridtsne import models, schema, storage
 from gridtsne.decode import DecodeConfig
 from gridtsne.flagfiles import expand_flags_files
+from pipelines import watch
 from pipelines.options import add_flag, local_abs
 from gridtsne.listing import filesystem
 from transforms import embed_counters as C
@@ -300,14 +301,14 @@ def run(argv=None):
         return 0
     options = PipelineOptions(argv)
     config = config_from_options(options)
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, config)
-    result = p.result
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, config)
+    with watch.watching(options) as w:
+        result = w.run(p)
     for prefix in (config.vectors_prefix, config.errors_prefix):
         _remove_previous_parts(prefix, config.embed.storage_options)
     return summarize(config, result)
 
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.INFO)
     run()

@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
 from gridtsne import storage
 from gridtsne.flagfiles import expand_flags_files
+from pipelines import watch
 from pipelines.options import add_flag, local_abs
 from gridtsne.render_inputs import plan_render
 from gridtsne.site import DEFAULT_OSD_URL, SUMMARY_FILE, is_url
@@ -143,7 +144,8 @@ def run(argv=None):
     job = job_from_options(options, labels)
     p = beam.Pipeline(options=options)
     build_pipeline(p, job)
-    p.run().wait_until_finish()
+    with watch.watching(options, phase="rendering") as w:
+        w.run(p)
     summary = json.loads(storage.read_bytes(storage.url_join(job.output, SUMMARY_FILE)))
     print(f"render: {summary['images']} images on a {summary['grid']['rows']}x"
           f"{summary['grid']['cols']} grid, {summary['tiles_total']} tiles in "
@@ -153,5 +155,4 @@ def run(argv=None):
 
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.INFO)
     run()

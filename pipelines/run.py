@@ -26,10 +26,12 @@ from gridtsne.layout import LayoutConfig
 from pipelines import embed as embed_stage
 from pipelines import layout as layout_stage
 from pipelines import render as render_stage
+from pipelines import watch
 from pipelines.options import add_flag, local_abs
 from transforms import embed_counters as C
 from transforms.embed import EmbedImages
 from transforms.layout import LayOutVectors, LayoutJob
+from transforms.progress_metrics import counter
 from transforms.listing import ListFiles
 from transforms.reindex import CARRIED, FATES, TO_EMBED, ClassifyFiles, CountFates, ReadPreviousRows
 from transforms.render import RenderConfig, RenderMosaic
@@ -153,6 +155,7 @@ def commit_version(_, job, render_summary, layout_summary, quality, fates, faile
     exactly the new, changed and unchanged images: a version that lost rows is never
     published.
     """
+    counter("gridtsne.run", "publishing_started").inc()
     rows = layout_summary["input_images"]
     expected = fates["new"] + fates["changed"] + fates["unchanged"]
     if rows != expected:
@@ -253,15 +256,23 @@ def run(argv=None):
     job = job_from_options(options, labels)
     p = beam.Pipeline(options=options)
     build_pipeline(p, job)
-    result = p.run()
-    result.wait_until_finish()
-    if options.view_as(TestOptions).dry_run:
-        print(f"dry run: the job graph for version {job.version} was built and validated; "
-              f"nothing was submitted")
-        return None
-    return report(job.output, job.version, embed_stage.counters(result))
+    with watch.watching(options, job.version,
+                        versions.progress_url(job.output, job.version)) as w:
+        result = w.run(p)
+        if options.view_as(TestOptions).dry_run:
+            print(f"dry run: the job graph for version {job.version} was built and validated; "
+                  f"nothing was submitted")
+            return None
+        summary = report(job.output, job.version, embed_stage.counters(result))
+        w.finish(counts=final_counts(summary))
+    return summary
+
+
+def final_counts(summary):
+    """The progress document's last counts: the published summary's."""
+    return {**summary["counts"], "embedded": summary["embedded"], "images": summary["images"],
+            "tiles_done": summary.get("tiles"), "tiles_total": summary.get("tiles")}
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run()
