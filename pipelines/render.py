@@ -53,7 +53,9 @@ class RenderOptions(PipelineOptions):
         add_flag(parser, "--quality", type=int, default=defaults.quality, help="tile quality 1-100")
         add_flag(parser, "--overview", type=int, default=defaults.overview,
                  help="longest side of mosaic.jpg and tsne.jpg, px")
-        add_flag(parser, "--title", default=defaults.title, help="the page's title")
+        add_flag(parser, "--title", default=None,
+                 help=f"the collection's name, the page's title (default: the input folder's "
+                      f"name in gridtsne run, {defaults.title!r} here)")
         add_flag(parser, "--osd_url", default=DEFAULT_OSD_URL,
                  help="OpenSeadragon script: a URL (default: its public CDN) or a local "
                      "openseadragon.min.js, copied next to the page with its images/ folder")
@@ -82,9 +84,10 @@ class RenderJob:
     config: RenderConfig
 
 
-def render_config_from_options(options, labels=None):
+def render_config_from_options(options, labels=None, default_title=None):
     """Validate the rendering flags into a :class:`RenderConfig` (reads no input, so a job
-    that writes the layout itself can call it before the layout exists)."""
+    that writes the layout itself can call it before the layout exists). ``default_title``
+    names the page when ``--title`` is not given."""
     o = options.view_as(RenderOptions)
     osd_url = o.osd_url if is_url(o.osd_url) else local_abs(o.osd_url)
     if not is_url(osd_url) and not os.path.isfile(osd_url):
@@ -95,7 +98,8 @@ def render_config_from_options(options, labels=None):
         raise ValueError(f"--labels file does not exist: {labels!r}")
     return RenderConfig(cell=o.cell, tile=o.tile, fmt=o.tile_format, pad=o.pad, quality=o.quality,
                         overview=o.overview, osd_url=osd_url, labels=local_abs(labels),
-                        title=o.title, projector=o.projector,
+                        title=o.title or default_title or RenderConfig.title,
+                        projector=o.projector,
                         projector_max_points=o.projector_max_points)
 
 

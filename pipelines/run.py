@@ -23,6 +23,7 @@ from apache_beam.pvalue import AsSingleton
 from gridtsne import evaluate, schema, storage, versions
 from gridtsne.flagfiles import expand_flags_files
 from gridtsne.layout import LayoutConfig
+from gridtsne.site import collection_title
 from pipelines import embed as embed_stage
 from pipelines import layout as layout_stage
 from pipelines import render as render_stage
@@ -127,7 +128,8 @@ def job_from_options(options, labels=None, version=None):
                                 run_id=version, vectors_prefix=None, errors_prefix=None)
     layout = layout_stage.layout_config_from_options(options)
     labels = local_abs(labels)
-    render = render_stage.render_config_from_options(options, labels)
+    render = render_stage.render_config_from_options(
+        options, labels, default_title=collection_title(base.inputs + base.manifests))
     return RunJob(output=output, version=version, embed=embed, layout=layout, render=render,
                   labels=labels, stable=o.stable, refit_fraction=o.refit_fraction, full=o.full,
                   keep_versions=o.keep_versions, quality_items=o.quality_items)
