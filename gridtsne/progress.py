@@ -35,7 +35,7 @@ STEPS = {"layout": ("reading vectors", "t-SNE", "t-SNE transform", "assignment",
 # Counts that are bookkeeping for the display, not part of the document.
 _INTERNAL = frozenset({"list_failed"})
 
-_sinks = []
+_sinks = []  # replaced, never changed in place (see attached)
 _sinks_lock = threading.Lock()
 
 
@@ -61,13 +61,15 @@ def report(**values):
 def attached(sink):
     """Send this process's progress calls to ``sink`` (an object with ``enter``, ``advance``
     and ``report``) while the block runs."""
+    global _sinks
+    # Copy on write: the hooks iterate over the list without a lock, from any thread.
     with _sinks_lock:
-        _sinks.append(sink)
+        _sinks = _sinks + [sink]
     try:
         yield sink
     finally:
         with _sinks_lock:
-            _sinks.remove(sink)
+            _sinks = [s for s in _sinks if s is not sink]
 
 
 def utc_now():
@@ -206,17 +208,18 @@ class Reporter:
     # ---- figures ---------------------------------------------------------------------------
 
     def _total(self):
-        """Files to embed: the re-index's new + changed ones once known, else listed - unchanged.
-
-        Files that turn out not to be images count as done when they are skipped."""
+        """Files to embed: listed - unchanged while files are still being classified (the
+        classification may run fused with the embedding), the re-index's new + changed once
+        the embedding is over. Files that turn out not to be images count as done when
+        skipped."""
         if self._total_override is not None:
             return self._total_override
         c = self._counts
-        if "to_embed" in c:
+        if "to_embed" in c and _RANK[self._phase] > _RANK["embedding"]:
             return c["to_embed"]
-        if "listed" not in c or not c["listed"]:
+        if not c.get("listed") and not c.get("to_embed"):
             return None
-        return c["listed"] - c.get("unchanged", 0)
+        return max(c.get("to_embed", 0), c.get("listed", 0) - c.get("unchanged", 0))
 
     def _embed_done(self):
         c = self._counts
@@ -381,8 +384,10 @@ class Reporter:
             tqdm.write(line, file=self.stream)
             return
         if self._bar is None:
-            self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, leave=False,
-                             dynamic_ncols=True, mininterval=0.2)
+            # A step without figures shows its name and the time spent on it.
+            fmt = "{desc}: {elapsed}" if unit == "step" else None
+            self._bar = tqdm(total=total, initial=n, desc=desc, unit=unit, file=self.stream,
+                             leave=False, dynamic_ncols=True, mininterval=0.2, bar_format=fmt)
             self._bar_phase = desc
         if total != self._bar.total:
             self._bar.total = total

@@ -43,6 +43,7 @@ def test_lines_follow_the_phases_with_totals_rate_and_eta():
         r.tick()
         progress.phase("embedding")
         progress.advance("to_embed", 100)
+        progress.advance("unchanged", 20)
         clock.now = 1.0
         progress.advance("embedded", 10)
         clock.now = 3.0
@@ -86,6 +87,26 @@ def test_a_phase_shorter_than_a_tick_still_gets_its_line():
     assert "embedding: 7/7 images (100%)" in stream.getvalue()
 
 
+def test_bars_on_a_terminal_leave_one_line_per_finished_phase():
+    clock = Clock()
+    stream = io.StringIO()
+    r = progress.Reporter(mode="bars", stream=stream, clock=clock, phase="layout")
+    r.enter("layout", "t-SNE")
+    r.report({"tsne_iteration": 50, "tsne_iterations": 90})
+    r.tick()
+    assert "t-SNE" in stream.getvalue() and "50/90" in stream.getvalue()  # the live bar
+    r.report({"tsne_iteration": 90})
+    r.enter("layout", "assignment")
+    r.enter("rendering")
+    r.report({"tiles_total": 12, "tiles_done": 5})
+    r.tick()
+    assert "5/12" in stream.getvalue()
+    r.finish(counts={"tiles_done": 12})
+    out = stream.getvalue()
+    assert "layout: t-SNE iteration 90/90" in out and "rendering: 12/12 tiles" in out
+    assert "done: 12 tiles" in out.splitlines()[-1]
+
+
 def test_document_is_written_at_most_every_interval_and_never_fails_the_run(caplog):
     writes = []
 
@@ -109,6 +130,29 @@ def test_document_is_written_at_most_every_interval_and_never_fails_the_run(capl
     assert set(doc) == {"version", "phase", "counts", "total", "rate", "eta_s", "started",
                         "updated"}
     assert doc["version"] == "v1" and doc["started"].endswith("Z")
+
+
+def test_a_run_that_raises_ends_failed_and_an_unwritable_document_fails_nothing(tmp_path,
+                                                                               caplog):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines import watch
+
+    options = PipelineOptions(["--progress", "off"])
+    url = str(tmp_path / "versions" / "v1" / "progress.json")
+    with pytest.raises(RuntimeError, match="boom"):
+        with watch.watching(options, "v1", url):
+            progress.phase("embedding")
+            raise RuntimeError("boom")
+    doc = json.loads(open(url).read())
+    assert (doc["version"], doc["phase"]) == ("v1", "failed")
+
+    (tmp_path / "a_file").write_text("not a folder")
+    with caplog.at_level(logging.WARNING, logger="gridtsne.progress"):
+        with watch.watching(options, "v2", str(tmp_path / "a_file" / "progress.json")) as w:
+            progress.advance("listed", 3)
+            w.finish(counts={"embedded": 3})
+    assert [r for r in caplog.records if "could not write the progress document" in r.message]
 
 
 def test_counters_become_progress_figures():
