@@ -344,7 +344,7 @@ def test_page_works_offline_with_the_built_in_viewer(browser, offline_tables, tm
                                arg=uri)
         assert page.evaluate("gridtsne.state.selected") == {"row": row, "col": col}
         assert page.locator("#info-label").inner_text() == uri.rsplit("/", 1)[-1].split("_")[0]
-        # Hovering another cell shows that one; leaving the mosaic goes back to the selection.
+        # Hovering another cell shows that one.
         other = cells[9]
         page.mouse.move(*point(other[1], other[2]))
         page.wait_for_function("uri => document.getElementById('info-uri').textContent === uri",
@@ -367,6 +367,16 @@ def test_page_works_offline_with_the_built_in_viewer(browser, offline_tables, tm
         page.mouse.up()
         after = page.evaluate("[gridtsne.viewer.view.ox, gridtsne.viewer.view.oy]")
         assert after[0] > before[0] and after[1] > before[1], (before, after)
+        # Two fingers moving together zoom out (touch pointers, as a phone sends them).
+        zoom = page.evaluate("""() => {
+            const c = gridtsne.viewer.canvas, r = c.getBoundingClientRect(), s0 = gridtsne.viewer.view.s;
+            const send = (type, id, x) => c.dispatchEvent(new PointerEvent(type, {pointerId: id,
+                pointerType: "touch", clientX: r.left + x, clientY: r.top + 200, bubbles: true}));
+            send("pointerdown", 11, 300); send("pointerdown", 12, 500);
+            send("pointermove", 12, 400); send("pointerup", 11, 300); send("pointerup", 12, 400);
+            return gridtsne.viewer.view.s / s0;
+        }""")
+        assert 0.45 < zoom < 0.55, zoom
 
         # Search jumps to the image; its long URL wraps in the side panel.
         page.fill("#search", LONG_NAME[:40])
@@ -379,7 +389,21 @@ def test_page_works_offline_with_the_built_in_viewer(browser, offline_tables, tm
         assert panel[0] <= panel[1], panel
         assert page.locator("#info-uri").bounding_box()["height"] > 40  # several lines
         page.screenshot(path=str(tmp_path / "offline-found.png"))
-        assert blocked == [DEFAULT_OSD_URL] and not errors, (blocked, errors)
+
+        # A #cell= link opens the page on that image, as with OpenSeadragon.
+        page.goto("about:blank")  # a new load, not a jump within the page
+        page.goto(base + "index.html#cell=1,2")
+        uri = next(c[0] for c in cells if (c[1], c[2]) == (1, 2))
+        page.wait_for_function("uri => document.getElementById('info-uri').textContent === uri",
+                               arg=uri)
+        # ... centred on it.
+        centre = page.evaluate("""() => {
+            const v = gridtsne.viewer, c = gridtsne.config.cell;
+            const p = v.imageToElement({x: 2.5 * c, y: 1.5 * c});
+            return [p.x - v.element.clientWidth / 2, p.y - v.element.clientHeight / 2];
+        }""")
+        assert abs(centre[0]) < 2 and abs(centre[1]) < 2, centre
+        assert set(blocked) == {DEFAULT_OSD_URL} and not errors, (blocked, errors)
     finally:
         context.close()
 

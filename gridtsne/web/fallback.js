@@ -157,14 +157,30 @@
       return { x: e.clientX - r.left, y: e.clientY - r.top };
     }
 
-    var press = null;
+    var press = null;     // the first pointer down: a click, or a drag that pans
+    var pointers = {};    // pointer id -> its last position; two of them pinch to zoom
+    function pinch() {
+      var ids = Object.keys(pointers);
+      if (ids.length !== 2) { return null; }
+      var a = pointers[ids[0]], b = pointers[ids[1]];
+      return { d: Math.hypot(a.x - b.x, a.y - b.y), x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 };
+    }
     canvas.addEventListener("pointerdown", function (e) {
-      press = { start: local(e), last: local(e), drag: false };
-      canvas.setPointerCapture(e.pointerId);
+      pointers[e.pointerId] = local(e);
+      if (!press) { press = { start: local(e), last: local(e), drag: false }; }
+      else { press.drag = true; }  // a second finger: never a click
+      try { canvas.setPointerCapture(e.pointerId); } catch (err) { /* already gone */ }
     });
     canvas.addEventListener("pointermove", function (e) {
       var p = local(e);
       if (!press) { on.hover(p); return; }
+      var before = pinch();
+      pointers[e.pointerId] = p;
+      var after = pinch();
+      if (before && after) {
+        if (before.d > 0) { zoomAt(after, after.d / before.d); }
+        return;
+      }
       if (Math.abs(p.x - press.start.x) + Math.abs(p.y - press.start.y) > DRAG_PX) {
         press.drag = true;
       }
@@ -176,11 +192,16 @@
       }
       press.last = p;
     });
+    function release(e) {
+      delete pointers[e.pointerId];
+      if (Object.keys(pointers).length === 0) { press = null; }
+      else if (press) { press.last = pointers[Object.keys(pointers)[0]]; }
+    }
     canvas.addEventListener("pointerup", function (e) {
-      if (press && !press.drag) { on.click(local(e)); }
-      press = null;
+      if (press && !press.drag && Object.keys(pointers).length === 1) { on.click(local(e)); }
+      release(e);
     });
-    canvas.addEventListener("pointercancel", function () { press = null; });
+    canvas.addEventListener("pointercancel", release);
     canvas.addEventListener("pointerleave", function () { if (!press) { on.hover(null); } });
     canvas.addEventListener("wheel", function (e) {
       e.preventDefault();
