@@ -146,6 +146,7 @@ class Reporter:
         self._bar = None
         self._bar_phase = None
         self._closing = []
+        self._printed_text = None
 
     # ---- the sink interface (any thread) ------------------------------------------------
 
@@ -333,10 +334,10 @@ class Reporter:
             self._draw_bars(phase_name, bar_figures, closing, line)
         elif self.mode == "lines":
             for text in closing:
-                print(text, file=self.stream, flush=True)
+                self._print_line(text)
             due = self._last_line is None or now - self._last_line >= self.interval
             if phase_name != self._printed_phase or due:
-                print(line, file=self.stream, flush=True)
+                self._print_line(line, repeat=due)
                 self._last_line, self._printed_phase = now, phase_name
         if self._write_document is not None and (changed or force):
             due = self._last_write is None or now - self._last_write >= self.doc_interval
@@ -346,6 +347,14 @@ class Reporter:
             else:
                 with self._lock:
                     self._changed = True  # not written yet: try again on a later tick
+
+    def _print_line(self, line, repeat=False):
+        """Print ``line`` unless it says what the last one said (the time aside), which a
+        phase's closing line often does; ``repeat`` prints it anyway (the periodic line)."""
+        text = line.split("] ", 1)[-1]
+        if repeat or text != self._printed_text:
+            print(line, file=self.stream, flush=True)
+            self._printed_text = text
 
     def _write(self, snap):
         try:
