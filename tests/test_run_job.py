@@ -224,6 +224,10 @@ def test_end_to_end_on_s3(s3_bucket, s3_server, digits, tmp_path):
     assert storage.read_parquet(storage.url_join(current, "vectors")).num_rows == 24
     head = s3.head_object(Bucket=s3_bucket, Key=f"maps/family/{summary['site']}")
     assert head["ContentType"] == "text/html"
+    # The progress document sits in the bucket too, with the summary's final counts.
+    key = f"maps/family/versions/{summary['version']}/progress.json"
+    doc = json.loads(s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+    assert doc["phase"] == "done" and doc["counts"]["new"] == 24
     again = job.run(["--input", f"s3://{s3_bucket}/photos/**", "--output", out,
                      "--s3_endpoint_url", s3_server, *FAST])
     assert again["embedded"] == 0 and again["counts"]["unchanged"] == 24
