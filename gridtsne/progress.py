@@ -147,6 +147,7 @@ class Reporter:
         self._bar_phase = None
         self._closing = []
         self._printed_text = None
+        self._held = False
 
     # ---- the sink interface (any thread) ------------------------------------------------
 
@@ -321,6 +322,15 @@ class Reporter:
         with self._output_lock:
             self._tick(force)
 
+    def hold(self):
+        """Draw nothing more until :meth:`finish` (the launcher prints its summary meanwhile);
+        the document is still written."""
+        with self._output_lock:
+            self._held = True
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+
     def _tick(self, force):
         now = self._clock()
         with self._lock:
@@ -330,7 +340,10 @@ class Reporter:
             phase_name = self._phase
             bar_figures = self._bar_figures()
             closing, self._closing = self._closing, []
-        if self.mode == "bars":
+        if self._held and not force:
+            with self._lock:
+                self._closing[:0] = closing  # kept for the end
+        elif self.mode == "bars":
             self._draw_bars(phase_name, bar_figures, closing, line)
         elif self.mode == "lines":
             for text in closing:

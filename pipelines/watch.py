@@ -15,6 +15,7 @@ import logging
 import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gridtsne import progress, versions
 from pipelines.options import add_flag
@@ -92,6 +93,7 @@ class Watch:
         finally:
             poller.stop()
         self.reporter.tick()  # the last phases' lines before the launcher prints its summary
+        self.reporter.hold()
         return result
 
     def finish(self, counts=None, total=None):
@@ -119,5 +121,8 @@ def watching(options, version=None, document_url=None, stream=None, phase="listi
     reporter = progress.Reporter(version=version, mode=mode, stream=stream,
                                  interval=o.progress_interval, write_document=writer,
                                  doc_interval=DOCUMENT_INTERVAL, phase=phase)
-    with progress.reporting(reporter):
+    # Under bars, log lines (warnings; everything with --verbose) go through tqdm, so that
+    # they print above the bar instead of through it.
+    redirect = logging_redirect_tqdm() if mode == "bars" else contextlib.nullcontext()
+    with redirect, progress.reporting(reporter):
         yield Watch(reporter)
