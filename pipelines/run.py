@@ -32,8 +32,8 @@ from pipelines.options import add_flag, local_abs
 from transforms import embed_counters as C
 from transforms.embed import EmbedImages
 from transforms.layout import LayOutVectors, LayoutJob
-from transforms.progress_metrics import counter
 from transforms.listing import ListFiles
+from transforms.progress_metrics import counter
 from transforms.reindex import CARRIED, FATES, TO_EMBED, ClassifyFiles, CountFates, ReadPreviousRows
 from transforms.render import RenderConfig, RenderMosaic
 from transforms.write import WriteTable
