@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gridtsne import __version__, schema, storage
+from gridtsne import __version__, progress, schema, storage
 from gridtsne.assign import METHODS, assign_to_grid, total_cost
 from gridtsne.grid import parse_grid, resolve_grid, to_grid_units
 from gridtsne.refine import REFINEMENTS, refine_layout
@@ -175,6 +175,7 @@ def compute_layout(vectors, config=LayoutConfig(), xy=None, pinned=None):
     timings = {}
     start = time.perf_counter()
     if xy is None:
+        progress.phase("layout", "t-SNE")
         xy, tsne_info = embed_2d(chosen, perplexity=config.perplexity, seed=config.seed,
                                  n_jobs=config.n_jobs, pca_dims=config.pca_dims,
                                  n_iter=config.n_iter,
@@ -189,6 +190,7 @@ def compute_layout(vectors, config=LayoutConfig(), xy=None, pinned=None):
         tsne_info = {"method": "given positions"}
     timings["tsne_s"] = round(time.perf_counter() - start, 3)
     start = time.perf_counter()
+    progress.phase("layout", "assignment")
     points = to_grid_units(xy, shape)
     row, col, used = assign_to_grid(points, shape, config.assign, leaf_cells=config.leaf_cells,
                                     window=config.window, passes=config.passes,
@@ -342,6 +344,7 @@ def run_layout(vectors_url, output_url, config=LayoutConfig(), positions=None,
     """
     started = time.perf_counter()
     start = time.perf_counter()
+    progress.phase("layout", "reading vectors")
     uri, sha, vectors, vectors_meta = read_vectors(vectors_url, storage_options)
     order = pc.sort_indices(uri)
     uri, sha = uri.take(order), sha.take(order)
@@ -376,6 +379,7 @@ def run_layout(vectors_url, output_url, config=LayoutConfig(), positions=None,
         "timings": timings,
     }
     start = time.perf_counter()
+    progress.phase("layout", "writing")
     table = layout_table(uri.take(index), sha.take(index), x, y, row, col, summary)
     storage.write_parquet(storage.url_join(output_url, schema.LAYOUT_FILE), table,
                           storage_options)

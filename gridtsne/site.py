@@ -36,7 +36,7 @@ SEARCH_DIRECTORY = "search/index.js"
 SUMMARY_FILE = "site.json"
 INDEX_FILE = "index.html"
 # Files of gridtsne/web/ copied next to index.html unchanged.
-STATIC_FILES = ("gridtsne.js", "gridtsne.css")
+STATIC_FILES = ("gridtsne.js", "fallback.js", "gridtsne.css")
 
 OSD_VERSION = "6.1.1"
 DEFAULT_OSD_URL = (f"https://cdn.jsdelivr.net/npm/openseadragon@{OSD_VERSION}"
@@ -177,12 +177,33 @@ class PageConfig:
         }
 
 
+def page_title(config):
+    """The browser tab's title: the collection and how many images its map holds."""
+    noun = "image" if config.images == 1 else "images"
+    return f"{config.title} · {config.images:,} {noun}"
+
+
+def collection_title(inputs):
+    """A name for a collection from its ``--input`` patterns or manifests: the last folder
+    before any glob of the first one (``s3://photos/2024/**`` -> ``2024``), or None."""
+    for url in inputs or ():
+        path = re.split(r"[*?\[]", str(url), maxsplit=1)[0]
+        path = path.split("://", 1)[-1].rstrip("/")
+        if not re.search(r"[*?\[]", str(url)) and "." in posixpath.basename(path):
+            path = posixpath.dirname(path)  # a single file or a manifest: its folder
+        name = posixpath.basename(path.rstrip("/"))
+        if name:
+            return name
+    return None
+
+
 def index_html(config):
     """``index.html`` with ``config`` (a :class:`PageConfig`) filled in."""
     template = _web_file("index.html").decode("utf-8")
     config_json = json.dumps(config.to_json(), ensure_ascii=False, sort_keys=True)
     config_json = config_json.replace("</", "<\\/")
-    page = (template.replace("{{TITLE}}", html.escape(config.title))
+    page = (template.replace("{{PAGE_TITLE}}", html.escape(page_title(config)))
+            .replace("{{TITLE}}", html.escape(config.title))
             .replace("{{OSD_URL}}", html.escape(config.osd_url, quote=True))
             .replace("{{CONFIG_JSON}}", config_json))
     return page.encode("utf-8")

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from gridtsne import progress
+
 log = logging.getLogger(__name__)
 
 # Above this many vectors, and when the vectors are wider than PCA_DIMS, reduce them to
@@ -28,6 +30,8 @@ PCA_DIMS = 200
 FFT_MIN_N = 10_000
 GRADIENTS = ("auto", "fft", "bh")
 METRICS = ("euclidean", "cosine")
+# Iterations between progress reports (and KL divergence log lines) of a t-SNE fit.
+CALLBACK_EVERY = 50
 
 
 def reduce_dimensions(vectors, dims):
@@ -75,15 +79,30 @@ def resolve_fit_sample(fit_sample, n):
 
 
 class _ProgressLog:
-    """openTSNE callback logging the KL divergence and time every ``callbacks_every_iters``."""
+    """openTSNE callback every ``every`` iterations: reports the iteration to
+    :mod:`gridtsne.progress` and, when ``verbose``, logs the KL divergence and time.
 
-    def __init__(self, phase):
-        self.phase = phase
+    openTSNE counts each optimisation phase (early exaggeration, then the rest) from zero;
+    the reported iteration runs over both.
+    """
+
+    def __init__(self, phase, early_iter, n_iter, every, verbose=True):
+        self.phase, self.verbose, self.early_iter = phase, verbose, early_iter
+        self.total = early_iter + n_iter
         self.start = time.perf_counter()
+        # A phase shorter than ``every`` calls back never: the first call is then the second's.
+        self.offset = 0 if early_iter >= every else early_iter
+        self.last = 0
+        progress.report(tsne_iteration=0, tsne_iterations=self.total)
 
     def __call__(self, iteration, error, embedding):
-        log.info("t-SNE %s: iteration %d, KL divergence %.4f, %.1f s", self.phase, iteration,
-                 error, time.perf_counter() - self.start)
+        if iteration <= self.last:
+            self.offset = self.early_iter
+        self.last = iteration
+        progress.report(tsne_iteration=min(self.offset + iteration, self.total))
+        if self.verbose:
+            log.info("t-SNE %s: iteration %d, KL divergence %.4f, %.1f s", self.phase,
+                     iteration, error, time.perf_counter() - self.start)
         return False
 
 
@@ -111,8 +130,8 @@ def _tsne(perplexity, seed, n_jobs, n_iter, early_exaggeration_iter, n_points, v
         early_exaggeration_iter=early_exaggeration_iter,
         n_jobs=n_jobs,
         random_state=seed,
-        callbacks=_ProgressLog("fit") if verbose else None,
-        callbacks_every_iters=50,
+        callbacks=_ProgressLog("fit", early_exaggeration_iter, n_iter, CALLBACK_EVERY, verbose),
+        callbacks_every_iters=CALLBACK_EVERY,
     )
 
 
@@ -162,6 +181,7 @@ def embed_2d(vectors, perplexity=30.0, seed=0, n_jobs=-1, pca_dims="auto", n_ite
     if m >= n:
         log.info("t-SNE of %d points (%d dimensions)", n, x.shape[1])
         xy = np.asarray(tsne.fit(x), dtype=np.float32)
+        progress.report(tsne_iteration=n_iter + early_exaggeration_iter)
         info["fit_s"] = round(time.perf_counter() - start, 3)
         return xy, info
     rng = np.random.default_rng(seed)
@@ -170,6 +190,8 @@ def embed_2d(vectors, perplexity=30.0, seed=0, n_jobs=-1, pca_dims="auto", n_ite
     rest[fit_idx] = False
     log.info("t-SNE of a sample of %d of %d points, then transform of the other %d", m, n, n - m)
     embedding = tsne.fit(x[fit_idx])
+    progress.report(tsne_iteration=n_iter + early_exaggeration_iter)
+    progress.phase("layout", "t-SNE transform")
     info["fit_s"] = round(time.perf_counter() - start, 3)
     start = time.perf_counter()
     xy = np.empty((n, 2), dtype=np.float32)

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 POINTER_FILE = "latest.json"
 VERSIONS_DIR = "versions"
+# A running (or finished) version's progress document, see gridtsne.progress.
+PROGRESS_FILE = "progress.json"
 
 
 def new_version_id(now=None):
@@ -29,6 +31,11 @@ def new_version_id(now=None):
 def version_url(output, version_id):
     """Where the files of ``version_id`` live under ``output``."""
     return storage.url_join(output, VERSIONS_DIR, version_id)
+
+
+def progress_url(output, version_id):
+    """Where ``gridtsne run`` keeps the progress document of ``version_id`` (it may be absent)."""
+    return storage.url_join(version_url(output, version_id), PROGRESS_FILE)
 
 
 def read_pointer(output, storage_options=None):
@@ -57,8 +64,16 @@ def write_pointer(output, version_id, summary=None, storage_options=None):
         "committed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "summary": summary or {},
     }
-    data = json.dumps(doc, indent=2, sort_keys=True).encode()
-    url = storage.url_join(output, POINTER_FILE)
+    replace_file(storage.url_join(output, POINTER_FILE),
+                 json.dumps(doc, indent=2, sort_keys=True).encode(), storage_options)
+    return doc
+
+
+def replace_file(url, data, storage_options=None):
+    """Write ``data`` to ``url`` so that a reader sees the old content or the new, never half.
+
+    A rename on a local disk (``os.replace``), a single PUT on an object store.
+    """
     fs, path = storage.filesystem(url, storage_options)
     if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
         # Same directory as the target, so os.replace is a rename within one file system.
@@ -71,7 +86,6 @@ def write_pointer(output, version_id, summary=None, storage_options=None):
         os.replace(tmp, path)
     else:
         storage.write_bytes(url, data, storage_options)
-    return doc
 
 
 def list_versions(output, storage_options=None):

@@ -22,6 +22,7 @@ from gridtsne import models, schema, storage
 from gridtsne.storage import filesystem
 from gridtsne.decode import DecodeConfig
 from gridtsne.flagfiles import expand_flags_files
+from pipelines import watch
 from pipelines.options import add_flag, local_abs, storage_options_from
 from transforms import embed_counters as C
 from transforms.embed import DECODERS, EmbedConfig, EmbedImages, resolve_decoder
@@ -306,15 +307,16 @@ def run(argv=None):
         return 0
     options = PipelineOptions(argv)
     config = config_from_options(options)
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, config)
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, config)
+    with watch.watching(options) as w:
+        result = w.run(p)
     # Check the new table first: a run that lost rows keeps the previous table.
-    summary = summarize(config, p.result)
+    summary = summarize(config, result)
     for prefix in (config.vectors_prefix, config.errors_prefix):
         _remove_previous_parts(prefix, config.embed.storage_options)
     return summary
 
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.INFO)
     run()

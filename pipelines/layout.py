@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from gridtsne import storage
 from gridtsne.assign import METHODS
 from gridtsne.flagfiles import expand_flags_files
+from pipelines import watch
 from pipelines.options import add_flag, local_abs, storage_options_from
 from gridtsne.layout import LAYOUT_SUMMARY_FILE, LayoutConfig
 from gridtsne.refine import REFINEMENTS
@@ -120,15 +121,13 @@ def build_pipeline(p, job, upstream=None):
 
 def run(argv=None):
     """Parse ``argv``, run the stage, print and return the summary dict."""
-    if not logging.getLogger().handlers:
-        # Progress (reading, t-SNE iterations, refinement sweeps) goes to the log.
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
     options = PipelineOptions(argv)
     job = config_from_options(options)
     p = beam.Pipeline(options=options)
     build_pipeline(p, job)
-    p.run().wait_until_finish()
+    with watch.watching(options, phase="layout") as w:
+        w.run(p)
     summary = json.loads(storage.read_bytes(storage.url_join(job.output_url, LAYOUT_SUMMARY_FILE),
                                             job.storage_options))
     t = summary["timings"]

@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from gridtsne import storage
 from gridtsne.flagfiles import expand_flags_files
 from gridtsne.labels import labels_csv
+from pipelines import watch
 from pipelines.options import add_flag, local_abs, storage_options_from
 from gridtsne.render_inputs import plan_render
 from gridtsne.site import DEFAULT_OSD_URL, SUMMARY_FILE, is_url
@@ -52,7 +53,9 @@ class RenderOptions(PipelineOptions):
         add_flag(parser, "--quality", type=int, default=defaults.quality, help="tile quality 1-100")
         add_flag(parser, "--overview", type=int, default=defaults.overview,
                  help="longest side of mosaic.jpg and tsne.jpg, px")
-        add_flag(parser, "--title", default=defaults.title, help="the page's title")
+        add_flag(parser, "--title", default=None,
+                 help=f"the collection's name, the page's title (default: the input folder's "
+                      f"name in gridtsne run, {defaults.title!r} here)")
         add_flag(parser, "--osd_url", default=DEFAULT_OSD_URL,
                  help="OpenSeadragon script: a URL (default: its public CDN) or a local "
                      "openseadragon.min.js, copied next to the page with its images/ folder")
@@ -81,16 +84,18 @@ class RenderJob:
     config: RenderConfig
 
 
-def render_config_from_options(options, labels=None):
+def render_config_from_options(options, labels=None, default_title=None):
     """Validate the rendering flags into a :class:`RenderConfig` (reads no input, so a job
-    that writes the layout itself can call it before the layout exists)."""
+    that writes the layout itself can call it before the layout exists). ``default_title``
+    names the page when ``--title`` is not given."""
     o = options.view_as(RenderOptions)
     osd_url = o.osd_url if is_url(o.osd_url) else local_abs(o.osd_url)
     # Local --labels and --osd_url files are read now, on this machine (the workers cannot see
     # its disk); remote ones on the workers, so that this machine needs no credentials for them.
     return RenderConfig(cell=o.cell, tile=o.tile, fmt=o.tile_format, pad=o.pad, quality=o.quality,
                         overview=o.overview, osd_url=osd_url, labels=labels_csv(labels),
-                        title=o.title, projector=o.projector,
+                        title=o.title or default_title or RenderConfig.title,
+                        projector=o.projector,
                         projector_max_points=o.projector_max_points,
                         storage_options=storage_options_from(options))
 
@@ -129,7 +134,8 @@ def run(argv=None):
     job = job_from_options(options, labels)
     p = beam.Pipeline(options=options)
     build_pipeline(p, job)
-    p.run().wait_until_finish()
+    with watch.watching(options, phase="rendering") as w:
+        w.run(p)
     summary = json.loads(storage.read_bytes(storage.url_join(job.output, SUMMARY_FILE),
                                             job.config.storage_options))
     print(f"render: {summary['images']} images on a {summary['grid']['rows']}x"
@@ -140,5 +146,4 @@ def run(argv=None):
 
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.INFO)
     run()

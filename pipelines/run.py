@@ -25,14 +25,17 @@ from gridtsne import evaluate, schema, storage, versions
 from gridtsne.flagfiles import expand_flags_files
 from gridtsne.labels import LabelsCsv, labels_csv
 from gridtsne.layout import LayoutConfig
+from gridtsne.site import collection_title
 from pipelines import embed as embed_stage
 from pipelines import layout as layout_stage
 from pipelines import render as render_stage
+from pipelines import watch
 from pipelines.options import add_flag
 from transforms import embed_counters as C
 from transforms.embed import EmbedImages
 from transforms.layout import LayOutVectors, LayoutJob
 from transforms.listing import ListFiles
+from transforms.progress_metrics import counter
 from transforms.reindex import CARRIED, FATES, TO_EMBED, ClassifyFiles, CountFates, ReadPreviousRows
 from transforms.render import RenderConfig, RenderMosaic
 from transforms.write import WriteTable
@@ -136,7 +139,8 @@ def job_from_options(options, labels=None, version=None):
                                 run_id=version, vectors_prefix=None, errors_prefix=None)
     layout = layout_stage.layout_config_from_options(options)
     labels = labels_csv(labels)  # a local file is read here: workers cannot see this disk
-    render = render_stage.render_config_from_options(options, labels)
+    render = render_stage.render_config_from_options(
+        options, labels, default_title=collection_title(base.inputs + base.manifests))
     return RunJob(output=output, version=version, embed=embed, layout=layout, render=render,
                   labels=labels, stable=o.stable, refit_fraction=o.refit_fraction, full=o.full,
                   keep_versions=o.keep_versions, quality_items=o.quality_items)
@@ -170,6 +174,7 @@ def commit_version(_, job, render_summary, layout_summary, quality, fates, faile
     exactly the new, changed and unchanged images, or ``errors/`` not exactly the failures: a
     version that lost rows is never published.
     """
+    counter("gridtsne.run", "publishing_started").inc()
     rows = layout_summary["input_images"]
     expected = fates["new"] + fates["changed"] + fates["unchanged"]
     if rows != expected:
@@ -277,15 +282,24 @@ def run(argv=None):
     job = job_from_options(options, labels)
     p = beam.Pipeline(options=options)
     build_pipeline(p, job)
-    result = p.run()
-    result.wait_until_finish()
-    if options.view_as(TestOptions).dry_run:
-        print(f"dry run: the job graph for version {job.version} was built and validated; "
-              f"nothing was submitted")
-        return None
-    return report(job.output, job.version, embed_stage.counters(result), job.storage_options)
+    with watch.watching(options, job.version, versions.progress_url(job.output, job.version),
+                        storage_options=job.storage_options) as w:
+        result = w.run(p)
+        if options.view_as(TestOptions).dry_run:
+            print(f"dry run: the job graph for version {job.version} was built and validated; "
+                  f"nothing was submitted")
+            return None
+        summary = report(job.output, job.version, embed_stage.counters(result),
+                         job.storage_options)
+        w.finish(counts=final_counts(summary))
+    return summary
+
+
+def final_counts(summary):
+    """The progress document's last counts: the published summary's."""
+    return {**summary["counts"], "embedded": summary["embedded"], "images": summary["images"],
+            "tiles_done": summary.get("tiles"), "tiles_total": summary.get("tiles")}
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run()

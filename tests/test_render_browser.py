@@ -165,6 +165,10 @@ def test_page_pans_zooms_and_shows_the_clicked_image(browser, tables, tmp_path, 
         assert view.osd_requests and view.osd_requests[0] == DEFAULT_OSD_URL
         assert view.tiles, "no tile was requested"
         assert view.page.locator("#count").inner_text() == "45 images, 7 × 7 grid"
+        # With OpenSeadragon loaded, the page is the full viewer, without the fallback's notice.
+        assert view.page.evaluate("gridtsne.mode") == "openseadragon"
+        assert view.page.locator("#notice").count() == 0
+        assert view.page.title() == "Browser test · 45 images"
 
         # Zoom in with the mouse wheel over the middle of the mosaic: full-resolution tiles load.
         vx, vy = view.cell_point(3, 3)
@@ -251,17 +255,157 @@ def test_page_works_from_a_local_file_and_from_a_bucket(browser, tables, tmp_pat
             view.close()
 
 
-def test_page_says_so_when_openseadragon_cannot_load(browser, tables, tmp_path, http_site):
-    base, vectors, layout, labels, cells = tables
+LONG_NAME = ("a_very_long_file_name_that_goes_on_" * 6) + "chelsea.jpg"
+
+
+@pytest.fixture(scope="module")
+def offline_tables(tmp_path_factory):
+    """12 real photos on a 4x4 grid, one of them under a very long URL."""
+    base = tmp_path_factory.mktemp("offline")
+    records, lines = [], ["uri,label"]
+    for name, arr in sorted(real_photos().items()):
+        for suffix, img in list(_variants(arr).items())[:2]:
+            records.append({"uri": f"/photos/{name}{suffix}.jpg",
+                            "thumbnail": thumbnail_jpeg(np.asarray(img)),
+                            "width": img.width, "height": img.height})
+    records = records[:11]
+    long_uri = "s3://a-bucket-with-a-long-name/" + "deeply/nested/folder/" * 8 + LONG_NAME
+    records.append({**records[0], "uri": long_uri})
+    for r in records:
+        lines.append(f"{r['uri']},{r['uri'].rsplit('/', 1)[-1].split('_')[0]}")
+    cells = [(r["uri"], i // 4, i % 4) for i, r in enumerate(records)]
+    vectors, layout = write_tables(str(base / "in"), records, cells, 4, 4)
+    labels = base / "labels.csv"
+    labels.write_text("\n".join(lines) + "\n")
+    return vectors, layout, str(labels), cells, long_uri
+
+
+def _fit_box(page, width, height):
+    """Page coordinates (left, top, scale) of the whole mosaic as the built-in viewer first
+    shows it: as large as it fits in the viewer element, centred."""
+    r = page.locator("#viewer").bounding_box()
+    scale = min(r["width"] / width, r["height"] / height)
+    return (r["x"] + (r["width"] - width * scale) / 2, r["y"] + (r["height"] - height * scale) / 2,
+            scale)
+
+
+def test_page_works_offline_with_the_built_in_viewer(browser, offline_tables, tmp_path,
+                                                     http_site):
+    vectors, layout, labels, cells, long_uri = offline_tables
     site = tmp_path / "site"
-    _render(vectors, layout, labels, str(site), "--cell", "32",
-            "--osd_url", "https://cdn.jsdelivr.net/npm/openseadragon@0.0.0/missing.js")
-    view = _Page(browser, http_site(site) + "index.html")
+    summary = render_pipeline.run(["--vectors", vectors, "--layout", layout, "--output",
+                                   str(site), "--labels", labels, "--title", "Offline photos",
+                                   "--cell", "64", "--tile", "128"])
+    base = http_site(site)
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    blocked, errors, tiles = [], [], []
+
+    def only_local(route):
+        if route.request.url.startswith(base):
+            route.continue_()
+        else:  # the CDN and anything else outside: as on a machine without internet
+            blocked.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_local)
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("requestfinished", lambda r: tiles.append(r.url) if "/mosaic_files/" in r.url else None)
     try:
-        view.page.wait_for_function("() => document.getElementById('status').className === 'error'")
-        assert "could not be loaded" in view.page.locator("#status").inner_text()
+        page.goto(base + "index.html")
+        page.wait_for_function("() => window.gridtsne && gridtsne.state.opened && "
+                               "gridtsne.viewer.fullyLoaded()", timeout=30_000)
+        assert blocked == [DEFAULT_OSD_URL]
+        assert page.evaluate("gridtsne.mode") == "fallback"
+        assert "could not be loaded" in page.locator("#notice").inner_text()
+        assert page.title() == "Offline photos · 12 images"
+
+        # The screenshot shows the mosaic: its pixels match the overview image.
+        width, height = 4 * 64, 4 * 64
+        left, top, scale = _fit_box(page, width, height)
+        page.screenshot(path=str(tmp_path / "offline.png"))
+        shot = Image.open(tmp_path / "offline.png").convert("RGB")
+        shown = shot.crop((round(left), round(top), round(left + width * scale),
+                           round(top + height * scale))).resize((64, 64), Image.BILINEAR)
+        mosaic = Image.open(site / "mosaic.jpg").convert("RGB").resize((64, 64), Image.BILINEAR)
+        shown, mosaic = np.asarray(shown, float), np.asarray(mosaic, float)
+        assert shown.std() > 25, "the viewer shows no photo"
+        same = np.abs(shown - mosaic).mean()
+        flipped = np.abs(shown - mosaic[:, ::-1]).mean()
+        assert same < 12 and same < flipped / 2, (same, flipped)
+
+        def point(row, col):
+            return left + (col + 0.5) * 64 * scale, top + (row + 0.5) * 64 * scale
+
+        # A click identifies the image under the pointer.
+        uri, row, col = cells[6]
+        page.mouse.click(*point(row, col))
+        page.wait_for_function("uri => document.getElementById('info-uri').textContent === uri",
+                               arg=uri)
+        assert page.evaluate("gridtsne.state.selected") == {"row": row, "col": col}
+        assert page.locator("#info-label").inner_text() == uri.rsplit("/", 1)[-1].split("_")[0]
+        # Hovering another cell shows that one.
+        other = cells[9]
+        page.mouse.move(*point(other[1], other[2]))
+        page.wait_for_function("uri => document.getElementById('info-uri').textContent === uri",
+                               arg=other[0])
+
+        # Zooming with the wheel loads the full-resolution tiles.
+        x, y = point(1, 1)
+        for _ in range(4):
+            page.mouse.move(x, y)
+            page.mouse.wheel(0, -300)
+            page.wait_for_timeout(100)
+        page.wait_for_function("() => gridtsne.viewer.fullyLoaded()")
+        top_level = summary["levels"] - 1
+        assert any(f"/mosaic_files/{top_level}/" in u for u in tiles), sorted(set(tiles))
+        # Dragging pans the view.
+        before = page.evaluate("[gridtsne.viewer.view.ox, gridtsne.viewer.view.oy]")
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x - 120, y - 80, steps=5)
+        page.mouse.up()
+        after = page.evaluate("[gridtsne.viewer.view.ox, gridtsne.viewer.view.oy]")
+        assert after[0] > before[0] and after[1] > before[1], (before, after)
+        # Two fingers moving together zoom out (touch pointers, as a phone sends them).
+        zoom = page.evaluate("""() => {
+            const c = gridtsne.viewer.canvas, r = c.getBoundingClientRect(), s0 = gridtsne.viewer.view.s;
+            const send = (type, id, x) => c.dispatchEvent(new PointerEvent(type, {pointerId: id,
+                pointerType: "touch", clientX: r.left + x, clientY: r.top + 200, bubbles: true}));
+            send("pointerdown", 11, 300); send("pointerdown", 12, 500);
+            send("pointermove", 12, 400); send("pointerup", 11, 300); send("pointerup", 12, 400);
+            return gridtsne.viewer.view.s / s0;
+        }""")
+        assert 0.45 < zoom < 0.55, zoom
+
+        # Search jumps to the image; its long URL wraps in the side panel.
+        page.fill("#search", LONG_NAME[:40])
+        page.press("#search", "Enter")
+        page.wait_for_function("uri => document.getElementById('info-uri').textContent === uri",
+                               arg=long_uri)
+        assert page.evaluate("gridtsne.state.selected") == {"row": 2, "col": 3}
+        panel = page.evaluate("(() => { const p = document.getElementById('panel');"
+                              " return [p.scrollWidth, p.clientWidth]; })()")
+        assert panel[0] <= panel[1], panel
+        assert page.locator("#info-uri").bounding_box()["height"] > 40  # several lines
+        page.screenshot(path=str(tmp_path / "offline-found.png"))
+
+        # A #cell= link opens the page on that image, as with OpenSeadragon.
+        page.goto("about:blank")  # a new load, not a jump within the page
+        page.goto(base + "index.html#cell=1,2")
+        uri = next(c[0] for c in cells if (c[1], c[2]) == (1, 2))
+        page.wait_for_function("uri => document.getElementById('info-uri').textContent === uri",
+                               arg=uri)
+        # ... centred on it.
+        centre = page.evaluate("""() => {
+            const v = gridtsne.viewer, c = gridtsne.config.cell;
+            const p = v.imageToElement({x: 2.5 * c, y: 1.5 * c});
+            return [p.x - v.element.clientWidth / 2, p.y - v.element.clientHeight / 2];
+        }""")
+        assert abs(centre[0]) < 2 and abs(centre[1]) < 2, centre
+        assert set(blocked) == {DEFAULT_OSD_URL} and not errors, (blocked, errors)
     finally:
-        view.close()
+        context.close()
 
 
 def test_local_openseadragon_copy_is_used(browser, tables, tmp_path, http_site):

@@ -39,8 +39,8 @@ def _files(fs, base):
 def _expected_files(g):
     want = {f"{g.tile_path(level, tx, ty)}"
             for level in range(g.max_level + 1) for tx, ty in g.tile_keys(level)}
-    return want | {"mosaic.dzi", "index.html", "gridtsne.js", "gridtsne.css", "mosaic.jpg",
-                   "tsne.jpg", "site.json", "cells/0_0.js", "search/index.js"}
+    return want | {"mosaic.dzi", "index.html", "gridtsne.js", "fallback.js", "gridtsne.css",
+                   "mosaic.jpg", "tsne.jpg", "site.json", "cells/0_0.js", "search/index.js"}
 
 
 def _jsonp(data):

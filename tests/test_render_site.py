@@ -108,7 +108,8 @@ def test_index_html_carries_the_config_and_osd_url():
                              ext="jpg", width=512, height=384, images=11,
                              osd_url="openseadragon/openseadragon.min.js")
     page = site.index_html(config).decode()
-    assert "<title>Cats &amp; &lt;dogs&gt;</title>" in page
+    assert "<title>Cats &amp; &lt;dogs&gt; · 11 images</title>" in page
+    assert "<h1>Cats &amp; &lt;dogs&gt;</h1>" in page
     assert 'src="openseadragon/openseadragon.min.js"' in page
     inline = re.search(r'<script id="gridtsne-config" type="application/json">(.*?)</script>',
                        page, re.S).group(1)
@@ -116,6 +117,16 @@ def test_index_html_carries_the_config_and_osd_url():
     assert cfg["tileSource"]["Image"]["Size"] == {"Width": "512", "Height": "384"}
     assert cfg["tileSource"]["Image"]["Url"] == "mosaic_files/"
     assert (cfg["rows"], cfg["cols"], cfg["cell"], cfg["images"]) == (3, 4, 128, 11)
+
+
+def test_collection_title_names_the_folder_of_the_input():
+    assert site.collection_title(["s3://photos/2024/**"]) == "2024"
+    assert site.collection_title(["/data/clothing-small"]) == "clothing-small"
+    assert site.collection_title(["/data/clothing-small/"]) == "clothing-small"
+    assert site.collection_title(["gs://b/cats/*.jpg", "/x/dogs"]) == "cats"
+    assert site.collection_title(["s3://b/lists/manifest.txt"]) == "lists"
+    assert site.collection_title(["s3://bucket/**"]) == "bucket"
+    assert site.collection_title([]) is None
 
 
 def test_local_osd_copy_goes_next_to_the_page(tmp_path):

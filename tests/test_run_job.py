@@ -291,19 +291,29 @@ def test_end_to_end_on_s3_with_storage_flags_only(s3_bucket, s3_server, digits, 
                                 storage_options=opts).num_rows == 24
     head = s3.head_object(Bucket=s3_bucket, Key=f"maps/family/{summary['site']}")
     assert head["ContentType"] == "text/html"
+    # The progress document sits in the bucket too, with the summary's final counts.
+    key = f"maps/family/versions/{summary['version']}/progress.json"
+    doc = json.loads(s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+    assert doc["phase"] == "done" and doc["counts"]["new"] == 24
     again = job.run(["--input", f"s3://{s3_bucket}/photos/**", "--output", out, "--stable",
                      *flags, *FAST])
     assert again["embedded"] == 0 and again["counts"]["unchanged"] == 24
     assert again["positions"]["mode"] == "stable"
 
 
-def test_portable_runner_runs_the_whole_job(tmp_path, digits):
+def test_portable_runner_runs_the_whole_job(tmp_path, digits, capsys):
     inp, out = tmp_path / "photos", tmp_path / "map"
     make_collection(str(inp), range(24), digits)
     summary = run_job(inp, out, "--flags_file", os.path.join(
         os.path.dirname(os.path.dirname(__file__)), "configs", "portable.flags"))
     assert summary["counts"]["new"] == 24
     assert version_table(out, "layout.parquet").num_rows == 24
+    # The LOOPBACK workers report progress to the launcher while the job runs.
+    err = capsys.readouterr().err
+    assert "embedding: 25/25 images (100%)" in err, err  # 24 digits and labels.csv
+    assert "layout: t-SNE iteration 90/90" in err, err
+    doc = json.loads(storage.read_bytes(versions.progress_url(str(out), summary["version"])))
+    assert doc["phase"] == "done" and doc["counts"]["embedded"] == summary["embedded"] == 24
 
 
 def test_dataflow_dry_run_builds_the_graph(monkeypatch, capsys):

@@ -1,6 +1,8 @@
 """Names of the embedding stage's Beam counters, in one place for the DoFns and the summary."""
 from apache_beam.metrics import Metrics
 
+from transforms import progress_metrics
+
 NAMESPACE = "gridtsne.embed"
 
 PATTERNS = "patterns_expanded"
@@ -19,7 +21,8 @@ BATCH_MSEC = "batch_msec"
 
 
 def counter(name):
-    return Metrics.counter(NAMESPACE, name)
+    """The counter ``name``; its increments also drive the launcher's progress display."""
+    return progress_metrics.counter(NAMESPACE, name)
 
 
 def distribution(name):

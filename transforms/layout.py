@@ -10,9 +10,10 @@ import logging
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from gridtsne import schema, storage, versions
+from gridtsne import progress, schema, storage, versions
 from gridtsne.layout import LayoutConfig, run_layout
 from gridtsne.stable import stable_positions
+from transforms import progress_metrics
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,14 @@ class RunLayoutFn(beam.DoFn):
         self._job = job
         self._images = Metrics.counter(NAMESPACE, "images_laid_out")
         self._holes = Metrics.counter(NAMESPACE, "empty_cells")
+        self._started = progress_metrics.counter(NAMESPACE, "layout_started")
 
     def process(self, element, upstream_count=None):
         if upstream_count is not None:
             log.info("layout starts after %d upstream elements", upstream_count)
         job = self._job
         opts = job.storage_options
+        self._started.inc()
         positions = None
         if job.stable_from:
             previous = versions.current_version_url(job.stable_from, opts)
@@ -66,8 +69,10 @@ class RunLayoutFn(beam.DoFn):
             positions = stable_positions(previous_layout, job.refit_fraction,
                                          seed=job.config.seed, n_jobs=job.config.n_jobs,
                                          storage_options=opts)
-        summary = run_layout(job.vectors_url, job.output_url, job.config, positions=positions,
-                             storage_options=opts)
+        # t-SNE iterations and the assignment step, as counters for runners that report them.
+        with progress.attached(progress_metrics.CounterSink()):
+            summary = run_layout(job.vectors_url, job.output_url, job.config,
+                                 positions=positions, storage_options=opts)
         self._images.inc(summary["images"])
         self._holes.inc(summary["holes"])
         yield summary

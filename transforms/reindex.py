@@ -9,9 +9,9 @@ import logging
 
 import apache_beam as beam
 import pyarrow.parquet as pq
-from apache_beam.metrics import Metrics
 
 from gridtsne import reindex, schema, storage, versions
+from transforms import progress_metrics
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class ClassifyFilesFn(beam.DoFn):
     """
 
     def setup(self):
-        self._counters = {fate: Metrics.counter(NAMESPACE, f"files_{fate}")
+        self._counters = {fate: progress_metrics.counter(NAMESPACE, f"files_{fate}")
                           for fate in (reindex.NEW, reindex.CHANGED, reindex.UNCHANGED,
                                        reindex.REMOVED)}
 

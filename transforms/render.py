@@ -37,6 +37,7 @@ from gridtsne.site import (CELL_BLOCK, DEFAULT_OSD_URL, SEARCH_DIRECTORY, SUMMAR
                            write_page)
 from gridtsne.tiles import (DZI_NAME, MosaicGeometry, assemble_parent, decode_image,
                             encode_tile, half_of_encoded, render_top_tile)
+from transforms import progress_metrics
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class RenderTopTileFn(_TileFn):
     def setup(self):
         self.cells = Metrics.counter(NAMESPACE, "cells_drawn")
         self.placeholders = Metrics.counter(NAMESPACE, "placeholders")
-        self.tiles = Metrics.counter(NAMESPACE, "top_tiles_written")
+        self.tiles = progress_metrics.counter(NAMESPACE, "top_tiles_written")
         self.ms = _timer("top_tile_ms")
 
     def process(self, element, plan):
@@ -165,7 +166,7 @@ class ReduceTileFn(_TileFn):
     """
 
     def setup(self):
-        self.tiles = Metrics.counter(NAMESPACE, "lower_tiles_written")
+        self.tiles = progress_metrics.counter(NAMESPACE, "lower_tiles_written")
 
     def process(self, element, plan):
         (level, tx, ty), children = element
@@ -213,6 +214,13 @@ def join_cells(element):
     label = labels[0] if labels else None
     for uri, row, col, x, y in layout:
         yield uri, row, col, x, y, thumb, width, height, nbytes, label
+
+
+def _plan(_, layout_url, cfg):
+    plan = plan_render(layout_url, cfg.cell, cfg.tile, cfg.fmt, cfg.overview, cfg.pad,
+                       cfg.storage_options)
+    progress_metrics.counter(NAMESPACE, "tiles_planned").inc(plan.geometry.tile_count())
+    return plan
 
 
 def _key_by_tiles(cell, plan):
@@ -402,9 +410,7 @@ class RenderMosaic(beam.PTransform):
         opts = cfg.storage_options
         start = _start(pcoll)
         layout_url, vectors_url = self.layout_url, self.vectors_url
-        plan = start | "PlanRender" >> beam.Map(
-            lambda _: plan_render(layout_url, cfg.cell, cfg.tile, cfg.fmt, cfg.overview,
-                                  cfg.pad, opts))
+        plan = start | "PlanRender" >> beam.Map(_plan, layout_url, cfg)
         plan_si = AsSingleton(plan)
 
         layout = (start

@@ -3,7 +3,8 @@
  * Reads the configuration inlined in index.html, the pyramid under mosaic_files/, and loads the
  * cell index (cells/<br>_<bc>.js) and search index (search/*.js) lazily as script tags, which
  * work from file:// and from a bucket without CORS. No build step, no dependency but
- * OpenSeadragon.
+ * OpenSeadragon, and when that cannot be loaded the built-in viewer of fallback.js shows the
+ * same pyramid.
  */
 (function () {
   "use strict";
@@ -102,59 +103,129 @@
     $("links").appendChild(p);
   }
 
-  if (typeof OpenSeadragon === "undefined") {
-    var src = $("osd-script").getAttribute("src");
-    setStatus("OpenSeadragon could not be loaded from " + src + ". Render again with " +
-      "--osd_url pointing to a copy you can reach (a URL or a local openseadragon.min.js).", true);
-    return;
+  var state = { hover: null, selected: null, opened: false };
+  // The viewer: OpenSeadragon, or the built-in fallback (fallback.js) when it cannot load.
+  // Both give cellAt(point in element px), placeBoxes(hover, selected), fitCell(row, col).
+  var view = typeof OpenSeadragon === "undefined" ? fallbackView() : openSeadragonView();
+
+  function onOpen() {
+    state.opened = true;
+    var m = /cell=(\d+),(\d+)/.exec(location.hash);
+    if (m) { jumpTo(parseInt(m[1], 10), parseInt(m[2], 10)); }
   }
 
-  var osdSrc = $("osd-script").src;
-  var viewer = OpenSeadragon({
-    id: "viewer",
-    prefixUrl: osdSrc.slice(0, osdSrc.lastIndexOf("/") + 1) + "images/",
-    tileSources: config.tileSource,
-    // The 2-D canvas draws tiles from file:// and other origins; WebGL refuses "tainted" ones.
-    drawer: "canvas",
-    showNavigator: true,
-    navigatorDrawer: "canvas",
-    maxZoomPixelRatio: 4,
-    visibilityRatio: 0.5,
-    constrainDuringPan: true,
-    gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
-    gestureSettingsTouch: { clickToZoom: false, dblClickToZoom: true }
-  });
-
-  var hoverBox = document.createElement("div");
-  hoverBox.className = "cell-hover";
-  var selectBox = document.createElement("div");
-  selectBox.className = "cell-selected";
-  var state = { hover: null, selected: null, opened: false };
-
-  function item() { return viewer.world.getItemAt(0); }
-
-  /** The {row, col} under a point in viewer-element pixels, or null outside the grid. */
-  function cellAt(position) {
-    if (!item()) { return null; }
-    var p = item().viewerElementToImageCoordinates(position);
-    var col = Math.floor(p.x / config.cell), row = Math.floor(p.y / config.cell);
+  /** The {row, col} of mosaic pixel (x, y), or null outside the grid. */
+  function cellOfPixel(x, y) {
+    var col = Math.floor(x / config.cell), row = Math.floor(y / config.cell);
     if (row < 0 || col < 0 || row >= config.rows || col >= config.cols) { return null; }
     return { row: row, col: col };
   }
 
-  function cellRect(row, col, margin) {
-    var m = (margin || 0) * config.cell;
-    return item().imageToViewportRectangle(col * config.cell - m, row * config.cell - m,
-      config.cell + 2 * m, config.cell + 2 * m);
+  function openSeadragonView() {
+    var osdSrc = $("osd-script").src;
+    var viewer = OpenSeadragon({
+      id: "viewer",
+      prefixUrl: osdSrc.slice(0, osdSrc.lastIndexOf("/") + 1) + "images/",
+      tileSources: config.tileSource,
+      // The 2-D canvas draws tiles from file:// and other origins; WebGL refuses "tainted" ones.
+      drawer: "canvas",
+      showNavigator: true,
+      navigatorDrawer: "canvas",
+      maxZoomPixelRatio: 4,
+      visibilityRatio: 0.5,
+      constrainDuringPan: true,
+      gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
+      gestureSettingsTouch: { clickToZoom: false, dblClickToZoom: true }
+    });
+    var hoverBox = document.createElement("div");
+    hoverBox.className = "cell-hover";
+    var selectBox = document.createElement("div");
+    selectBox.className = "cell-selected";
+
+    function item() { return viewer.world.getItemAt(0); }
+
+    function cellAt(position) {
+      if (!item()) { return null; }
+      var p = item().viewerElementToImageCoordinates(position);
+      return cellOfPixel(p.x, p.y);
+    }
+
+    function cellRect(row, col, margin) {
+      var m = (margin || 0) * config.cell;
+      return item().imageToViewportRectangle(col * config.cell - m, row * config.cell - m,
+        config.cell + 2 * m, config.cell + 2 * m);
+    }
+
+    function placeBox(box, cell) {
+      if (!cell) {
+        if (box.parentNode) { viewer.removeOverlay(box); }
+        return;
+      }
+      var rect = cellRect(cell.row, cell.col);
+      if (box.parentNode) { viewer.updateOverlay(box, rect); } else { viewer.addOverlay(box, rect); }
+    }
+
+    new OpenSeadragon.MouseTracker({
+      element: viewer.canvas,
+      moveHandler: function (e) { hover(cellAt(e.position)); },
+      leaveHandler: function () { hover(null); }
+    });
+    viewer.addHandler("canvas-click", function (e) {
+      if (!e.quick) { return; }  // the end of a drag, not a click
+      var cell = cellAt(e.position);
+      if (cell) { select(cell.row, cell.col); } else { select(null); }
+    });
+    viewer.addHandler("open", function () {
+      setStatus("");
+      onOpen();
+    });
+    viewer.addHandler("open-failed", function (e) {
+      setStatus("Could not open the mosaic: " + (e.message || "unknown error"), true);
+    });
+    return {
+      mode: "openseadragon", viewer: viewer, cellAt: cellAt,
+      placeBoxes: function (hoverCell, selectedCell) {
+        placeBox(hoverBox, hoverCell);
+        placeBox(selectBox, selectedCell);
+      },
+      fitCell: function (row, col) { viewer.viewport.fitBounds(cellRect(row, col, 2)); }
+    };
   }
 
-  function placeBox(box, cell) {
-    if (!cell) {
-      if (box.parentNode) { viewer.removeOverlay(box); }
-      return;
+  function fallbackView() {
+    var src = $("osd-script").getAttribute("src");
+    var notice = document.createElement("p");
+    notice.id = "notice";
+    notice.textContent = "The full viewer (OpenSeadragon, from " + src + ") could not be " +
+      "loaded, so this is the built-in basic viewer. Render with --osd_url pointing to a copy " +
+      "you can reach for the full one.";
+    $("panel").insertBefore(notice, $("panel").firstChild);
+    setStatus("");
+    var image = config.tileSource.Image;
+    function cellAt(point) {
+      if (!point) { return null; }
+      var p = viewer.elementToImage(point);
+      return cellOfPixel(p.x, p.y);
     }
-    var rect = cellRect(cell.row, cell.col);
-    if (box.parentNode) { viewer.updateOverlay(box, rect); } else { viewer.addOverlay(box, rect); }
+    var viewer = window.GridtsneFallbackViewer($("viewer"), {
+      width: parseInt(image.Size.Width, 10), height: parseInt(image.Size.Height, 10),
+      tile: parseInt(image.TileSize, 10), ext: image.Format, url: image.Url, cell: config.cell
+    }, {
+      hover: function (point) { hover(cellAt(point)); },
+      click: function (point) {
+        var cell = cellAt(point);
+        if (cell) { select(cell.row, cell.col); } else { select(null); }
+      }
+    });
+    viewer.onOpen(onOpen);
+    return {
+      mode: "fallback", viewer: viewer, cellAt: cellAt,
+      placeBoxes: viewer.setBoxes,
+      fitCell: function (row, col) {
+        var c = config.cell;
+        viewer.fitBounds((col - 2) * c, (row - 2) * c, 5 * c, 5 * c);
+      }
+    };
   }
 
   var shown = null;  // "row,col" currently in the panel
@@ -197,14 +268,14 @@
   function hover(cell) {
     if (sameCell(cell, state.hover) || (!cell && !state.hover)) { return; }
     state.hover = cell;
-    placeBox(hoverBox, cell);
+    view.placeBoxes(cell, state.selected);
     showInfo(cell || state.selected);
   }
 
   function select(row, col) {
     var cell = row === null ? null : { row: row, col: col };
     state.selected = cell;
-    placeBox(selectBox, cell);
+    view.placeBoxes(state.hover, cell);
     showInfo(cell);
     if (cell && history.replaceState) {
       history.replaceState(null, "", "#cell=" + row + "," + col);
@@ -212,32 +283,12 @@
   }
 
   function jumpTo(row, col) {
-    viewer.viewport.fitBounds(cellRect(row, col, 2));
+    view.fitCell(row, col);
     select(row, col);
   }
 
-  new OpenSeadragon.MouseTracker({
-    element: viewer.canvas,
-    moveHandler: function (e) { hover(cellAt(e.position)); },
-    leaveHandler: function () { hover(null); }
-  });
-  viewer.addHandler("canvas-click", function (e) {
-    if (!e.quick) { return; }  // the end of a drag, not a click
-    var cell = cellAt(e.position);
-    if (cell) { select(cell.row, cell.col); } else { select(null); }
-  });
   document.addEventListener("keydown", function (e) {
     if (e.key === "Escape") { select(null); }
-  });
-
-  viewer.addHandler("open", function () {
-    state.opened = true;
-    setStatus("");
-    var m = /cell=(\d+),(\d+)/.exec(location.hash);
-    if (m) { jumpTo(parseInt(m[1], 10), parseInt(m[2], 10)); }
-  });
-  viewer.addHandler("open-failed", function (e) {
-    setStatus("Could not open the mosaic: " + (e.message || "unknown error"), true);
   });
 
   /* ---- search ---------------------------------------------------------------------------- */
@@ -298,7 +349,7 @@
 
   // For scripts and tests: the viewer and the page's state and actions.
   window.gridtsne = {
-    viewer: viewer, config: config, state: state, select: select, jumpTo: jumpTo,
-    search: search, cellAt: cellAt, cellInfo: cellInfo
+    viewer: view.viewer, mode: view.mode, config: config, state: state, select: select,
+    jumpTo: jumpTo, search: search, cellAt: view.cellAt, cellInfo: cellInfo
   };
 })();
