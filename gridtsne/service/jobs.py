@@ -53,6 +53,9 @@ def job_argv(job, version, job_flags):
     if req.get("labels"):
         argv += ["--labels", req["labels"]]
     argv += ["--output", job["output"], "--version_id", version]
+    # The job's log (GET .../log) is for diagnosis: Beam's and the stages' INFO lines, and
+    # progress as plain lines (the child's output is a file, never a terminal).
+    argv += ["--verbose", "--progress", "lines"]
     argv += req.get("flags") or []
     return argv + list(job_flags)
 
