@@ -45,6 +45,11 @@ def _sklearn_photos():
     return sorted(load_sample_images().filenames)
 
 
+def offline_photos():
+    """Paths of the real photographs scikit-image and scikit-learn ship (no download)."""
+    return _skimage_photos() + _sklearn_photos()
+
+
 def digit_image(pixels, size=DIGIT_SIZE):
     """An 8 x 8 digit (values 0..16, 16 = ink) as a ``size`` px greyscale image, dark on white."""
     grey = (255 - np.asarray(pixels, np.float64) * (255 / 16)).clip(0, 255).astype(np.uint8)

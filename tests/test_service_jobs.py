@@ -1,7 +1,7 @@
 """``gridtsne serve`` running real jobs: local and S3 maps, a killed server, a cancelled job.
 
 Real parts: uvicorn on 127.0.0.1, httpx, ``gridtsne run`` child processes on the DirectRunner,
-moto's S3 server on loopback, 30 real photos of ../shared/data/clothing-small. Jobs are tiny
+moto's S3 server on loopback, 30 real photos (clothing-small, or scikit-image's photos). Jobs are tiny
 (the tiny CNN, a short t-SNE, 32 px cells) but each still takes tens of seconds: slow.
 """
 import io
@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from gridtsne import storage, versions
+from tests.conftest import SHARED_DATA
 from tests.service_server import FAST_OPTIONS, Server, wait_for
 
 pytestmark = pytest.mark.slow
@@ -24,13 +25,27 @@ N_PHOTOS = 30
 
 
 @pytest.fixture(scope="module")
-def photos(shared_data, tmp_path_factory):
-    """A folder of 30 real photos (copied: the service allowlist resolves symlinks)."""
+def photos(tmp_path_factory):
+    """A folder of 30 real photos (copied: the service allowlist resolves symlinks).
+
+    clothing-small's phone photos where ../shared/data is present; elsewhere (a fresh clone in
+    CI) crops of the real photos scikit-image and scikit-learn ship, so these jobs always run.
+    """
     folder = tmp_path_factory.mktemp("photos")
-    source = shared_data / "clothing-small" / "test"
-    picked = sorted(source.glob("*/*.jpg"))[:N_PHOTOS]
-    for path in picked:
-        shutil.copy(path, folder / f"{path.parent.name}_{path.name}")
+    source = SHARED_DATA / "clothing-small" / "test"
+    if source.is_dir():
+        for path in sorted(source.glob("*/*.jpg"))[:N_PHOTOS]:
+            shutil.copy(path, folder / f"{path.parent.name}_{path.name}")
+        return folder
+    from gridtsne.demo_data import offline_photos
+
+    originals = [Image.open(path).convert("RGB") for path in offline_photos()]
+    for i in range(N_PHOTOS):
+        image = originals[i % len(originals)]
+        w, h = image.size
+        k = i // len(originals)  # later rounds: a different quarter-trimmed crop
+        box = (k * w // 8 % (w // 4), k * h // 8 % (h // 4), w - w // 8, h - h // 8)
+        image.crop(box).save(folder / f"photo_{i:02d}.jpg", quality=90)
     return folder
 
 
