@@ -16,11 +16,11 @@ Three methods:
     window solve can only lower the total cost, so the refinement never makes things worse.
     Disjoint blocks are solved in parallel threads (SciPy releases the GIL).
 ``auto``
-    ``exact`` up to :data:`EXACT_AUTO_LIMIT` (4,096) points as long as the cost matrix stays
-    small, ``scalable`` above. Before the layout's refinement step (:mod:`gridtsne.refine`)
-    exact still matters for label agreement: on 4,096 CIFAR-10 photos (3 seeds) exact + gauss
-    refinement gave DPQ16 0.8882 / label agreement 0.5503, scalable + the same refinement
-    0.8880 / 0.5463, the original recipe 0.8636 / 0.5477 (docs/layout.md).
+    ``exact`` up to :data:`EXACT_AUTO_LIMIT` (2,048) points as long as the cost matrix stays
+    small, ``scalable`` above. Alone, exact is slightly better (3,781 clothing-small photos:
+    DPQ16 0.8738 vs 0.8725), but the layout's refinement step (:mod:`gridtsne.refine`) more than
+    makes that up: on 4,096 CIFAR-10 photos scalable + refinement scored DPQ16 0.8825 in 1.3 s
+    against 0.8619 for exact alone in 42 s (docs/layout.md).
 
 All functions take points already in grid units (see :func:`gridtsne.grid.to_grid_units`)
 and return the flat cell index (``row * cols + col``) of every point.
@@ -38,10 +38,9 @@ from gridtsne.grid import cell_centres
 log = logging.getLogger(__name__)
 
 METHODS = ("exact", "scalable", "auto")
-# Largest N for which ``auto`` still solves exactly (2 s at 2,048; 16-26 s at 3,781-4,096 here,
-# still well under half the original recipe's time; it keeps label agreement at or above the
-# recipe's where scalable + refinement fell slightly below it on 4,096 CIFAR-10 photos).
-EXACT_AUTO_LIMIT = 4096
+# Largest N for which ``auto`` still solves exactly (2 s at 2,048; 16-26 s at 3,781-4,096 here;
+# above 2,048 the scalable solve plus the refinement step is both faster and better).
+EXACT_AUTO_LIMIT = 2048
 # ... and only while its cost matrix stays small (points x cells entries, 8 bytes each).
 EXACT_AUTO_MAX_ENTRIES = 4 * EXACT_AUTO_LIMIT ** 2
 

@@ -82,7 +82,7 @@ class LayoutConfig:
     metric: str = "euclidean"
     refine: str = "swaps"
     refine_passes: int = 20
-    refine_distance: str = "gauss"
+    refine_distance: str = "euclidean"
     verbose: bool = True
 
     def __post_init__(self):
