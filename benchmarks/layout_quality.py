@@ -43,6 +43,8 @@ CANDIDATES = {
     "swaps": {**OLD, "refine": "swaps"},
     "scalable-swaps": {**OLD, "assign": "scalable", "refine": "swaps"},
     "p15-exact-swaps": {**OLD, "perplexity": 15.0, "assign": "exact", "refine": "swaps"},
+    "gauss-swaps": {"refine_distance": "gauss"},
+    "exact-gauss-swaps": {"assign": "exact", "refine_distance": "gauss"},
     "default": {},
 }
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from gridtsne import __version__, progress, schema, storage
 from gridtsne.assign import METHODS, assign_to_grid, total_cost
 from gridtsne.grid import parse_grid, resolve_grid, to_grid_units
-from gridtsne.refine import REFINEMENTS, refine_layout
+from gridtsne.refine import DISTANCES, REFINEMENTS, refine_layout
 from gridtsne.tsne import METRICS, embed_2d, resolve_gradient
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class LayoutConfig:
     metric : distance of the t-SNE input affinities, ``"euclidean"`` or ``"cosine"``.
     refine : refinement of the solved grid in the full vector space: ``"swaps"`` (greedy
         neighbour swaps, see :mod:`gridtsne.refine`) or ``"none"``.
+    refine_distance : pair cost of the refinement: ``"gauss"`` or ``"euclidean"`` (see
+        :func:`gridtsne.refine.refine_swaps`).
     refine_passes : sweeps of the refinement (it stops earlier when a sweep changes nothing).
     verbose : log t-SNE progress every 50 iterations.
     """
@@ -80,6 +82,7 @@ class LayoutConfig:
     metric: str = "euclidean"
     refine: str = "swaps"
     refine_passes: int = 20
+    refine_distance: str = "euclidean"
     verbose: bool = True
 
     def __post_init__(self):
@@ -107,6 +110,9 @@ class LayoutConfig:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if self.refine not in REFINEMENTS:
             raise ValueError(f"refine must be one of {REFINEMENTS}, got {self.refine!r}")
+        if self.refine_distance not in DISTANCES:
+            raise ValueError(f"refine_distance must be one of {DISTANCES}, "
+                             f"got {self.refine_distance!r}")
         if not isinstance(self.refine_passes, int) or self.refine_passes < 0:
             raise ValueError(f"refine_passes must be a non-negative integer, "
                              f"got {self.refine_passes!r}")
@@ -204,7 +210,8 @@ def compute_layout(vectors, config=LayoutConfig(), xy=None, pinned=None):
             raise ValueError(f"pinned must have shape ({len(vectors)},), got {pinned.shape!r}")
         pinned = pinned[index]
     row, col, refine_info = refine_layout(chosen, row, col, shape, config.refine,
-                                          passes=config.refine_passes, pinned=pinned)
+                                          passes=config.refine_passes, pinned=pinned,
+                                          distance=config.refine_distance)
     timings["refine_s"] = round(time.perf_counter() - start, 3)
     info = {
         "index": index,

@@ -23,7 +23,7 @@ from gridtsne.flagfiles import expand_flags_files
 from pipelines import watch
 from pipelines.options import add_flag, local_abs, storage_options_from
 from gridtsne.layout import LAYOUT_SUMMARY_FILE, LayoutConfig
-from gridtsne.refine import REFINEMENTS
+from gridtsne.refine import DISTANCES, REFINEMENTS
 from gridtsne.tsne import METRICS
 from transforms.layout import LayOutVectors, LayoutJob
 
@@ -83,6 +83,9 @@ class LayoutOptions(PipelineOptions):
                       f"neighbouring cells) or none (default {d.refine})")
         add_flag(parser, "--refine_passes", type=int, default=None,
                  help=f"sweeps of the refinement (default {d.refine_passes})")
+        add_flag(parser, "--refine_distance", default=None, choices=DISTANCES,
+                 help=f"pair cost of the refinement: gauss (saturating squared distance: near "
+                      f"pairs count) or euclidean (default {d.refine_distance})")
 
 
 def layout_config_from_options(options):
@@ -95,7 +98,8 @@ def layout_config_from_options(options):
               "sample": o.sample, "sample_size": o.sample_size, "pca_dims": o.pca_dims,
               "fit_sample": o.fit_sample, "gradient": o.tsne_gradient, "n_iter": o.n_iter,
               "early_exaggeration_iter": o.early_exaggeration_iter, "n_jobs": o.tsne_threads,
-              "metric": o.tsne_metric, "refine": o.refine, "refine_passes": o.refine_passes}
+              "metric": o.tsne_metric, "refine": o.refine, "refine_passes": o.refine_passes,
+              "refine_distance": o.refine_distance}
     return LayoutConfig(**{k: v for k, v in fields.items() if v is not None})
 
 

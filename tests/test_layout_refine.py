@@ -28,12 +28,12 @@ def _scrambled_ramp(rows=12, cols=12, holes=0, swaps=60, seed=0):
     return v, row.astype(np.int32), col.astype(np.int32), (rows, cols)
 
 
-@pytest.mark.parametrize("holes", [0, 7])
-def test_swaps_lower_the_objective_and_keep_a_valid_layout(holes):
+@pytest.mark.parametrize("holes,distance", [(0, "gauss"), (7, "gauss"), (0, "euclidean")])
+def test_swaps_lower_the_objective_and_keep_a_valid_layout(holes, distance):
     v, row, col, shape = _scrambled_ramp(holes=holes)
-    before = layout_objective(v, row, col, shape)
-    r2, c2, info = refine_swaps(v, row, col, shape, passes=20)
-    after = layout_objective(v, r2, c2, shape)
+    before = layout_objective(v, row, col, shape, distance=distance)
+    r2, c2, info = refine_swaps(v, row, col, shape, passes=20, distance=distance)
+    after = layout_objective(v, r2, c2, shape, distance=distance, scale_from=(row, col))
     assert after < before * 0.97 and sum(info["swaps"]) > 0
     cells = r2.astype(np.int64) * shape[1] + c2
     assert len(np.unique(cells)) == len(v) and cells.min() >= 0 and cells.max() < 144
@@ -48,10 +48,10 @@ def test_every_pass_never_increases_the_objective():
     cell = rng.permutation(100)[:90]
     row, col = np.divmod(cell, 10)
     shape = (10, 10)
-    values = [layout_objective(v, row, col, shape)]
+    values = [layout_objective(v, row, col, shape, distance="euclidean")]
     for _ in range(5):
-        row, col, _ = refine_swaps(v, row, col, shape, passes=1)
-        values.append(layout_objective(v, row, col, shape))
+        row, col, _ = refine_swaps(v, row, col, shape, passes=1, distance="euclidean")
+        values.append(layout_objective(v, row, col, shape, distance="euclidean"))
     assert all(b <= a + 1e-6 for a, b in zip(values, values[1:]))
     assert values[-1] < values[0]
 
@@ -63,7 +63,8 @@ def test_pinned_images_keep_their_cells():
     r2, c2, info = refine_swaps(v, row, col, shape, passes=20, pinned=pinned)
     assert np.array_equal(r2[pinned], row[pinned]) and np.array_equal(c2[pinned], col[pinned])
     assert sum(info["swaps"]) > 0 and ((r2 != row) | (c2 != col))[~pinned].any()
-    assert layout_objective(v, r2, c2, shape) < layout_objective(v, row, col, shape)
+    assert (layout_objective(v, r2, c2, shape, scale_from=(row, col))
+            < layout_objective(v, row, col, shape))
 
 
 def test_refine_none_and_bad_arguments():
@@ -74,6 +75,10 @@ def test_refine_none_and_bad_arguments():
         refine_layout(v, row, col, shape, "shuffle")
     with pytest.raises(ValueError, match="pinned"):
         refine_swaps(v, row, col, shape, pinned=np.zeros(3, bool))
+    with pytest.raises(ValueError, match="distance"):
+        refine_swaps(v, row, col, shape, distance="manhattan")
+    with pytest.raises(ValueError, match="refine_distance"):
+        LayoutConfig(refine_distance="manhattan")
 
 
 def test_compute_layout_runs_refinement_as_its_own_step():
@@ -86,7 +91,9 @@ def test_compute_layout_runs_refinement_as_its_own_step():
     assert i0["refine"] == {"method": "none"} and i1["refine"]["method"] == "swaps"
     assert "refine_s" in i1["timings"]
     shape = (i1["rows"], i1["cols"])
-    assert layout_objective(v, r1, c1, shape) < layout_objective(v, r0, c0, shape)
+    assert (layout_objective(v, r1, c1, shape, scale_from=(r0, c0))
+            < layout_objective(v, r0, c0, shape))
+    assert i1["refine"]["distance"] == "euclidean"
     # --stable pins the kept images: with refinement they stay where the assignment put them.
     pinned = np.arange(150) < 120
     _, _, r2, c2, i2 = compute_layout(v, LayoutConfig(**fast), xy=xy, pinned=pinned)
