@@ -160,8 +160,9 @@ def test_sniffing_a_file_without_extension_is_a_ranged_read(tmp_path):
                 self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
             self.end_headers()
             if not head:
-                self.wfile.write(data[start:end + 1])
+                # Counted before writing: once written, the client may already be checking.
                 sent.append(end - start + 1)
+                self.wfile.write(data[start:end + 1])
 
         def log_message(self, *args):
             pass
