@@ -237,7 +237,7 @@ def test_progress_document_is_read_when_present_and_tolerated_when_not(tmp_path)
 
     out = str(tmp_path / "map")
     assert jobs.read_progress(out, "v1-1") is None
-    url = storage.url_join(versions.version_url(out, "v1-1"), jobs.PROGRESS_FILE)
+    url = versions.progress_url(out, "v1-1")
     doc = {"version": "v1-1", "phase": "embedding", "counts": {"listed": 30, "embedded": 12,
                                                                "failed": 0},
            "total": 30, "rate": 4.0, "eta_s": 4.5, "started": "2026-11-23T09:00:00Z",

@@ -7,6 +7,7 @@ with the server (``PR_SET_PDEATHSIG``), and a restarted server runs again whatev
 under a new version id, so a half-written version is never mistaken for a finished one.
 """
 import ctypes
+import json
 import logging
 import os
 import re
@@ -20,7 +21,6 @@ from gridtsne.service import store as S
 
 log = logging.getLogger(__name__)
 
-PROGRESS_FILE = "progress.json"
 POLL_S = 0.5
 KILL_GRACE_S = 5.0
 _PR_SET_PDEATHSIG = 1
@@ -89,11 +89,9 @@ def read_progress(output, version, storage_options=None):
     """The run's progress document (issue 9's contract), or None where there is none yet."""
     if not version:
         return None
-    url = storage.url_join(versions.version_url(output, version), PROGRESS_FILE)
     try:
-        import json
-
-        return json.loads(storage.read_bytes(url, storage_options))
+        return json.loads(storage.read_bytes(versions.progress_url(output, version),
+                                             storage_options))
     except Exception:  # absent, half-written or unreadable: progress is optional
         return None
 
