@@ -43,8 +43,12 @@ CANDIDATES = {
     "swaps": {**OLD, "refine": "swaps"},
     "scalable-swaps": {**OLD, "assign": "scalable", "refine": "swaps"},
     "p15-exact-swaps": {**OLD, "perplexity": 15.0, "assign": "exact", "refine": "swaps"},
-    "gauss-swaps": {"refine_distance": "gauss"},
-    "exact-gauss-swaps": {"assign": "exact", "refine_distance": "gauss"},
+    # The default before 16x16 assignment windows and the gauss pair cost.
+    "previous-default": {"window": 12, "refine_distance": "euclidean"},
+    "euclidean-swaps": {"refine_distance": "euclidean"},
+    "window12-swaps": {"window": 12},
+    "window24-swaps": {"window": 24},
+    "exact-swaps": {"assign": "exact"},
     "default": {},
 }
 

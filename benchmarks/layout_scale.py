@@ -113,6 +113,7 @@ def task_ours(n, cifar_max, exact_compare=False):
     x, y, row, col, info = compute_layout(vectors, LayoutConfig(verbose=False))
     total = time.perf_counter() - start
     out = dict(source=source, tsne_s=info["timings"]["tsne_s"], assign_s=info["timings"]["assign_s"],
+               refine_s=info["timings"].get("refine_s", 0.0), refine=info["refine"],
                total_s=total, peak_mb=_peak_mb(), input_mb=base_mb, method=info["method"],
                grid=f"{info['rows']}x{info['cols']}", tsne=info["tsne"],
                dpq16=_quality(vectors, row, col))
@@ -207,7 +208,8 @@ def main():
     for n in alone:
         r = _spawn("ours", n, args)
         notes = f"{r['method']} {r['grid']} fit_sample={r['tsne']['fit_sample']} " \
-                f"pca={r['tsne']['pca_dims']}"
+                f"pca={r['tsne']['pca_dims']}, refinement {r['refine'].get('method')} " \
+                f"{r['refine_s']:.1f} s ({r['refine'].get('passes', 0)} passes)"
         if "exact_dpq16" in r:
             notes += f", exact on our t-SNE: DPQ16 {r['exact_dpq16']:.4f} in {r['exact_assign_s']:.1f} s"
         print(f"{n:>8} {'ours':<7} {r['source']:<9} {r['tsne_s']:>8.1f} {r['assign_s']:>9.2f} "

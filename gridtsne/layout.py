@@ -17,9 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gridtsne import __version__, progress, schema, storage
-from gridtsne.assign import METHODS, assign_to_grid, total_cost
+from gridtsne.assign import METHODS, WINDOW, assign_to_grid, total_cost
 from gridtsne.grid import parse_grid, resolve_grid, to_grid_units
-from gridtsne.refine import DISTANCES, REFINEMENTS, refine_layout
+from gridtsne.refine import DISTANCE, DISTANCES, REFINEMENTS, refine_layout
 from gridtsne.tsne import METRICS, embed_2d, resolve_gradient
 
 log = logging.getLogger(__name__)
@@ -77,12 +77,12 @@ class LayoutConfig:
     sample: bool = False
     sample_size: Optional[int] = None
     leaf_cells: int = 144
-    window: int = 12
+    window: int = WINDOW
     passes: int = 12
     metric: str = "euclidean"
     refine: str = "swaps"
     refine_passes: int = 20
-    refine_distance: str = "euclidean"
+    refine_distance: str = DISTANCE
     verbose: bool = True
 
     def __post_init__(self):

@@ -3,8 +3,8 @@
 t-SNE and the grid assignment only see 2-D positions; this step looks at the image vectors
 themselves. Its objective is local: the weighted sum, over every pair of grid neighbours
 (side by side; diagonals at DIAGONAL_WEIGHT), of a cost of the distance between their vectors
-(default: Euclidean; ``gauss``, a saturated squared distance, raises DPQ16 more but label
-agreement less, see DISTANCES). A sweep tries to swap every cell with its right, lower, lower-right and
+(default ``gauss``, a saturated squared distance: near pairs count, far pairs do not trade
+away order between near ones; ``euclidean`` is the distance itself, see DISTANCES). A sweep tries to swap every cell with its right, lower, lower-right and
 lower-left neighbour (an empty cell swaps as a move) and keeps each swap that lowers the
 objective. Swaps are evaluated in batches whose cells are at least two cells apart, so every
 batch is evaluated exactly and in one vectorised step: the objective never increases.
@@ -27,12 +27,15 @@ NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 
 # photos after the same assignment: DPQ16 0.8677 at 1/sqrt(2), 0.8802 at 0.5, 0.8843 at 0.25,
 # 0.8868 at 0 (label agreement 0.540-0.537): DPQ rewards the nearest grid neighbours most.
 DIAGONAL_WEIGHT = 0.0
-# Pair costs (see refine_swaps). Measured on 4,096 CIFAR-10 photos, 3 seeds, after the same
-# exact assignment (docs/layout.md): euclidean DPQ16 0.8807 / label agreement 0.5492, gauss
-# 0.8882 / 0.5503 (recipe 0.8636 / 0.5477); sqeuclidean, capped distances, k-NN bonuses,
-# k-NN-smoothed vectors and swaps 2 cells apart were no better.
+# Pair costs (see refine_swaps). Measured after the default scalable assignment (16x16
+# windows), 3 seeds each (docs/layout.md): on 4,096 CIFAR-10 photos euclidean DPQ16 0.8809 /
+# label agreement 0.5502, gauss 0.8876 / 0.5518 (recipe 0.8636 / 0.5477); on the 3,781
+# clothing-small photos euclidean 0.8944 / 0.6890, gauss 0.8997 / 0.6888 (recipe 0.8753 /
+# 0.6843). Squared distances, capped distances, k-NN bonuses or rank costs, k-NN-smoothed
+# vectors, t-SNE coordinates or k-means memberships added to the vectors, swaps 2 cells apart
+# and checkerboard window assignments were no better.
 DISTANCES = ("gauss", "euclidean")
-DISTANCE = "euclidean"
+DISTANCE = "gauss"
 # Scale of the gauss cost, times the median squared distance of side-by-side neighbours
 # (0.5 beat 1 and 2 on DPQ16 at equal label agreement).
 GAUSS_SCALE = 0.5

@@ -86,6 +86,9 @@ class LayoutOptions(PipelineOptions):
         add_flag(parser, "--refine_distance", default=None, choices=DISTANCES,
                  help=f"pair cost of the refinement: gauss (saturating squared distance: near "
                       f"pairs count) or euclidean (default {d.refine_distance})")
+        add_flag(parser, "--assign_window", type=int, default=None,
+                 help=f"side of the scalable assignment's exactly re-solved windows "
+                      f"(default {d.window}; larger: closer to exact, slower)")
 
 
 def layout_config_from_options(options):
@@ -99,7 +102,7 @@ def layout_config_from_options(options):
               "fit_sample": o.fit_sample, "gradient": o.tsne_gradient, "n_iter": o.n_iter,
               "early_exaggeration_iter": o.early_exaggeration_iter, "n_jobs": o.tsne_threads,
               "metric": o.tsne_metric, "refine": o.refine, "refine_passes": o.refine_passes,
-              "refine_distance": o.refine_distance}
+              "refine_distance": o.refine_distance, "window": o.assign_window}
     return LayoutConfig(**{k: v for k, v in fields.items() if v is not None})
 
 

@@ -93,7 +93,7 @@ def test_compute_layout_runs_refinement_as_its_own_step():
     shape = (i1["rows"], i1["cols"])
     assert (layout_objective(v, r1, c1, shape, scale_from=(r0, c0))
             < layout_objective(v, r0, c0, shape))
-    assert i1["refine"]["distance"] == "euclidean"
+    assert i1["refine"]["distance"] == "gauss"  # the default pair cost
     # --stable pins the kept images: with refinement they stay where the assignment put them.
     pinned = np.arange(150) < 120
     _, _, r2, c2, i2 = compute_layout(v, LayoutConfig(**fast), xy=xy, pinned=pinned)

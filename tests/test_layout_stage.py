@@ -307,9 +307,11 @@ def test_every_layout_flag_reaches_the_config():
         "--sample_size", "70", "--pca_dims", "none", "--fit_sample", "300",
         "--tsne_gradient", "fft", "--n_iter", "10", "--early_exaggeration_iter", "11",
         "--tsne_threads", "1", "--tsne_metric", "cosine", "--refine", "none",
-        "--refine_passes", "7", "--runner", "DirectRunner"]))
+        "--refine_passes", "7", "--refine_distance", "euclidean", "--assign_window", "9",
+        "--runner", "DirectRunner"]))
     assert cfg == LayoutConfig(grid="8x9", assign="exact", perplexity=12.0, seed=5, sample=True,
                                sample_size=70, pca_dims=0, fit_sample=300, gradient="fft",
                                n_iter=10, early_exaggeration_iter=11, n_jobs=1, metric="cosine",
-                               refine="none", refine_passes=7)
+                               refine="none", refine_passes=7, refine_distance="euclidean",
+                               window=9)
     assert layout_config_from_options(PipelineOptions([])) == LayoutConfig()
