@@ -23,6 +23,7 @@ from gridtsne.storage import filesystem
 from gridtsne.decode import DecodeConfig
 from gridtsne.flagfiles import expand_flags_files
 from pipelines import watch
+from pipelines.beam_runner import new_pipeline
 from pipelines.options import add_flag, local_abs, storage_options_from
 from transforms import embed_counters as C
 from transforms.embed import DECODERS, EmbedConfig, EmbedImages, resolve_decoder
@@ -307,7 +308,7 @@ def run(argv=None):
         return 0
     options = PipelineOptions(argv)
     config = config_from_options(options)
-    p = beam.Pipeline(options=options)
+    p = new_pipeline(options)
     build_pipeline(p, config)
     with watch.watching(options) as w:
         result = w.run(p)

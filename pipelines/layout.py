@@ -14,13 +14,13 @@ import json
 import logging
 import sys
 
-import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from gridtsne import storage
 from gridtsne.assign import METHODS
 from gridtsne.flagfiles import expand_flags_files
 from pipelines import watch
+from pipelines.beam_runner import new_pipeline
 from pipelines.options import add_flag, local_abs, storage_options_from
 from gridtsne.layout import LAYOUT_SUMMARY_FILE, LayoutConfig
 from gridtsne.refine import DISTANCES, REFINEMENTS
@@ -131,7 +131,7 @@ def run(argv=None):
     argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
     options = PipelineOptions(argv)
     job = config_from_options(options)
-    p = beam.Pipeline(options=options)
+    p = new_pipeline(options)
     build_pipeline(p, job)
     with watch.watching(options, phase="layout") as w:
         w.run(p)

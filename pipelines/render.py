@@ -14,13 +14,13 @@ import json
 import logging
 import sys
 
-import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from gridtsne import storage
 from gridtsne.flagfiles import expand_flags_files
 from gridtsne.labels import labels_csv
 from pipelines import watch
+from pipelines.beam_runner import new_pipeline
 from pipelines.options import add_flag, local_abs, storage_options_from
 from gridtsne.render_inputs import plan_render
 from gridtsne.site import DEFAULT_OSD_URL, SUMMARY_FILE, is_url
@@ -132,7 +132,7 @@ def run(argv=None):
     labels, argv = split_labels(argv)
     options = PipelineOptions(argv)
     job = job_from_options(options, labels)
-    p = beam.Pipeline(options=options)
+    p = new_pipeline(options)
     build_pipeline(p, job)
     with watch.watching(options, phase="rendering") as w:
         w.run(p)

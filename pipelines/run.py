@@ -30,6 +30,7 @@ from pipelines import embed as embed_stage
 from pipelines import layout as layout_stage
 from pipelines import render as render_stage
 from pipelines import watch
+from pipelines.beam_runner import new_pipeline
 from pipelines.options import add_flag
 from transforms import embed_counters as C
 from transforms.embed import EmbedImages
@@ -280,7 +281,7 @@ def run(argv=None):
     labels, argv = render_stage.split_labels(argv)
     options = PipelineOptions(argv)
     job = job_from_options(options, labels)
-    p = beam.Pipeline(options=options)
+    p = new_pipeline(options)
     build_pipeline(p, job)
     with watch.watching(options, job.version, versions.progress_url(job.output, job.version),
                         storage_options=job.storage_options) as w:
