@@ -111,6 +111,21 @@ def candidate(vectors, fields, seed, fits):
     return row, col, t
 
 
+def knn_label_agreement(x, labels, k, chunk=2048):
+    """Fraction of each point's ``k`` nearest neighbours (Euclidean, brute force in chunks)
+    that share its label: what a layout whose neighbours were exactly these would score."""
+    x = np.asarray(x, dtype=np.float32)
+    _, y = np.unique(np.asarray(labels), return_inverse=True)
+    sq = np.einsum("ij,ij->i", x, x)
+    hits = 0
+    for s in range(0, len(x), chunk):
+        d = sq[s:s + chunk, None] + sq[None, :] - 2.0 * (x[s:s + chunk] @ x.T)
+        d[np.arange(len(d)), np.arange(s, s + len(d))] = np.inf
+        nn = np.argpartition(d, k, axis=1)[:, :k]
+        hits += int((y[nn] == y[s:s + chunk, None]).sum())
+    return hits / (len(x) * k)
+
+
 def quality(vectors, labels, row, col, dpq_items):
     from gridtsne.metrics import dpq, neighbour_label_agreement, sample_for_metrics
     pick = sample_for_metrics(len(vectors), dpq_items, seed=0)
@@ -159,6 +174,10 @@ def main(argv=None):
                         help="largest set solved densely with lap.lapjv for the recipe")
     parser.add_argument("--dpq-items", type=int, default=10_000,
                         help="DPQ16 on a seeded sample of this many images above it")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also print how often the 4 nearest neighbours share a label in the "
+                             "vector space and in each t-SNE fit (4 and 10 neighbours): the room "
+                             "a grid's label agreement has")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [c for c in args.candidates.split(",") if c]
@@ -174,6 +193,9 @@ def main(argv=None):
             continue
         vectors, labels = data
         results = {}
+        if args.ceiling:
+            print(f"{set_name}: 4-NN label agreement in the vector space "
+                  f"{knn_label_agreement(vectors, labels, 4):.4f}", flush=True)
         for seed in seeds:
             fits = {}
             for cand in ["recipe"] + [c for c in names if c != "recipe"]:
@@ -184,6 +206,11 @@ def main(argv=None):
                 t["total_s"] = t["tsne_s"] + t["assign_s"] + t["refine_s"]
                 t["dpq"], t["nla"] = quality(vectors, labels, row, col, args.dpq_items)
                 results.setdefault(cand, []).append(t)
+            if args.ceiling:
+                for key, (xy, _) in fits.items():
+                    print(f"{set_name} seed {seed} t-SNE {key}: label agreement of the 4 / 10 "
+                          f"nearest map neighbours {knn_label_agreement(xy, labels, 4):.4f} / "
+                          f"{knn_label_agreement(xy, labels, 10):.4f}", flush=True)
                 print(f"{set_name} seed {seed} {cand}: DPQ16 {t['dpq']:.4f} NLA {t['nla']:.4f} "
                       f"t-SNE {t['tsne_s']:.1f} s assign {t['assign_s']:.1f} s refine "
                       f"{t['refine_s']:.1f} s ({t['how']})", file=sys.stderr, flush=True)
