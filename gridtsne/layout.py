@@ -43,7 +43,8 @@ class LayoutConfig:
     Attributes
     ----------
     grid : ``"auto"`` (smallest near-square grid holding every image) or ``"RxC"``.
-    assign : ``"exact"``, ``"scalable"`` or ``"auto"`` (exact up to 4,096 images).
+    assign : ``"exact"``, ``"scalable"`` or ``"auto"`` (exact up to 2,048 images, see
+        :data:`gridtsne.assign.EXACT_AUTO_LIMIT`).
     perplexity, seed, n_jobs, n_iter, early_exaggeration_iter : t-SNE settings.
     pca_dims : ``"auto"`` (200 dimensions above 200,000 images), None or 0 (never) or a number.
     fit_sample : ``"auto"``, None or 0 (fit all images), or the number of images to fit
