@@ -3,6 +3,7 @@
     python benchmarks/layout_quality.py                              # the full table (slow)
     python benchmarks/layout_quality.py --sets cifar4096 --seeds 0   # one set, one seed
     python benchmarks/layout_quality.py --candidates recipe,default  # just these two
+    python benchmarks/layout_quality.py --jitter 4 ...               # 5 runs per seed
 
 Sets: ``clothing`` (all 3,781 clothing-small photos), ``cifar4096`` and ``cifar16384`` (fixed
 shuffled CIFAR-10 subsets), as EfficientNet-Lite0 vectors (``benchmarks/cifar_vectors.py``,
@@ -18,6 +19,12 @@ recipe's dense solve is skipped above ``--recipe-max`` images (16,384 would need
 and hours): there the recipe row uses the scalable assignment and says so. DPQ16 is computed on
 all images up to ``--dpq-items``, else on a seeded sample of that many (a sample scores lower).
 The CPU is shared: times are noisy; the ratios within one run are what count.
+
+A t-SNE run is chaotic: ``--jitter K`` also runs every seed on K copies of the vectors changed
+at the level of float32 rounding (each element times 1 + 1e-7 N(0, 1)), which give t-SNE other
+runs of equal standing. The table then spans seeds x (K + 1) runs, and below it come the
+paired differences to the recipe with their standard error, and each layout's spread of NLA:
+what a difference must exceed to be more than chance.
 """
 import argparse
 import sys
@@ -31,6 +38,8 @@ sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
 SETS = ("clothing", "cifar4096", "cifar16384")
+# Relative size of the --jitter perturbation (float32 resolution is about 6e-8).
+JITTER = 1e-7
 OLD_EXACT_LIMIT = 4096
 OLD = dict(perplexity=30.0, assign="old-auto", refine="none")
 # name -> LayoutConfig fields ("old-auto": exact up to 4,096 images, scalable above, as the
@@ -49,7 +58,29 @@ CANDIDATES = {
     "window12-swaps": {"window": 12},
     "window24-swaps": {"window": 24},
     "exact-swaps": {"assign": "exact"},
+    # t-SNE fitted on transformed vectors (assignment, refinement and the metrics use the
+    # vectors as they are): element-wise square root then unit length, and the same centred
+    # on the set's mean (power normalisation; see TSNE_INPUTS).
+    "sqrt-tsne": {"tsne_input": "sqrt"},
+    "sqrt-centred-tsne": {"tsne_input": "sqrt-centred"},
     "default": {},
+}
+
+
+def _unit(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _sqrt_centred(x):
+    s = _unit(np.sqrt(np.maximum(x, 0)))
+    return _unit(s - s.mean(0))
+
+
+# Inputs a candidate's t-SNE can be fitted on instead of the vectors (non-negative CNN
+# features, as EfficientNet-Lite0's pooled activations are).
+TSNE_INPUTS = {
+    "sqrt": lambda x: _unit(np.sqrt(np.maximum(x, 0))),
+    "sqrt-centred": _sqrt_centred,
 }
 
 
@@ -96,11 +127,25 @@ def candidate(vectors, fields, seed, fits):
     """One candidate through compute_layout, reusing a t-SNE fit with the same settings."""
     from gridtsne.layout import LayoutConfig, compute_layout
     fields = dict(fields)
+    tsne_input = fields.pop("tsne_input", None)
     if fields.get("assign") == "old-auto":
         fields["assign"] = "exact" if len(vectors) <= OLD_EXACT_LIMIT else "scalable"
     config = LayoutConfig(seed=seed, verbose=False, **fields)
-    key = (config.perplexity, config.metric, config.n_iter, config.early_exaggeration_iter)
+    key = (config.perplexity, config.metric, config.n_iter, config.early_exaggeration_iter,
+           tsne_input)
     xy, tsne_s = fits.get(key, (None, None))
+    if xy is None and tsne_input is not None:
+        start = time.perf_counter()
+        x_in = TSNE_INPUTS[tsne_input](np.asarray(vectors, dtype=np.float64)).astype(np.float32)
+        fit_only = LayoutConfig(seed=seed, verbose=False, perplexity=config.perplexity,
+                                metric=config.metric, n_iter=config.n_iter,
+                                early_exaggeration_iter=config.early_exaggeration_iter,
+                                assign="scalable", refine="none")
+        x, y, _, _, info = compute_layout(x_in, fit_only)
+        xy = np.column_stack([x, y])
+        tsne_s = info["timings"]["tsne_s"] + (time.perf_counter() - start
+                                              - sum(info["timings"].values()))
+        fits[key] = (xy, tsne_s)
     x, y, row, col, info = compute_layout(vectors, config, xy=xy)
     t = dict(info["timings"])
     if xy is None:
@@ -142,10 +187,26 @@ def _fmt(values, digits=4, signed=False):
     return text
 
 
+def _mean_se(values):
+    """``mean ± standard error`` of paired differences."""
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():+.4f} ± {v.std(ddof=1) / np.sqrt(len(v)):.4f}"
+
+
+def jittered(vectors, j, scale=JITTER):
+    """The vectors themselves for ``j == 0``; else a copy with every element multiplied by
+    ``1 + scale * N(0, 1)`` (seeded by ``j``): a change at the level of float32 rounding that
+    nonetheless gives t-SNE a different run."""
+    if j == 0:
+        return vectors
+    noise = np.random.default_rng(1000 + j).standard_normal(vectors.shape)
+    return (vectors * (1.0 + scale * noise)).astype(vectors.dtype)
+
+
 def report(name, n, results, names):
     """Print the markdown table of one set: results[candidate] = list of per-seed dicts."""
     base = results["recipe"]
-    print(f"\n### {name} ({n:,} images, seeds: {len(base)})\n")
+    print(f"\n### {name} ({n:,} images, runs: {len(base)})\n")
     print("| layout | how | DPQ16 | NLA | ΔDPQ16 vs recipe | ΔNLA vs recipe | t-SNE s | "
           "assign s | refine s | total s | time / recipe |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -162,6 +223,17 @@ def report(name, n, results, names):
               f"{_fmt([r['nla'] for r in rs])} | {_fmt(d, signed=True)} | {_fmt(a, signed=True)} | "
               f"{mean['tsne_s']:.1f} | {mean['assign_s']:.1f} | {mean['refine_s']:.1f} | "
               f"{mean['total_s']:.1f} | {_fmt(ratio, 2)} |", flush=True)
+    if len(base) > 1:
+        print()
+        for cand in names:
+            rs = results.get(cand)
+            if rs:
+                print(f"- {cand} - recipe, paired over {len(rs)} runs: ΔDPQ16 "
+                      f"{_mean_se([r['dpq'] - b['dpq'] for r, b in zip(rs, base)])}, ΔNLA "
+                      f"{_mean_se([r['nla'] - b['nla'] for r, b in zip(rs, base)])}")
+        spread = ", ".join(f"{c} {np.std([r['nla'] for r in results[c]], ddof=1):.4f}"
+                           for c in ["recipe"] + names if results.get(c))
+        print(f"- NLA standard deviation over the runs: {spread}")
 
 
 def main(argv=None):
@@ -178,6 +250,10 @@ def main(argv=None):
                         help="also print how often the 4 nearest neighbours share a label in the "
                              "vector space and in each t-SNE fit (4 and 10 neighbours): the room "
                              "a grid's label agreement has")
+    parser.add_argument("--jitter", type=int, default=0,
+                        help="also run every seed on this many copies of the vectors changed at "
+                             "the level of float rounding (relative 1e-7): how much of a "
+                             "difference is the t-SNE run's chance")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [c for c in args.candidates.split(",") if c]
@@ -196,24 +272,26 @@ def main(argv=None):
         if args.ceiling:
             print(f"{set_name}: 4-NN label agreement in the vector space "
                   f"{knn_label_agreement(vectors, labels, 4):.4f}", flush=True)
-        for seed in seeds:
+        for seed, j in [(s, j) for s in seeds for j in range(args.jitter + 1)]:
             fits = {}
+            run_vectors = jittered(vectors, j)
+            run = f"{set_name} seed {seed} jitter {j}"
             for cand in ["recipe"] + [c for c in names if c != "recipe"]:
                 if cand == "recipe":
-                    row, col, t = recipe(vectors, seed, args.recipe_max)
+                    row, col, t = recipe(run_vectors, seed, args.recipe_max)
                 else:
-                    row, col, t = candidate(vectors, CANDIDATES[cand], seed, fits)
+                    row, col, t = candidate(run_vectors, CANDIDATES[cand], seed, fits)
                 t["total_s"] = t["tsne_s"] + t["assign_s"] + t["refine_s"]
                 t["dpq"], t["nla"] = quality(vectors, labels, row, col, args.dpq_items)
                 results.setdefault(cand, []).append(t)
-            if args.ceiling:
-                for key, (xy, _) in fits.items():
-                    print(f"{set_name} seed {seed} t-SNE {key}: label agreement of the 4 / 10 "
-                          f"nearest map neighbours {knn_label_agreement(xy, labels, 4):.4f} / "
-                          f"{knn_label_agreement(xy, labels, 10):.4f}", flush=True)
-                print(f"{set_name} seed {seed} {cand}: DPQ16 {t['dpq']:.4f} NLA {t['nla']:.4f} "
+                print(f"{run} {cand}: DPQ16 {t['dpq']:.4f} NLA {t['nla']:.4f} "
                       f"t-SNE {t['tsne_s']:.1f} s assign {t['assign_s']:.1f} s refine "
                       f"{t['refine_s']:.1f} s ({t['how']})", file=sys.stderr, flush=True)
+            if args.ceiling:
+                for key, (xy, _) in fits.items():
+                    print(f"{run} t-SNE {key}: label agreement of the 4 / 10 "
+                          f"nearest map neighbours {knn_label_agreement(xy, labels, 4):.4f} / "
+                          f"{knn_label_agreement(xy, labels, 10):.4f}", flush=True)
         report(set_name, len(vectors), results, [c for c in names if c != "recipe"])
 
 
