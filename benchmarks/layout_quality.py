@@ -58,6 +58,7 @@ CANDIDATES = {
     "window12-swaps": {"window": 12},
     "window24-swaps": {"window": 24},
     "exact-swaps": {"assign": "exact"},
+    "iter1000-swaps": {"n_iter": 1000},
     # t-SNE fitted on transformed vectors (assignment, refinement and the metrics use the
     # vectors as they are): element-wise square root then unit length, and the same centred
     # on the set's mean (power normalisation; see TSNE_INPUTS).
