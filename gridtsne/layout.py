@@ -124,6 +124,14 @@ class LayoutConfig:
     def to_dict(self):
         return dataclasses.asdict(self)
 
+    def tsne_options(self):
+        """The keyword arguments of :func:`gridtsne.tsne.embed_2d` this config asks for."""
+        return dict(perplexity=self.perplexity, seed=self.seed, n_jobs=self.n_jobs,
+                    pca_dims=self.pca_dims, n_iter=self.n_iter,
+                    early_exaggeration_iter=self.early_exaggeration_iter,
+                    fit_sample=self.fit_sample, gradient=self.gradient, metric=self.metric,
+                    verbose=self.verbose)
+
 
 def select_images(n, config):
     """``(indices, (rows, cols))``: which of ``n`` images to lay out, and the grid shape.
@@ -183,12 +191,7 @@ def compute_layout(vectors, config=LayoutConfig(), xy=None, pinned=None):
     start = time.perf_counter()
     if xy is None:
         progress.phase("layout", "t-SNE")
-        xy, tsne_info = embed_2d(chosen, perplexity=config.perplexity, seed=config.seed,
-                                 n_jobs=config.n_jobs, pca_dims=config.pca_dims,
-                                 n_iter=config.n_iter,
-                                 early_exaggeration_iter=config.early_exaggeration_iter,
-                                 fit_sample=config.fit_sample, gradient=config.gradient,
-                                 metric=config.metric, verbose=config.verbose)
+        xy, tsne_info = embed_2d(chosen, **config.tsne_options())
     else:
         xy = np.asarray(xy, dtype=np.float32)
         if xy.shape != (len(vectors), 2):

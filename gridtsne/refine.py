@@ -6,8 +6,9 @@ themselves. Its objective is local: the weighted sum, over every pair of grid ne
 (default ``gauss``, a saturated squared distance: near pairs count, far pairs saturate;
 ``euclidean`` is the distance itself; see DISTANCES). A sweep tries to swap every cell with its
 right, lower, lower-right and lower-left neighbour (an empty cell swaps as a move) and keeps
-each swap that lowers the objective. Swaps are evaluated in batches whose cells are at least two cells apart, so every
-batch is evaluated exactly and in one vectorised step: the objective never increases.
+each swap that lowers the objective. Swaps are evaluated in batches whose cells are at least
+two cells apart, so every batch is evaluated exactly and in one vectorised step: the objective
+never increases.
 Pairs whose neighbourhood did not change since their last evaluation are skipped, so later
 sweeps cost little. Time and memory are linear in the number of images.
 
