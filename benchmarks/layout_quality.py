@@ -72,15 +72,19 @@ def _unit(x):
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def _sqrt_unit(x):
+    return _unit(np.sqrt(np.maximum(x, 0)))
+
+
 def _sqrt_centred(x):
-    s = _unit(np.sqrt(np.maximum(x, 0)))
+    s = _sqrt_unit(x)
     return _unit(s - s.mean(0))
 
 
 # Inputs a candidate's t-SNE can be fitted on instead of the vectors (non-negative CNN
 # features, as EfficientNet-Lite0's pooled activations are).
 TSNE_INPUTS = {
-    "sqrt": lambda x: _unit(np.sqrt(np.maximum(x, 0))),
+    "sqrt": _sqrt_unit,
     "sqrt-centred": _sqrt_centred,
 }
 
