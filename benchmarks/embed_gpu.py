@@ -209,7 +209,8 @@ def time_plain(paths, embedder_config, batch_size, read_threads, out):
                         errors.append(error_row_from(f.info.uri, value))
             pending = started
     model = embedder.model
-    meta = models.describe(model.spec, model.weights_sha256, model.weights_source)
+    meta = models.describe(model.spec, model.weights_sha256, model.weights_source,
+                           model.pooling)
     pq.write_table(pa.Table.from_pylist(vectors, schema=schema.vectors_schema(
         model.spec.dim, meta)), out)
     embedder.close()

@@ -76,7 +76,8 @@ def time_plain(paths, config, model_name, batch_size, device, out, channels_last
             flush()
     if batch:
         flush()
-    meta = models.describe(model.spec, model.weights_sha256, model.weights_source)
+    meta = models.describe(model.spec, model.weights_sha256, model.weights_source,
+                           model.pooling)
     table = pa.Table.from_pylist(rows, schema=schema.vectors_schema(model.spec.dim, meta))
     pq.write_table(table, out)
     return time.perf_counter() - start

@@ -77,6 +77,7 @@ class EmbedderConfig:
     threads: int = 4  # Pillow fallbacks and thumbnail encoding
     decode: DecodeConfig = DecodeConfig()
     device_calls: int = 2  # batches on the device at once (one decodes while one finishes)
+    pooling: str = "auto"
 
     def key(self):
         """A short digest naming this configuration (the tag of a machine-wide shared model)."""
@@ -97,7 +98,8 @@ class BatchEmbedder:
             torch.set_num_threads(config.torch_threads)
         self.config = config
         self.model = models.load_model(config.model, config.weights, config.device,
-                                       config.channels_last, precision=config.precision)
+                                       config.channels_last, precision=config.precision,
+                                       pooling=config.pooling)
         if config.weights_sha256 and self.model.weights_sha256 != config.weights_sha256:
             raise ValueError(f"weights {self.model.weights_source!r} have sha256 "
                              f"{self.model.weights_sha256}, the job was launched with "

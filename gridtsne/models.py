@@ -20,6 +20,8 @@ import fsspec
 import numpy as np
 import torch
 
+from gridtsne.pooling import DESCRIPTIONS, gem_pool, resolve_pooling
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -48,6 +50,10 @@ class ModelSpec:
         for the model's own default or a path/URL given by the user. Must be a module-level
         function so the spec pickles.
     description : str
+    poolings : tuple of str
+        How the embedder can pool its last feature map (:mod:`gridtsne.pooling`), the default
+        first. An embedder offering more than ``("avg",)`` has a ``pooling`` attribute that
+        :func:`load_model` sets, and ``forward_pooled(x, pooling)``.
     """
 
     name: str
@@ -57,6 +63,7 @@ class ModelSpec:
     std: tuple
     build: Callable
     description: str = ""
+    poolings: tuple = ("avg",)
 
 
 @dataclasses.dataclass
@@ -72,6 +79,7 @@ class LoadedModel:
     input_scale: object = None  # 1 / (255 std), shaped (1, 3, 1, 1)
     input_shift: object = None  # mean / std
     precision: str = "fp32"  # resolved: fp32, bf16 or fp16
+    pooling: str = "avg"  # resolved: one of spec.poolings
 
 
 _REGISTRY = {}
@@ -143,7 +151,7 @@ def _autocast(model):
 
 
 def load_model(name=DEFAULT_MODEL, weights=None, device="auto", channels_last=True,
-               fold_bn=True, precision="auto"):
+               fold_bn=True, precision="auto", pooling="auto"):
     """Build the model ``name`` with its weights on ``device``, in eval mode.
 
     Parameters
@@ -161,9 +169,14 @@ def load_model(name=DEFAULT_MODEL, weights=None, device="auto", channels_last=Tr
     fold_bn : bool
         Fold inference-mode batch norms into the convolutions before them
         (:func:`fold_batch_norms`): the same vectors, fewer passes over memory.
+    pooling : {"auto", "avg", "gem"}
+        Of the last feature map (:mod:`gridtsne.pooling`); auto: the model's default.
     """
     spec = get_spec(name)
+    pooling = resolve_pooling(pooling, spec.poolings, spec.name)
     module, sha, source = spec.build(weights)
+    if len(spec.poolings) > 1:
+        module.pooling = pooling
     dev = torch.device(resolve_device(device))
     precision = resolve_precision(precision, dev.type)
     module = module.eval().requires_grad_(False)
@@ -179,7 +192,7 @@ def load_model(name=DEFAULT_MODEL, weights=None, device="auto", channels_last=Tr
     return LoadedModel(spec=spec, module=module, device=dev, weights_sha256=sha,
                        weights_source=source, channels_last=channels_last,
                        input_scale=1.0 / (255.0 * std), input_shift=mean / std,
-                       precision=precision)
+                       precision=precision, pooling=pooling)
 
 
 def to_input_tensor(model, pixels):
@@ -219,18 +232,25 @@ def _features(model, x):
 
 
 def classify_batch(model, pixels):
-    """ImageNet logits ``(N, classes)`` of a batch: checks that the weights are the real ones."""
+    """ImageNet logits ``(N, classes)`` of a batch: checks that the weights are the real ones.
+
+    The head was trained on the average-pooled feature, so that is what it is given whatever
+    the model's ``pooling``.
+    """
+    m = model.module
     with torch.inference_mode(), _autocast(model):
-        logits = model.module.classify(model.module(to_input_tensor(model, pixels)))
+        x = to_input_tensor(model, pixels)
+        feats = m.forward_pooled(x, "avg") if hasattr(m, "forward_pooled") else m(x)
+        logits = m.classify(feats)
     return logits.float().cpu().numpy()
 
 
-def describe(spec, weights_sha256, weights_source):
-    """The model part of the ``vectors/`` schema metadata."""
+def describe(spec, weights_sha256, weights_source, pooling="avg"):
+    """The model part of the ``vectors/`` schema metadata (``pooling`` resolved)."""
     return {"model": spec.name, "weights_sha256": weights_sha256,
             "weights_source": weights_source, "vector_dim": spec.dim,
             "input_size": spec.input_size, "mean": list(spec.mean), "std": list(spec.std),
-            "vector": "pooled penultimate feature, L2-normalised, float32"}
+            "pooling": pooling, "vector": DESCRIPTIONS[pooling]}
 
 
 # --- batch-norm folding -------------------------------------------------------------------
@@ -360,12 +380,19 @@ def load_state_dict_in_order(module, source_state):
 class TimmEmbedder(torch.nn.Module):
     """A timm classifier whose forward stops at the pooled pre-logits feature."""
 
-    def __init__(self, net):
+    def __init__(self, net, pooling="avg"):
         super().__init__()
         self.net = net
+        self.pooling = pooling
 
     def forward(self, x):
-        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+        return self.forward_pooled(x, self.pooling)
+
+    def forward_pooled(self, x, pooling):
+        fmap = self.net.forward_features(x)
+        if pooling == "gem":
+            return gem_pool(fmap)
+        return self.net.forward_head(fmap, pre_logits=True)
 
     def classify(self, feats):
         return self.net.get_classifier()(feats)
@@ -374,20 +401,27 @@ class TimmEmbedder(torch.nn.Module):
 class TorchvisionEmbedder(torch.nn.Module):
     """A torchvision classifier split into pooled feature (``forward``) and head (``classify``)."""
 
-    def __init__(self, net, arch):
+    def __init__(self, net, arch, pooling="avg"):
         super().__init__()
         if arch not in ("resnet50", "convnext_tiny", "efficientnet_v2_s"):
             raise ValueError(f"no feature split known for torchvision {arch!r}")
         self.net = net
         self.arch = arch
+        self.pooling = pooling
 
     def forward(self, x):
+        return self.forward_pooled(x, self.pooling)
+
+    def forward_pooled(self, x, pooling):
         n = self.net
         if self.arch == "resnet50":
             x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
             x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
-            return n.avgpool(x).flatten(1)
-        x = n.avgpool(n.features(x))
+        else:
+            x = n.features(x)
+        if pooling == "gem":  # not offered for convnext_tiny: its map is signed (LayerNorm next)
+            return gem_pool(x)
+        x = n.avgpool(x)
         if self.arch == "convnext_tiny":
             return n.classifier[1](n.classifier[0](x))  # LayerNorm2d, Flatten; Linear is the head
         return x.flatten(1)
@@ -471,13 +505,16 @@ def build_efficientnet_v2_s(weights=None):
 register_model(ModelSpec(
     name="efficientnet_lite0", dim=1280, input_size=224, mean=(0.5, 0.5, 0.5),
     std=(0.5, 0.5, 0.5), build=build_efficientnet_lite0,
-    description="EfficientNet-Lite0, ImageNet, embedded offline (default)"))
+    description="EfficientNet-Lite0, ImageNet, embedded offline (default)",
+    poolings=("gem", "avg")))  # GeM measured better here (gridtsne/pooling.py)
 register_model(ModelSpec(
     name="resnet50", dim=2048, input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    build=build_resnet50, description="torchvision ResNet-50, ImageNet"))
+    build=build_resnet50, description="torchvision ResNet-50, ImageNet",
+    poolings=("avg", "gem")))
 register_model(ModelSpec(
     name="convnext_tiny", dim=768, input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     build=build_convnext_tiny, description="torchvision ConvNeXt-Tiny, ImageNet"))
 register_model(ModelSpec(
     name="efficientnet_v2_s", dim=1280, input_size=384, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    build=build_efficientnet_v2_s, description="torchvision EfficientNetV2-S, ImageNet"))
+    build=build_efficientnet_v2_s, description="torchvision EfficientNetV2-S, ImageNet",
+    poolings=("avg", "gem")))

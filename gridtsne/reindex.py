@@ -45,7 +45,9 @@ def row_fingerprint(row):
 # What a previous row's vector and thumbnail depend on besides the image itself: a row made
 # with any of these different cannot stand beside new rows (e.g. --thumbnail_size).
 REUSE_KEYS = ("model", "weights_sha256", "vector_dim", "input_size", "mean", "std",
-              "preprocessing")
+              "preprocessing", "pooling")
+# What a key added to the metadata later meant in tables written before it existed.
+BEFORE_KEY = {"pooling": "avg"}
 
 
 def reuse_mismatch(previous, current):
@@ -55,7 +57,8 @@ def reuse_mismatch(previous, current):
     tuples alike), so a table read back matches the metadata it was written with.
     """
     for key in REUSE_KEYS:
-        before, now = _as_json(previous.get(key)), _as_json(current.get(key))
+        before = _as_json(previous.get(key, BEFORE_KEY.get(key)))
+        now = _as_json(current.get(key, BEFORE_KEY.get(key)))
         if before != now:
             if isinstance(before, dict) and isinstance(now, dict):
                 diff = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))

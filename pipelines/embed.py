@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from gridtsne import models, schema, storage
 from gridtsne.storage import filesystem
 from gridtsne.decode import DecodeConfig
+from gridtsne.pooling import POOLINGS, resolve_pooling
 from gridtsne.flagfiles import expand_flags_files
 from pipelines import watch
 from pipelines.beam_runner import new_pipeline
@@ -73,6 +74,10 @@ class EmbedOptions(PipelineOptions):
                  choices=models.PRECISIONS,
                  help="forward pass precision; auto: bf16 on CUDA, fp32 on the CPU (vectors "
                       "are float32 either way)")
+        add_flag(parser, "--pooling", default=EmbedConfig.pooling, choices=POOLINGS,
+                 help="how the model's last feature map becomes a vector: gem (generalised "
+                      "mean, p=3) or avg; auto: the model's default (gem for "
+                      "efficientnet_lite0)")
         add_flag(parser, "--share_model", default="yes", choices=("yes", "no"),
                  help="batched path: one model per worker machine shared by its processes "
                       "(yes) or one per process (no)")
@@ -152,8 +157,9 @@ def describe_job(embed_config):
     unreadable ``--weights`` fails here, before any worker starts.
     """
     spec = models.get_spec(embed_config.model)
+    pooling = resolve_pooling(embed_config.pooling, spec.poolings, spec.name)
     _, sha, source = spec.build(embed_config.weights)
-    meta = models.describe(spec, sha, source)
+    meta = models.describe(spec, sha, source, pooling)
     meta["preprocessing"] = embed_config.decode.describe()
     device = embed_config.device
     if device == "auto":
@@ -212,7 +218,7 @@ def config_from_options(options):
                         batch_size=o.batch_size, decode=decode,
                         storage_options=storage_options_from(options),
                         torch_threads=o.torch_threads, decode_threads=o.decode_threads,
-                        decoder=o.decoder, precision=o.precision,
+                        decoder=o.decoder, precision=o.precision, pooling=o.pooling,
                         share_model=o.share_model == "yes", read_threads=o.read_threads)
     metadata = describe_job(embed)
     embed = dataclasses.replace(embed, weights_sha256=metadata["weights_sha256"])

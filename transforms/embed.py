@@ -27,6 +27,7 @@ from gridtsne import models
 from gridtsne.batch_embed import BatchEmbedder, EmbedderConfig, embed_fetched, submit_fetches
 from gridtsne.decode import STAGE_DECODE, STAGE_EMBED, DecodeConfig, DecodeError
 from gridtsne.ingest import read_and_decode
+from gridtsne.pooling import POOLINGS
 from gridtsne.rows import error_row, error_row_from, vector_row
 from transforms import embed_counters as C
 
@@ -67,6 +68,8 @@ class EmbedConfig:
         has CUDA, else Pillow.
     precision : {"auto", "fp32", "bf16", "fp16"}
         Of the forward pass (:func:`gridtsne.models.resolve_precision`).
+    pooling : {"auto", "avg", "gem"}
+        Of the model's last feature map (:mod:`gridtsne.pooling`); auto: the model's default.
     share_model : bool
         Batched path: one model per worker machine, served to its processes
         (``apache_beam.utils.multi_process_shared``); False: one per process.
@@ -86,6 +89,7 @@ class EmbedConfig:
     decode_threads: int = 4
     decoder: str = "auto"
     precision: str = "auto"
+    pooling: str = "auto"
     share_model: bool = True
     read_threads: int = 16
 
@@ -101,6 +105,8 @@ class EmbedConfig:
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         models.resolve_precision(self.precision, self.device)
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if not isinstance(self.read_threads, int) or self.read_threads < 1:
             raise ValueError(f"read_threads must be at least 1, got {self.read_threads!r}")
 
@@ -110,7 +116,7 @@ class EmbedConfig:
                               weights_sha256=self.weights_sha256, device=self.device,
                               precision=self.precision, channels_last=self.channels_last,
                               torch_threads=self.torch_threads, threads=self.decode_threads,
-                              decode=self.decode)
+                              decode=self.decode, pooling=self.pooling)
 
 
 def resolve_decoder(decoder, device):
@@ -246,7 +252,8 @@ class EmbeddingModelHandler(ModelHandler):
             torch.set_num_threads(self._config.torch_threads)
         loaded = models.load_model(self._config.model, self._config.weights,
                                    self._config.device, self._config.channels_last,
-                                   precision=self._config.precision)
+                                   precision=self._config.precision,
+                                   pooling=self._config.pooling)
         expected = self._config.weights_sha256
         if expected and loaded.weights_sha256 != expected:
             raise ValueError(f"weights {loaded.weights_source!r} have sha256 "
