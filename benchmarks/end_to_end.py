@@ -65,8 +65,9 @@ def embed_recipe(paths, batch_size=32):
 
     from gridtsne.models import load_model
 
-    # The same weights, loaded plainly: no batch-norm folding, no channels_last.
-    net = load_model(channels_last=False, fold_bn=False, device="cpu").module
+    # The same weights, loaded plainly: no batch-norm folding, no channels_last, and the
+    # network's own average pooling.
+    net = load_model(channels_last=False, fold_bn=False, device="cpu", pooling="avg").module
     size = 224
     vectors = []
     with torch.inference_mode():

@@ -7,13 +7,19 @@
 
 Sets: ``clothing`` (all 3,781 clothing-small photos), ``cifar4096`` and ``cifar16384`` (fixed
 shuffled CIFAR-10 subsets), as EfficientNet-Lite0 vectors (``benchmarks/cifar_vectors.py``,
-cached outside the repository; the first run embeds them, which takes minutes).
+cached outside the repository; the first run embeds them, which takes minutes), each pooled
+two ways: ``avg``, the network's own average pooling, which the original recipe used, and
+``gem``, the GeM pooling gridtsne's embedding stage uses by default (:mod:`gridtsne.pooling`).
 
 For every set and seed it runs the original recipe (openTSNE's defaults, points scaled to
 [0, 1], a dense squared-distance cost matrix to a square grid filled row by row, ``lap.lapjv``)
-and each candidate through :func:`gridtsne.layout.compute_layout`, and prints DPQ16, neighbour
-label agreement (NLA) and seconds per stage (t-SNE, assignment, refinement), then the
-differences to the recipe: mean over seeds and their range (min..max). Candidates with the
+on the average-pooled vectors and each candidate through
+:func:`gridtsne.layout.compute_layout` on its vectors (``default``: GeM, as a user gets;
+``default-avg``: today's layout on the recipe's vectors; ``recipe-gem``: the recipe on the GeM
+vectors; older candidates: average-pooled), and prints DPQ16 on the layout's own vectors and
+on the average-pooled ones, neighbour label agreement (NLA) and seconds per stage (t-SNE,
+assignment, refinement), then the differences to the recipe: mean over seeds and their range
+(min..max). Candidates with the
 same t-SNE settings share one fit per seed (its seconds are counted in each of them). The
 recipe's dense solve is skipped above ``--recipe-max`` images (16,384 would need a 2 GB matrix
 and hours): there the recipe row uses the scalable assignment and says so. DPQ16 is computed on
@@ -44,6 +50,7 @@ OLD_EXACT_LIMIT = 4096
 OLD = dict(perplexity=30.0, assign="old-auto", refine="none")
 # name -> LayoutConfig fields ("old-auto": exact up to 4,096 images, scalable above, as the
 # default assignment was before refinement existed).
+# A candidate's "vectors" ("avg" unless it says) names the pooling of the vectors it is given.
 CANDIDATES = {
     "old-default": OLD,
     "p15": {**OLD, "perplexity": 15.0},
@@ -64,8 +71,12 @@ CANDIDATES = {
     # on the set's mean (power normalisation; see TSNE_INPUTS).
     "sqrt-tsne": {"tsne_input": "sqrt"},
     "sqrt-centred-tsne": {"tsne_input": "sqrt-centred"},
-    "default": {},
+    "default-avg": {},
+    "default": {"vectors": "gem"},
 }
+# The original recipe on each pooling's vectors ("recipe" is what the differences are to).
+RECIPES = {"recipe": "avg", "recipe-gem": "gem"}
+POOLED = ("avg", "gem")
 
 
 def _unit(x):
@@ -90,10 +101,16 @@ TSNE_INPUTS = {
 
 
 def load_set(name):
-    """``(vectors, labels)`` of a named set, or None when its photos are absent."""
+    """``({pooling: vectors}, labels)`` of a named set, or None when its photos are absent."""
     from cifar_vectors import cifar_vectors, clothing_vectors
-    got = clothing_vectors() if name == "clothing" else cifar_vectors(int(name[5:]))
-    return None if got is None else (got[0], got[1])
+    got = {}
+    for pooling in POOLED:
+        one = (clothing_vectors(pooling=pooling) if name == "clothing"
+               else cifar_vectors(int(name[5:]), pooling=pooling))
+        if one is None:
+            return None
+        got[pooling] = one[0]
+    return got, one[1]
 
 
 def recipe(vectors, seed, dense_max):
@@ -172,11 +189,14 @@ def knn_label_agreement(x, labels, k, chunk=2048):
     return hits / (len(x) * k)
 
 
-def quality(vectors, labels, row, col, dpq_items):
+def quality(vectors, avg_vectors, labels, row, col, dpq_items):
+    """DPQ16 on the layout's own vectors and on the average-pooled ones, and NLA."""
     from gridtsne.metrics import dpq, neighbour_label_agreement, sample_for_metrics
     pick = sample_for_metrics(len(vectors), dpq_items, seed=0)
-    return (dpq(vectors[pick], np.asarray(row)[pick], np.asarray(col)[pick]),
-            neighbour_label_agreement(row, col, labels))
+    r, c = np.asarray(row)[pick], np.asarray(col)[pick]
+    own = dpq(vectors[pick], r, c)
+    on_avg = own if avg_vectors is vectors else dpq(avg_vectors[pick], r, c)
+    return own, on_avg, neighbour_label_agreement(row, col, labels)
 
 
 def _fmt(values, digits=4, signed=False):
@@ -208,9 +228,10 @@ def report(name, n, results, names):
     """Print the markdown table of one set: results[candidate] = list of per-seed dicts."""
     base = results["recipe"]
     print(f"\n### {name} ({n:,} images, runs: {len(base)})\n")
-    print("| layout | how | DPQ16 | NLA | ΔDPQ16 vs recipe | ΔNLA vs recipe | t-SNE s | "
-          "assign s | refine s | total s | time / recipe |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| layout | vectors | how | DPQ16 | DPQ16 on avg vectors | NLA | ΔDPQ16 vs recipe | "
+          "ΔNLA vs recipe | t-SNE s | assign s | refine s | total s | time / recipe |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+          "---: |")
     for cand in ["recipe"] + names:
         rs = results.get(cand)
         if not rs:
@@ -220,8 +241,8 @@ def report(name, n, results, names):
         ratio = [r["total_s"] / b["total_s"] for r, b in zip(rs, base)]
         mean = {k: np.mean([r[k] for r in rs]) for k in ("tsne_s", "assign_s", "refine_s",
                                                          "total_s")}
-        print(f"| {cand} | {rs[0]['how']} | {_fmt([r['dpq'] for r in rs])} | "
-              f"{_fmt([r['nla'] for r in rs])} | {_fmt(d, signed=True)} | {_fmt(a, signed=True)} | "
+        print(f"| {cand} | {rs[0]['vectors']} | {rs[0]['how']} | {_fmt([r['dpq'] for r in rs])} | "
+              f"{_fmt([r['dpq_avg'] for r in rs])} | {_fmt([r['nla'] for r in rs])} | {_fmt(d, signed=True)} | {_fmt(a, signed=True)} | "
               f"{mean['tsne_s']:.1f} | {mean['assign_s']:.1f} | {mean['refine_s']:.1f} | "
               f"{mean['total_s']:.1f} | {_fmt(ratio, 2)} |", flush=True)
     if len(base) > 1:
@@ -241,8 +262,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated of {SETS}")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated t-SNE seeds")
-    parser.add_argument("--candidates", default=",".join(["recipe", *CANDIDATES]),
-                        help="comma-separated of recipe," + ",".join(CANDIDATES))
+    parser.add_argument("--candidates", default=",".join([*RECIPES, *CANDIDATES]),
+                        help="comma-separated of " + ",".join([*RECIPES, *CANDIDATES]))
     parser.add_argument("--recipe-max", type=int, default=4096,
                         help="largest set solved densely with lap.lapjv for the recipe")
     parser.add_argument("--dpq-items", type=int, default=10_000,
@@ -258,7 +279,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [c for c in args.candidates.split(",") if c]
-    unknown = set(names) - {"recipe", *CANDIDATES}
+    unknown = set(names) - {*RECIPES, *CANDIDATES}
     if unknown:
         parser.error(f"unknown candidates {sorted(unknown)}")
     for set_name in args.sets.split(","):
@@ -268,32 +289,39 @@ def main(argv=None):
         if data is None:
             print(f"\n{set_name}: photos not found under ../shared/data, skipped")
             continue
-        vectors, labels = data
+        pooled, labels = data
         results = {}
         if args.ceiling:
-            print(f"{set_name}: 4-NN label agreement in the vector space "
-                  f"{knn_label_agreement(vectors, labels, 4):.4f}", flush=True)
+            for pooling, vectors in pooled.items():
+                print(f"{set_name}: 4-NN label agreement in the {pooling} vector space "
+                      f"{knn_label_agreement(vectors, labels, 4):.4f}", flush=True)
         for seed, j in [(s, j) for s in seeds for j in range(args.jitter + 1)]:
-            fits = {}
-            run_vectors = jittered(vectors, j)
+            fits = {pooling: {} for pooling in pooled}
+            run_pooled = {pooling: jittered(v, j) for pooling, v in pooled.items()}
             run = f"{set_name} seed {seed} jitter {j}"
             for cand in ["recipe"] + [c for c in names if c != "recipe"]:
-                if cand == "recipe":
-                    row, col, t = recipe(run_vectors, seed, args.recipe_max)
+                if cand in RECIPES:
+                    kind = RECIPES[cand]
+                    row, col, t = recipe(run_pooled[kind], seed, args.recipe_max)
                 else:
-                    row, col, t = candidate(run_vectors, CANDIDATES[cand], seed, fits)
+                    fields = dict(CANDIDATES[cand])
+                    kind = fields.pop("vectors", "avg")
+                    row, col, t = candidate(run_pooled[kind], fields, seed, fits[kind])
+                t["vectors"] = kind
                 t["total_s"] = t["tsne_s"] + t["assign_s"] + t["refine_s"]
-                t["dpq"], t["nla"] = quality(vectors, labels, row, col, args.dpq_items)
+                t["dpq"], t["dpq_avg"], t["nla"] = quality(
+                    pooled[kind], pooled["avg"], labels, row, col, args.dpq_items)
                 results.setdefault(cand, []).append(t)
                 print(f"{run} {cand}: DPQ16 {t['dpq']:.4f} NLA {t['nla']:.4f} "
                       f"t-SNE {t['tsne_s']:.1f} s assign {t['assign_s']:.1f} s refine "
                       f"{t['refine_s']:.1f} s ({t['how']})", file=sys.stderr, flush=True)
             if args.ceiling:
-                for key, (xy, _) in fits.items():
-                    print(f"{run} t-SNE {key}: label agreement of the 4 / 10 "
-                          f"nearest map neighbours {knn_label_agreement(xy, labels, 4):.4f} / "
-                          f"{knn_label_agreement(xy, labels, 10):.4f}", flush=True)
-        report(set_name, len(vectors), results, [c for c in names if c != "recipe"])
+                for kind, kind_fits in fits.items():
+                    for key, (xy, _) in kind_fits.items():
+                        print(f"{run} t-SNE {kind} {key}: label agreement of the 4 / 10 nearest "
+                              f"map neighbours {knn_label_agreement(xy, labels, 4):.4f} / "
+                              f"{knn_label_agreement(xy, labels, 10):.4f}", flush=True)
+        report(set_name, len(labels), results, [c for c in names if c != "recipe"])
 
 
 if __name__ == "__main__":
