@@ -38,9 +38,9 @@ class Fetched:
     error: DecodeError = None
 
 
-def _fetch_one(info, max_bytes, storage_options):
+def _fetch_one(info, max_bytes, storage_options, policy=None):
     try:
-        data = fetch(info, max_bytes, storage_options)
+        data = fetch(info, max_bytes, storage_options, policy)
     except DecodeError as exc:
         return Fetched(info, error=exc)
     except Exception as exc:  # a bug must cost one file, not its batch
@@ -51,16 +51,17 @@ def _fetch_one(info, max_bytes, storage_options):
     return Fetched(info, data=data, sha256=hashlib.sha256(data).hexdigest())
 
 
-def submit_fetches(infos, max_bytes, storage_options, pool):
+def submit_fetches(infos, max_bytes, storage_options, pool, policy=None):
     """Start reading ``infos`` on ``pool``; futures of :class:`Fetched`, in input order."""
-    return [pool.submit(_fetch_one, info, max_bytes, storage_options) for info in infos]
+    return [pool.submit(_fetch_one, info, max_bytes, storage_options, policy)
+            for info in infos]
 
 
-def fetch_batch(infos, max_bytes, storage_options=None, pool=None):
+def fetch_batch(infos, max_bytes, storage_options=None, pool=None, policy=None):
     """:class:`Fetched` per file info (threads of ``pool`` when given), in input order."""
     if pool is None:
-        return [_fetch_one(info, max_bytes, storage_options) for info in infos]
-    return [f.result() for f in submit_fetches(infos, max_bytes, storage_options, pool)]
+        return [_fetch_one(info, max_bytes, storage_options, policy) for info in infos]
+    return [f.result() for f in submit_fetches(infos, max_bytes, storage_options, pool, policy)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ import hashlib
 import logging
 
 from gridtsne.decode import STAGE_READ, DecodeConfig, DecodeError, decode_image
+from gridtsne.input_policy import Refused, refusal_in, refused_message
 from gridtsne.storage import filesystem
 from gridtsne.sniff import HEADER_BYTES, has_image_extension, image_format
 
@@ -36,8 +37,12 @@ def is_candidate(info):
     return info.explicit or has_image_extension(info.uri)
 
 
-def fetch(info, max_bytes, storage_options=None):
+def fetch(info, max_bytes, storage_options=None, policy=None):
     """The bytes of a listed file, or None when its content shows it is not an image.
+
+    Under an :class:`~gridtsne.input_policy.InputPolicy` the file is checked once more just
+    before its first byte is read (a local one by where its symlinks lead now), and web reads
+    go through connections that check their address and every redirect.
 
     A file that is neither named explicitly nor has an image extension is first sniffed with a
     ranged read of its first :data:`~gridtsne.sniff.HEADER_BYTES` bytes and skipped when they
@@ -46,9 +51,15 @@ def fetch(info, max_bytes, storage_options=None):
     Raises
     ------
     DecodeError
-        ``stage="read"`` when the file cannot be opened or read, or exceeds ``max_bytes``
-        (checked against the listed size first, so an oversized file is never fetched).
+        ``stage="read"`` when the file cannot be opened or read, exceeds ``max_bytes``
+        (checked against the listed size first, so an oversized file is never fetched), or
+        ``policy`` refuses it (``Refused``; nothing of it is read).
     """
+    if policy is not None:
+        try:
+            storage_options = policy.guard(info.uri, storage_options)
+        except Refused as err:
+            raise DecodeError(STAGE_READ, "Refused", refused_message(err.why)) from None
     candidate = is_candidate(info)
     if candidate and info.size is not None and info.size > max_bytes:
         raise _too_large(info.size, max_bytes)
@@ -66,6 +77,9 @@ def fetch(info, max_bytes, storage_options=None):
     except DecodeError:
         raise
     except Exception as exc:
+        why = refusal_in(exc)  # a redirect or an address the policy refused
+        if why:
+            raise DecodeError(STAGE_READ, "Refused", refused_message(why)) from exc
         raise DecodeError.from_exception(STAGE_READ, exc) from exc
     if len(data) > max_bytes:
         raise _too_large(f"more than {max_bytes:,}", max_bytes)
@@ -78,7 +92,7 @@ def _too_large(size, max_bytes):
                        f"{size} bytes is more than max_bytes={max_bytes:,}")
 
 
-def read_and_decode(info, config=DecodeConfig(), storage_options=None):
+def read_and_decode(info, config=DecodeConfig(), storage_options=None, policy=None):
     """Fetch and decode one listed file.
 
     Returns
@@ -92,7 +106,7 @@ def read_and_decode(info, config=DecodeConfig(), storage_options=None):
     DecodeError
         Whatever makes an image unusable; the caller turns it into an ``errors/`` row.
     """
-    data = fetch(info, config.max_bytes, storage_options)
+    data = fetch(info, config.max_bytes, storage_options, policy)
     if data is None:
         return None
     decoded = decode_image(data, config)

@@ -25,7 +25,7 @@ from gridtsne.pooling import POOLINGS, resolve_pooling
 from gridtsne.flagfiles import expand_flags_files
 from pipelines import watch
 from pipelines.beam_runner import new_pipeline
-from pipelines.options import add_flag, local_abs, storage_options_from
+from pipelines.options import add_flag, input_policy_from, local_abs, storage_options_from
 from transforms import embed_counters as C
 from transforms.embed import DECODERS, EmbedConfig, EmbedImages, resolve_decoder
 from transforms.listing import ListFiles
@@ -193,7 +193,7 @@ def build_pipeline(p, config):
     """
     emb = config.embed
     files, list_errors = p | "ListFiles" >> ListFiles(config.inputs, config.manifests,
-                                                      emb.storage_options)
+                                                      emb.storage_options, emb.input_policy)
     vectors, embed_errors = files | "EmbedImages" >> EmbedImages(emb)
     errors = (list_errors, embed_errors) | "FlattenErrors" >> beam.Flatten()
     written_vectors = vectors | "WriteVectors" >> WriteTable(
@@ -217,6 +217,7 @@ def config_from_options(options):
     embed = EmbedConfig(model=o.model, weights=o.weights, device=o.device,
                         batch_size=o.batch_size, decode=decode,
                         storage_options=storage_options_from(options),
+                        input_policy=input_policy_from(options),
                         torch_threads=o.torch_threads, decode_threads=o.decode_threads,
                         decoder=o.decoder, precision=o.precision, pooling=o.pooling,
                         share_model=o.share_model == "yes", read_threads=o.read_threads)

@@ -1,10 +1,12 @@
 """What the stages' PipelineOptions classes share: flag registration, local paths, storage
-options."""
+options, the input allowlist."""
 import argparse
 import json
 import os
 
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+
+from gridtsne import input_policy
 
 
 def add_flag(parser, *args, **kwargs):
@@ -77,13 +79,36 @@ class StorageOptions(PipelineOptions):
                       "'{\"gs\": {\"project\": \"p\"}}'; Beam's --s3_* flags fill the s3 entry")
 
 
+class InputPolicyOptions(PipelineOptions):
+    """``--allow_input``: the URL prefixes a job may read inputs from (none given: any)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        add_flag(parser, "--allow_input", action="append", default=None, metavar="PREFIX",
+                 help="read inputs only under this URL prefix or folder (repeat it): manifest "
+                      "lines, listed files, symlink targets and redirects outside every "
+                      "prefix become errors/ rows, unread; web inputs must reach public "
+                      "addresses. `gridtsne serve` passes its own. Default: no limit")
+
+
+def input_policy_from(options):
+    """The job's :class:`~gridtsne.input_policy.InputPolicy`, or None without ``--allow_input``."""
+    return input_policy.from_prefixes(options.view_as(InputPolicyOptions).allow_input)
+
+
 def storage_options_from(options):
-    """The storage options of a job from its PipelineOptions (``--s3_*``, ``--storage_options``)."""
+    """The storage options of a job from its PipelineOptions (``--s3_*``, ``--storage_options``).
+
+    Under ``--allow_input`` its web reads go through sessions that check every connection and
+    redirect (:meth:`gridtsne.input_policy.InputPolicy.storage_options`).
+    """
     s3 = options.view_as(S3Options)
-    return storage_options_for(s3.s3_endpoint_url, s3.s3_access_key_id, s3.s3_secret_access_key,
+    opts = storage_options_for(s3.s3_endpoint_url, s3.s3_access_key_id, s3.s3_secret_access_key,
                                s3.s3_region_name,
                                parse_storage_options(options.view_as(StorageOptions)
                                                      .storage_options))
+    policy = input_policy_from(options)
+    return policy.storage_options(opts) if policy else opts
 
 
 def add_storage_args(parser):

@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from apache_beam.pvalue import AsList, AsSingleton
 
-from gridtsne import evaluate, schema, storage, versions
+from gridtsne import evaluate, input_policy, schema, storage, versions
 from gridtsne.flagfiles import expand_flags_files
 from gridtsne.labels import LabelsCsv, labels_csv
 from gridtsne.layout import LayoutConfig
@@ -139,6 +139,11 @@ def job_from_options(options, labels=None, version=None):
     embed = dataclasses.replace(base, output=versions.version_url(output, version),
                                 run_id=version, vectors_prefix=None, errors_prefix=None)
     layout = layout_stage.layout_config_from_options(options)
+    if labels is not None and embed.embed.input_policy is not None:
+        try:
+            embed.embed.input_policy.check(labels)
+        except input_policy.Refused as err:
+            raise ValueError(f"--labels {err}: refused by --allow_input") from None
     labels = labels_csv(labels)  # a local file is read here: workers cannot see this disk
     render = render_stage.render_config_from_options(
         options, labels, default_title=collection_title(base.inputs + base.manifests))
@@ -212,7 +217,8 @@ def commit_version(_, job, render_summary, layout_summary, quality, fates, faile
 def build_pipeline(p, job):
     """Wire the whole job into ``p``; returns the PCollection of the committed summary."""
     emb, opts = job.embed, job.storage_options
-    files, list_errors = p | "ListFiles" >> ListFiles(emb.inputs, emb.manifests, opts)
+    files, list_errors = p | "ListFiles" >> ListFiles(emb.inputs, emb.manifests, opts,
+                                                      emb.embed.input_policy)
     previous = p | "ReadPreviousVersion" >> ReadPreviousRows(job.output, emb.metadata, job.full,
                                                              opts)
     classified = files | "ClassifyFiles" >> ClassifyFiles(previous)

@@ -57,6 +57,8 @@ class EmbedConfig:
     decode : DecodeConfig
     storage_options : dict
         Per-protocol fsspec options (``{"s3": {"endpoint_url": ...}}``).
+    input_policy : gridtsne.input_policy.InputPolicy or None
+        Checked again just before each file's bytes are read (``--allow_input``); None: any.
     channels_last : bool
     torch_threads : int or None
         ``torch.set_num_threads`` in each worker process; None keeps torch's default.
@@ -84,6 +86,7 @@ class EmbedConfig:
     batch_size: int = 32
     decode: DecodeConfig = DecodeConfig()
     storage_options: dict = dataclasses.field(default_factory=dict)
+    input_policy: object = None
     channels_last: bool = True
     torch_threads: int = None
     decode_threads: int = 4
@@ -128,11 +131,11 @@ def resolve_decoder(decoder, device):
     return "batched" if device == "cuda" else "pillow"
 
 
-def _read_and_decode_outcome(info, decode_config, storage_options):
+def _read_and_decode_outcome(info, decode_config, storage_options, policy=None):
     """``(kind, value, msec)`` for one file, never raising (runs in a worker thread)."""
     start = time.perf_counter()
     try:
-        result = read_and_decode(info, decode_config, storage_options)
+        result = read_and_decode(info, decode_config, storage_options, policy)
     except DecodeError as exc:
         return "error", error_row_from(info.uri, exc), 0
     except Exception as exc:  # a bug or an exotic failure still must not lose the file
@@ -158,11 +161,13 @@ class ReadAndDecodeFn(beam.DoFn):
     thread, where Beam collects them.
     """
 
-    def __init__(self, decode_config, storage_options=None, threads=1, in_flight=None):
+    def __init__(self, decode_config, storage_options=None, threads=1, in_flight=None,
+                 policy=None):
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads!r}")
         self._config = decode_config
         self._storage_options = dict(storage_options or {})
+        self._policy = policy
         self._threads = threads
         self._in_flight = max(in_flight or 0, 2 * threads)
         self._pool = None
@@ -183,11 +188,12 @@ class ReadAndDecodeFn(beam.DoFn):
 
     def process(self, info, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         if self._pool is None:
-            outcome = _read_and_decode_outcome(info, self._config, self._storage_options)
+            outcome = _read_and_decode_outcome(info, self._config, self._storage_options,
+                                               self._policy)
             yield from self._emit(outcome, None)
             return
         future = self._pool.submit(_read_and_decode_outcome, info, self._config,
-                                   self._storage_options)
+                                   self._storage_options, self._policy)
         self._pending.append((future, timestamp, window))
         while len(self._pending) > self._in_flight:
             yield from self._emit_oldest()
@@ -347,7 +353,8 @@ class EmbedImages(beam.PTransform):
             files
             | "ReadAndDecodeImages" >> beam.ParDo(ReadAndDecodeFn(
                 self._config.decode, self._config.storage_options,
-                threads=self._config.decode_threads, in_flight=self._config.batch_size))
+                threads=self._config.decode_threads, in_flight=self._config.batch_size,
+                policy=self._config.input_policy))
             .with_outputs(ERRORS, main="decoded"))
         embedded, failures = (
             decoded
@@ -399,7 +406,8 @@ class BatchEmbedFn(beam.DoFn):
     def process(self, infos, timestamp=beam.DoFn.TimestampParam,
                 window=beam.DoFn.WindowParam):
         futures = submit_fetches(infos, self._config.decode.max_bytes,
-                                 self._config.storage_options, self._pool)
+                                 self._config.storage_options, self._pool,
+                                 self._config.input_policy)
         previous, self._pending = self._pending, (futures, timestamp, window)
         if previous is not None:
             yield from self._embed(previous)

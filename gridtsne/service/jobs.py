@@ -42,10 +42,14 @@ def version_for(job_id, attempt):
     return f"{job_id}-{attempt}"
 
 
-def job_argv(job, version, job_flags):
-    """The ``gridtsne run`` flags of ``job``: the caller's request, then the operator's flags."""
+def job_argv(job, version, job_flags, allow_input=()):
+    """The ``gridtsne run`` flags of ``job``: the caller's request, then the operator's flags.
+
+    ``allow_input`` (the server's ``--allow_input``) goes to the job too, which checks every
+    URL it opens against it: manifest lines, listed files, symlink targets, redirects.
+    """
     req = job["request"]
-    argv = []
+    argv = [f"--allow_input={prefix}" for prefix in allow_input]
     for url in req.get("inputs") or []:
         argv += ["--input", url]
     for url in req.get("manifests") or []:
@@ -223,7 +227,7 @@ class JobRunner:
 
     def _start(self, job):
         version = version_for(job["id"], job["attempts"] + 1)
-        argv = job_argv(job, version, self.config.job_flags)
+        argv = job_argv(job, version, self.config.job_flags, self.config.allow_input)
         # `gridtsne run` itself; as a module it also logs its stages (INFO) into the job's log.
         cmd = [self.config.python, "-m", "pipelines.run", *argv]
         fh = open(log_path(self.config, job["id"]), "a", buffering=1, encoding="utf-8")

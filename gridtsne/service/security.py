@@ -1,16 +1,14 @@
 """What a caller may name: URL prefixes on the operator's allowlist, and no internal hosts.
 
 Every URL of a request is checked before a job is created; a refusal is a :class:`Refused`
-that names the field and says why (the app answers 400 with it and starts nothing).
+that names the field and says why (the app answers 400 with it and starts nothing). The rule
+itself is :mod:`gridtsne.input_policy`, which each job applies again where it reads.
 """
-import ipaddress
-import os
 import re
-import socket
-import urllib.parse
 
-WEB_SCHEMES = ("http://", "https://")
-_IPV6_HOST = re.compile(r"\[[0-9A-Fa-f:.%]*\]")
+from gridtsne import input_policy
+from gridtsne.input_policy import WEB_SCHEMES, normalize_prefix, split_url, unsafe_address  # noqa: F401
+
 _MAP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
@@ -22,85 +20,16 @@ class Refused(ValueError):
         self.field = field
 
 
-def split_url(url):
-    """``(scheme, normalized URL)``; a local path (or ``file://``) becomes ``file`` + a real path.
-
-    Raises ValueError for what is never accepted whatever the allowlist: ``::`` chains, ``..``
-    segments, relative local paths.
-    """
-    url = str(url).strip()
-    if "::" in _IPV6_HOST.sub("", url):
-        raise ValueError("is a '::' URL chain, which the service does not accept")
-    if "\x00" in url or any(ord(c) < 32 for c in url):
-        raise ValueError("contains control characters")
-    scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
-    if scheme == "file":
-        path = url[len("file://"):] if url.lower().startswith("file://") else url
-        if not path.startswith("/"):
-            raise ValueError("is a relative path; give an absolute path or a URL")
-        if ".." in path.split("/"):
-            raise ValueError("contains a '..' segment")
-        # realpath: a symlink inside an allowed folder must not lead outside it.
-        return "file", os.path.realpath(path)
-    rest = url.split("://", 1)[1]
-    if ".." in rest.split("/"):
-        raise ValueError("contains a '..' segment")
-    return scheme, f"{scheme}://{rest}"
-
-
-def _under(url, prefix):
-    if prefix.endswith("://"):
-        return url.startswith(prefix)
-    base = prefix.rstrip("/")
-    return url == base or url.startswith(base + "/")
-
-
-def normalize_prefix(prefix):
-    """An allowlist entry in the form :func:`split_url` gives (``s3://`` alone allows all of S3)."""
-    if prefix.endswith("://"):
-        return prefix.lower()
-    return split_url(prefix)[1]
-
-
-def unsafe_address(host):
-    """Why ``host`` must not be fetched (it resolves to an internal address), or None."""
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as err:
-        return f"names a host that does not resolve ({err})"
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-        mapped = getattr(address, "ipv4_mapped", None)
-        address = mapped or address
-        for kind in ("loopback", "link_local", "private", "reserved", "multicast",
-                     "unspecified"):
-            if getattr(address, f"is_{kind}"):
-                return f"resolves to {address}, a {kind.replace('_', '-')} address"
-        if not address.is_global:
-            return f"resolves to {address}, which is not a public address"
-    return None
-
-
 def check_url(field, url, prefixes):
-    """The normalized ``url`` if it may be used; raises :class:`Refused` saying why not."""
+    """The normalized ``url`` if it may be used; raises :class:`Refused` saying why not.
+
+    The rule is :class:`gridtsne.input_policy.InputPolicy`'s, the same one each job applies
+    again (``--allow_input``) to everything it opens: manifest lines, listed files, redirects.
+    """
     try:
-        scheme, normal = split_url(url)
-    except ValueError as err:
-        raise Refused(field, url, str(err)) from None
-    allowed = [normalize_prefix(p) for p in prefixes]
-    schemes = sorted({p.split("://", 1)[0] if "://" in p else "file" for p in allowed})
-    if scheme not in schemes:
-        raise Refused(field, url, f"uses the scheme {scheme!r}, which is not allowed here "
-                                  f"(allowed: {', '.join(schemes) or 'none'})")
-    if scheme + "://" in WEB_SCHEMES:
-        host = urllib.parse.urlsplit(normal).hostname
-        why = unsafe_address(host) if host else "has no host"
-        if why:
-            raise Refused(field, url, why)
-    if not any(_under(normal, p) for p in allowed):
-        raise Refused(field, url, "is outside the prefixes this server accepts "
-                                  f"({', '.join(allowed)})")
-    return url if scheme != "file" else normal
+        return input_policy.InputPolicy(tuple(prefixes)).check(url)
+    except input_policy.Refused as err:
+        raise Refused(field, url, err.why) from None
 
 
 def output_url(field, output, root, default_name):
