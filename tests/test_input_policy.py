@@ -290,6 +290,24 @@ def _refusals(allowed, secret):
     return check
 
 
+def test_a_job_refuses_labels_outside_its_allowlist(disk, tmp_path):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.run import job_from_options
+
+    allowed, secret = disk
+    argv = ["--input", str(allowed), "--output", str(tmp_path / "map"),
+            "--model", "tests.tiny_model:TINY", "--allow_input", str(allowed)]
+    with pytest.raises(ValueError, match="--labels .*outside the prefixes.*--allow_input"):
+        job_from_options(PipelineOptions(argv), labels="/etc/passwd")
+    job = job_from_options(PipelineOptions(argv), labels=None)
+    assert job.embed.embed.input_policy == InputPolicy((str(allowed),))
+    assert job.storage_options["https"]["client_kwargs"]["allow_input"] == [str(allowed)]
+    # Without --allow_input: no policy, storage options as before.
+    job = job_from_options(PipelineOptions(argv[:-2]), labels=None)
+    assert job.embed.embed.input_policy is None and "https" not in job.storage_options
+
+
 def test_the_service_passes_its_allowlist_to_each_job():
     job = {"request": {"inputs": ["/photos"], "manifests": ["/photos/list.txt"]},
            "output": "/maps/m"}
