@@ -39,7 +39,9 @@ def parser():
     srv.add_argument("--output_root", help="maps are written under this prefix (required)")
     srv.add_argument("--allow_input", action="append", default=[], metavar="PREFIX",
                      help="a URL prefix inputs, manifests and labels may name (repeat it); "
-                          "none given: no input is accepted")
+                          "each job gets the same list and refuses whatever it would read "
+                          "outside it (manifest lines, symlinks, redirects); none given: no "
+                          "input is accepted")
     srv.add_argument("--allow_model", action="append", default=[], metavar="NAME",
                      help="a value of options.model callers may choose (repeat it); none "
                           "given: any registered name, but no 'module:ATTR'")

@@ -7,7 +7,8 @@ itself is :mod:`gridtsne.input_policy`, which each job applies again where it re
 import re
 
 from gridtsne import input_policy
-from gridtsne.input_policy import WEB_SCHEMES, normalize_prefix, split_url, unsafe_address  # noqa: F401
+from gridtsne.input_policy import (  # noqa: F401 (WEB_SCHEMES, unsafe_address: the app and tests)
+    WEB_SCHEMES, normalize_prefix, split_url, unsafe_address)
 
 _MAP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
