@@ -82,9 +82,10 @@ def split_url(url):
     if ".." in urllib.parse.unquote(rest).replace("\\", "/").split("/"):
         raise ValueError("contains a '..' segment")
     if scheme + "://" in WEB_SCHEMES:
-        netloc = urllib.parse.urlsplit(url).netloc
+        netloc, slash, path = rest.partition("/")
         if "@" in netloc or "\\" in netloc:
             raise ValueError("names a user or a backslash in its host part")
+        rest = netloc.lower() + slash + path  # host names are case-insensitive
     return scheme, f"{scheme}://{rest}"
 
 

@@ -46,7 +46,7 @@ class CheckingResolver(AbstractResolver):
 def _check(policy, url):
     """Raise :class:`Refused` unless ``policy`` allows the yarl ``url`` a session requests."""
     text = str(url)
-    if (urllib.parse.urlsplit(text).hostname or "") != (url.host or "").lower().strip("[]"):
+    if (urllib.parse.urlsplit(text).hostname or "") != (url.raw_host or "").lower():
         raise Refused(text, "has a host part that URL parsers disagree on")
     policy.check(text, resolve_hosts=False)  # names: CheckingResolver judges their addresses
 

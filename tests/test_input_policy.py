@@ -146,6 +146,10 @@ def test_allowed_inputs_pass(disk):
     # A prefix is a whole path segment: allowed-but-longer is another folder.
     assert "outside" in policy.refusal(f"{allowed}2/a.jpg")
     assert input_policy.from_prefixes([]) is None
+    # Host names compare case-insensitively (the HTTP client lower-cases them).
+    mixed = InputPolicy(("https://Photos.Example.COM/a/",))
+    assert mixed.refusal("https://photos.example.com/a/x.jpg", resolve_hosts=False) is None
+    assert "outside" in mixed.refusal("https://photos.example.com/A/x.jpg", resolve_hosts=False)
 
 
 def test_a_prefix_naming_an_address_allows_that_address_and_port_only():
