@@ -4,10 +4,10 @@
 job (``--allow_input``), which checks every URL it would open: manifest lines, the entries a
 listing finds (local ones by the real path their symlinks lead to), each file again just before
 its bytes are read, and every hop of an HTTP redirect. Web fetches connect only to the
-addresses their check resolved (:func:`storage_options`), so a host name that re-resolves to
-an internal address between the check and the connection is not reached.
+addresses their check resolved (:meth:`InputPolicy.storage_options`), so a host name that
+re-resolves to an internal address between the check and the connection is not reached.
 
-Without an allowlist (``gridtsne run`` on one's own machine) nothing here is used.
+A job without ``--allow_input`` (``gridtsne run`` on one's own machine) checks nothing.
 """
 import dataclasses
 import errno
@@ -30,6 +30,9 @@ class Refused(ValueError):
         self.url = url
         self.why = why
 
+    def __reduce__(self):  # may travel between processes
+        return type(self), (self.url, self.why)
+
 
 class RefusedConnection(OSError):
     """A connection the policy refused (its host resolves to a non-public address).
@@ -40,6 +43,9 @@ class RefusedConnection(OSError):
     def __init__(self, why):
         super().__init__(errno.EACCES, why)
         self.why = why
+
+    def __reduce__(self):
+        return type(self), (self.why,)
 
 
 def refusal_in(exc):
