@@ -3,6 +3,7 @@
     python benchmarks/embed_gpu.py [--device cuda] [--count 20480] [--batch_size 256]
         [--processes 16] [--skip stage_mp,...] [--json results.json]
     python benchmarks/embed_gpu.py --device cpu --limit 256      # runs without a GPU
+    python benchmarks/embed_gpu.py --host_only [--count 4096] [--repeats 3] [--json FILE]
 
 Corpus: real photos (``../shared/data/clothing-small``, or scikit-image's photos where that
 is absent) re-encoded at ImageNet size (500x375 or 375x500, JPEG quality 90) and replicated
@@ -26,6 +27,19 @@ files, it times:
 
 Prints images/s of each and the ratios stage/model and stage/plain (targets on one H100:
 stage >= 5,000 images/s and >= 0.9x plain).
+
+``--host_only`` (no GPU needed) times the stage's host work once the bytes are in memory, with
+decode, resize and the model replaced by precomputed arrays of the right shapes: ``header
+parse`` (``gridtsne.jpeg.read_header``), ``thumbnails N thread(s)`` (128 px thumbnails encoded
+from uint8 batches by ``batch_decode.submit_thumbnails``, beside Pillow, torchvision's
+``encode_jpeg`` on the CPU and PyTurboJPEG when installed), ``rows`` (``embed_fetched`` +
+``vector_row``), ``parquet`` (as Beam's ``WriteToParquet`` writes them) and ``host``, all of it
+per batch on ``--threads`` threads; and, with ``--read_threads`` threads on the same files,
+``fetch`` (``batch_fetch.start_fetch``) beside ``raw reads`` (``open`` + ``read`` + ``sha256``)
+and the former per-file fsspec fetch. ``sha256 control`` is a GIL-free reference: what a second
+thread gives on the machine at that moment. Each piece is run ``--repeats`` times in rounds and
+the median printed, in images/s and CPU µs per image (targets on 2 cores: host >= 8,000
+images/s, thumbnails 2 threads >= 1.6x 1 thread, fetch >= 0.8x raw reads).
 """
 import argparse
 import concurrent.futures
@@ -51,7 +65,8 @@ from PIL import Image  # noqa: E402
 
 from gridtsne import models, schema  # noqa: E402
 from gridtsne.batch_decode import (THUMBNAIL_CHUNK, decode_batch, encode_thumbnail,  # noqa: E402
-                                   submit_thumbnails, thread_pool, thumbnail_size)
+                                   encode_thumbnails, submit_thumbnails, thread_pool,
+                                   thumbnail_size)
 from gridtsne.batch_embed import BatchEmbedder, EmbedderConfig, embed_fetched  # noqa: E402
 from gridtsne.batch_fetch import fetch_one, start_fetch  # noqa: E402
 from gridtsne.decode import DecodeConfig, decode_image  # noqa: E402
@@ -270,6 +285,7 @@ def _stacks(small):
 
 def time_thumbnails(stacked, quality, threads, encode=None):
     """Encode every batch's stacks on ``threads`` threads; seconds."""
+    (encode or encode_thumbnails)(stacked[0][0][:2], quality)  # warm-up: imports, tables
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         start = time.perf_counter()
         for stacks in stacked:
@@ -281,6 +297,17 @@ def time_thumbnails(stacked, quality, threads, encode=None):
                            for s in stacks for i in range(0, len(s), THUMBNAIL_CHUNK)]
             for f in futures:
                 f.result()
+        return time.perf_counter() - start
+
+
+def time_sha256_control(datas, threads):
+    """sha256 of the files on ``threads`` threads (hashlib releases the GIL for each file): how
+    much a second thread can give on this machine right now, the ceiling of thumbnail scaling."""
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        start = time.perf_counter()
+        for chunk in batches(datas, 256):
+            list(pool.map(lambda part: [hashlib.sha256(d).digest() for d in part],
+                          [chunk[k::threads] for k in range(threads)]))
         return time.perf_counter() - start
 
 
@@ -356,9 +383,15 @@ def time_rows(fetched_batches, embedder):
     return time.perf_counter() - start
 
 
+def write_rows(rows, vectors_schema, out):
+    """Rows to Parquet as the stage's writer (Beam's ``WriteToParquet``) does: a column array
+    per field, no compression, pyarrow's other defaults."""
+    pq.write_table(pa.Table.from_pylist(rows, schema=vectors_schema), out, compression="none")
+
+
 def time_parquet(rows, vectors_schema, out):
     start = time.perf_counter()
-    pq.write_table(pa.Table.from_pylist(rows, schema=vectors_schema), out)
+    write_rows(rows, vectors_schema, out)
     return time.perf_counter() - start
 
 
@@ -376,7 +409,7 @@ def time_host(datas, fetched_batches, stacked, embedder, config, threads, vector
             for f in futures:
                 f.result()
             rows.extend(_rows(fetched, embedder))
-        pq.write_table(pa.Table.from_pylist(rows, schema=vectors_schema), out)
+        write_rows(rows, vectors_schema, out)
         return time.perf_counter() - start
 
 
@@ -419,6 +452,10 @@ def host_only(args, paths, datas, tmp, report):
             label = f"{t} thread" + ("s" if t > 1 else "")
             pieces.append((f"thumbnails {name} {label}",
                            lambda t=t, e=encode: time_thumbnails(stacked, quality, t, e)))
+    for t in (1, 2):
+        label = f"{t} thread" + ("s" if t > 1 else "")
+        pieces.append((f"sha256 control {label}",
+                       lambda t=t: time_sha256_control(datas, t)))
     pieces.append(("host", lambda: time_host(datas, fetched_batches, stacked, embedder,
                                              config, args.threads, vectors_schema, out)))
     with concurrent.futures.ThreadPoolExecutor(args.read_threads) as pool:
@@ -576,7 +613,9 @@ def print_host_targets(rates):
 
     print(f"host: {rates.get('host', float('nan')):,.0f} images/s (target >= 8,000)")
     print(f"thumbnails 2 threads / 1 thread = "
-          f"{ratio('thumbnails 2 threads', 'thumbnails 1 thread'):.2f}x (target >= 1.6)")
+          f"{ratio('thumbnails 2 threads', 'thumbnails 1 thread'):.2f}x (target >= 1.6); "
+          f"GIL-free control (sha256) 2 threads / 1 thread = "
+          f"{ratio('sha256 control 2 threads', 'sha256 control 1 thread'):.2f}x")
     for name in ("pillow", "torchvision", "turbojpeg"):
         if f"thumbnails {name} 1 thread" in rates:
             print(f"thumbnails 1 thread / {name} 1 thread = "

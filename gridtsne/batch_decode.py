@@ -6,9 +6,10 @@ read by :mod:`gridtsne.jpeg`, and resized as whole groups of equal size on the d
 with antialiasing, which matches Pillow's resampling: cosine >= 0.999 against the Pillow path on
 real photos, see ``tests/test_batch_embed.py``). Thumbnails are resized from the same decoded
 pixels, so each file is decoded once, and JPEG-encoded by simplejpeg (libjpeg-turbo, the GIL
-released for the whole encode) in chunks on the thread pool while the device works on. A file the fast decoder does not take (not a JPEG, CMYK,
-12-bit, arithmetic-coded, or refused by the decoder) goes alone through the Pillow path of
-:mod:`gridtsne.decode`; the rest of its batch stays on the fast path.
+released for the whole encode) in chunks on the thread pool while the device works on. A file
+the fast decoder does not take (not a JPEG, CMYK, 12-bit, arithmetic-coded, or refused by the
+decoder) goes alone through the Pillow path of :mod:`gridtsne.decode`; the rest of its batch
+stays on the fast path.
 """
 import concurrent.futures
 import dataclasses

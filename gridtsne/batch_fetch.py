@@ -63,7 +63,7 @@ def local_path(uri):
         return None
     if uri.startswith("file://"):
         return uri[len("file://"):]
-    if "://" in uri:
+    if "://" in uri or uri.startswith("file:"):
         return None
     return uri
 

@@ -35,6 +35,7 @@ def test_local_paths():
     assert local_path("/data/a.jpg") == "/data/a.jpg"
     assert local_path("file:///data/a.jpg") == "/data/a.jpg"
     assert local_path("s3://bucket/a.jpg") is None
+    assert local_path("file:/data/a.jpg") is None  # left to fsspec
     assert local_path("simplecache::s3://bucket/a.jpg") is None
 
 
