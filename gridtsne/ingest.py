@@ -62,7 +62,7 @@ def fetch(info, max_bytes, storage_options=None, policy=None):
             raise DecodeError(STAGE_READ, "Refused", refused_message(err.why)) from None
     candidate = is_candidate(info)
     if candidate and info.size is not None and info.size > max_bytes:
-        raise _too_large(info.size, max_bytes)
+        raise too_large(info.size, max_bytes)
     try:
         fs, path = filesystem(info.uri, storage_options)
         if not candidate:
@@ -71,7 +71,7 @@ def fetch(info, max_bytes, storage_options=None, policy=None):
             if image_format(fs.cat_file(path, start=0, end=HEADER_BYTES)) is None:
                 return None
             if info.size is not None and info.size > max_bytes:
-                raise _too_large(info.size, max_bytes)
+                raise too_large(info.size, max_bytes)
         with fs.open(path, "rb") as fh:
             data = fh.read(max_bytes + 1)
     except DecodeError:
@@ -82,11 +82,12 @@ def fetch(info, max_bytes, storage_options=None, policy=None):
             raise DecodeError(STAGE_READ, "Refused", refused_message(why)) from exc
         raise DecodeError.from_exception(STAGE_READ, exc) from exc
     if len(data) > max_bytes:
-        raise _too_large(f"more than {max_bytes:,}", max_bytes)
+        raise too_large(f"more than {max_bytes:,}", max_bytes)
     return data
 
 
-def _too_large(size, max_bytes):
+def too_large(size, max_bytes):
+    """The ``read`` error of a file of ``size`` bytes (or a description) over ``max_bytes``."""
     size = f"{size:,}" if isinstance(size, int) else size
     return DecodeError(STAGE_READ, "FileTooLarge",
                        f"{size} bytes is more than max_bytes={max_bytes:,}")

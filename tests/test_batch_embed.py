@@ -1,5 +1,6 @@
 """The batched image path run on the CPU (torchvision's libjpeg-turbo batch decoder: the same
 code that drives nvjpeg on CUDA), checked against the Pillow path; CUDA-only checks skip."""
+import concurrent.futures
 import csv
 import io
 import multiprocessing
@@ -253,3 +254,39 @@ def test_nvjpeg_agrees_with_the_cpu_batch_decoder():
     gpu = decode_batch(datas, CFG, "cuda")
     assert gpu.pixels.device.type == "cuda"
     assert (gpu.pixels.cpu() - cpu.pixels).abs().mean() < 2
+
+
+def _psnr(jpeg_a, jpeg_b):
+    a = np.asarray(Image.open(io.BytesIO(jpeg_a)).convert("RGB"), dtype=np.float64)
+    b = np.asarray(Image.open(io.BytesIO(jpeg_b)).convert("RGB"), dtype=np.float64)
+    assert a.shape == b.shape
+    return 10 * np.log10(255 ** 2 / max(((a - b) ** 2).mean(), 1e-12))
+
+
+def test_thumbnails_keep_their_size_and_look_as_the_pillow_paths():
+    from gridtsne.batch_decode import encode_thumbnail, submit_thumbnails
+
+    datas = _photo_jpegs()
+    out = decode_batch(datas, CFG)
+    for data, outcome in zip(datas, out.outcomes):
+        ref = decode_image(data, CFG)
+        thumb = Image.open(io.BytesIO(outcome.thumbnail))
+        assert thumb.format == "JPEG"
+        assert thumb.size == Image.open(io.BytesIO(ref.thumbnail)).size
+        assert _psnr(outcome.thumbnail, ref.thumbnail) >= 28  # resized by another filter
+        # The encoder alone, on the very same pixels: Pillow's JPEG within rounding.
+        pixels = np.ascontiguousarray(np.asarray(thumb.convert("RGB")))
+        pil = io.BytesIO()
+        Image.fromarray(pixels).save(pil, "JPEG", quality=CFG.thumbnail_quality)
+        ours = encode_thumbnail(pixels, CFG.thumbnail_quality)
+        assert _psnr(ours, pil.getvalue()) >= 45
+        assert abs(len(ours) - len(pil.getvalue())) <= 0.05 * len(pil.getvalue())
+    # Chunks on a pool give each image its own bytes, in order.
+    stack = np.stack([np.full((8, 12, 3), v, np.uint8) for v in range(0, 250, 7)])
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = submit_thumbnails(stack, 90, pool.submit)
+        got = [f.result()[k] for f, k in futures]
+    assert len(got) == len(stack)
+    for image, jpeg in zip(stack, got):
+        decoded = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=int)
+        assert np.abs(decoded - int(image[0, 0, 0])).max() <= 2

@@ -184,6 +184,25 @@ def test_fetch_refuses_before_reading_and_keeps_no_bytes(disk):
     assert fetch(FileInfo(str(allowed / "secret_link.jpg"), explicit=True), 10_000_000)
 
 
+def test_the_batched_fetch_refuses_too(disk):
+    # The embedding stage reads a batch through batch_fetch.start_fetch (plain reads for local
+    # files): the policy must hold there as in fetch(), and no refused byte may come back.
+    from gridtsne.batch_fetch import fetch_batch
+
+    allowed, secret = disk
+    policy = InputPolicy((str(allowed),))
+    names = ("a.jpg", "passwd.jpg", "secret_link.jpg", "inside_link.jpg")
+    infos = [FileInfo(str(allowed / n), explicit=True) for n in names]
+    got = {f.info.uri.rsplit("/", 1)[1]: f for f in fetch_batch(infos, 10_000_000, policy=policy)}
+    assert got["a.jpg"].data and got["inside_link.jpg"].data
+    for name in ("passwd.jpg", "secret_link.jpg"):
+        assert got[name].data is None and got[name].error.error_type == "Refused"
+        assert "outside the prefixes" in got[name].error.message
+    # Without a policy the same batch follows the link (a user's own machine).
+    plain = fetch_batch(infos, 10_000_000)
+    assert plain[2].data is not None
+
+
 def test_a_symlink_swapped_after_listing_is_refused_at_read_time(disk):
     allowed, secret = disk
     policy = InputPolicy((str(allowed),))

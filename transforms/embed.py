@@ -24,7 +24,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunIn
 from apache_beam.utils.windowed_value import WindowedValue
 
 from gridtsne import models
-from gridtsne.batch_embed import BatchEmbedder, EmbedderConfig, embed_fetched, submit_fetches
+from gridtsne.batch_embed import BatchEmbedder, EmbedderConfig, embed_fetched, start_fetch
 from gridtsne.decode import STAGE_DECODE, STAGE_EMBED, DecodeConfig, DecodeError
 from gridtsne.ingest import read_and_decode
 from gridtsne.pooling import POOLINGS
@@ -371,7 +371,8 @@ class EmbedImages(beam.PTransform):
 class BatchEmbedFn(beam.DoFn):
     """A batch of file infos -> ``vectors/`` rows; unusable images go to the ``errors`` output.
 
-    Each batch's bytes are read by a thread pool as soon as the batch arrives, while the
+    Each batch's bytes are read (:func:`~gridtsne.batch_fetch.start_fetch`: local files by a
+    thread pool, object stores in one concurrent call) as soon as the batch arrives, while the
     previous batch is decoded and embedded (one batch in flight): reading overlaps the device
     work. The model lives in a :class:`~gridtsne.batch_embed.BatchEmbedder`, by default one per
     worker machine shared by its processes (``share_model``), so the GPU holds one copy.
@@ -405,10 +406,10 @@ class BatchEmbedFn(beam.DoFn):
 
     def process(self, infos, timestamp=beam.DoFn.TimestampParam,
                 window=beam.DoFn.WindowParam):
-        futures = submit_fetches(infos, self._config.decode.max_bytes,
-                                 self._config.storage_options, self._pool,
-                                 self._config.input_policy)
-        previous, self._pending = self._pending, (futures, timestamp, window)
+        reading = start_fetch(infos, self._config.decode.max_bytes,
+                              self._config.storage_options, self._pool,
+                              policy=self._config.input_policy)
+        previous, self._pending = self._pending, (reading, timestamp, window)
         if previous is not None:
             yield from self._embed(previous)
 
@@ -423,10 +424,10 @@ class BatchEmbedFn(beam.DoFn):
             self._pool = None
 
     def _embed(self, pending):
-        futures, timestamp, window = pending
+        reading, timestamp, window = pending
         where = (timestamp, window)
         start = time.perf_counter()
-        fetched = [f.result() for f in futures]
+        fetched = reading.result()
         try:
             results = embed_fetched(self._embedder, fetched)
         except Exception as exc:  # the shared model's process died, a bug: rows, not a crash
