@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from apache_beam.pvalue import AsList, AsSingleton
 
-from gridtsne import evaluate, schema, storage, versions
+from gridtsne import evaluate, faults, schema, storage, versions
 from gridtsne.flagfiles import expand_flags_files
 from gridtsne.labels import LabelsCsv, labels_csv
 from gridtsne.layout import LayoutConfig
@@ -65,7 +65,8 @@ class RunOptions(PipelineOptions):
                  help="DPQ16 is computed on a seeded sample of at most this many images")
         add_flag(parser, "--version_id", default=None,
                  help="id of the version this run writes (default: a new timestamped id); "
-                      "lets a caller such as `gridtsne serve` know where it goes")
+                      "lets a caller such as `gridtsne serve` know where it goes; an id is "
+                      "written once (an existing version's id is refused)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,8 +174,11 @@ def commit_version(_, job, render_summary, layout_summary, quality, fates, faile
     Runs only once ``errors/`` is written (``errors_written``, its files, is a side input).
     Raises (and so leaves the pointer where it was) when the vectors table does not hold
     exactly the new, changed and unchanged images, or ``errors/`` not exactly the failures: a
-    version that lost rows is never published.
+    version that lost rows is never published. Once the pointer moved, the version gets its
+    commit record (:func:`gridtsne.versions.record_commit`), and old and abandoned versions
+    are pruned.
     """
+    faults.point("rendered")
     counter("gridtsne.run", "publishing_started").inc()
     rows = layout_summary["input_images"]
     expected = fates["new"] + fates["changed"] + fates["unchanged"]
@@ -203,7 +207,10 @@ def commit_version(_, job, render_summary, layout_summary, quality, fates, faile
     }
     storage.write_bytes(storage.url_join(job.version_url, SUMMARY_FILE),
                         json.dumps(summary, indent=2, sort_keys=True, default=str).encode(), opts)
+    faults.point("publishing")
     versions.write_pointer(job.output, job.version, summary, opts)
+    faults.point("published")
+    versions.record_commit(job.output, job.version, opts)
     storage.write_bytes(storage.url_join(job.output, "index.html"), _root_page(job.version), opts)
     versions.prune_versions(job.output, job.keep_versions, opts)
     return summary
@@ -281,6 +288,9 @@ def run(argv=None):
     labels, argv = render_stage.split_labels(argv)
     options = PipelineOptions(argv)
     job = job_from_options(options, labels)
+    if not options.view_as(TestOptions).dry_run:
+        # Before anything is written: re-using an id would overwrite that version in place.
+        versions.check_unused(job.output, job.version, job.storage_options)
     p = new_pipeline(options)
     build_pipeline(p, job)
     with watch.watching(options, job.version, versions.progress_url(job.output, job.version),

@@ -23,7 +23,7 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.utils.windowed_value import WindowedValue
 
-from gridtsne import models
+from gridtsne import faults, models
 from gridtsne.batch_embed import BatchEmbedder, EmbedderConfig, embed_fetched, submit_fetches
 from gridtsne.decode import STAGE_DECODE, STAGE_EMBED, DecodeConfig, DecodeError
 from gridtsne.ingest import read_and_decode
@@ -295,6 +295,7 @@ class _ToVectorRowFn(beam.DoFn):
 
     def process(self, keyed):
         record, vector = keyed
+        faults.point("embedding")
         self._vectors.inc()
         yield vector_row(record, vector)
 
