@@ -5,7 +5,7 @@ replaces ``<output>/latest.json`` in one atomic step (``os.replace`` on a local 
 on an object store). A run killed at any moment therefore leaves the previous version complete
 and still pointed to; the half-written prefix is ignored and later cleaned up.
 
-Once the pointer has moved, the version gets its commit record (``commit.json``: when, and
+Once the pointer has moved (:func:`publish`), the version gets its commit record (``commit.json``: when, and
 its place in the order of commits). Versions are ordered by that record, never by their names
 (ids chosen by a caller such as ``gridtsne serve`` do not sort by time); a folder without one
 was never published (a killed or failed run) and is removed once it is abandoned. A version id
@@ -18,7 +18,7 @@ import os
 import posixpath
 import uuid
 
-from gridtsne import storage
+from gridtsne import faults, storage
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,22 @@ def record_commit(output, version_id, storage_options=None, now=None):
            "sequence": sequence}
     storage.write_bytes(commit_url(output, version_id),
                         json.dumps(doc, indent=2, sort_keys=True).encode(), storage_options)
+    return doc
+
+
+def publish(output, version_id, summary=None, storage_options=None):
+    """Move ``latest.json`` to ``version_id`` and write its commit record; returns the pointer.
+
+    The version the pointer leaves gets its record first if it has none (published before
+    records existed, or its run killed between the two writes), so it keeps its place.
+    """
+    previous = read_pointer(output, storage_options)
+    if previous is not None and read_commit(output, previous["version"],
+                                            storage_options) is None:
+        record_commit(output, previous["version"], storage_options)
+    doc = write_pointer(output, version_id, summary, storage_options)
+    faults.point("published")
+    record_commit(output, version_id, storage_options)
     return doc
 
 

@@ -174,9 +174,9 @@ def commit_version(_, job, render_summary, layout_summary, quality, fates, faile
     Runs only once ``errors/`` is written (``errors_written``, its files, is a side input).
     Raises (and so leaves the pointer where it was) when the vectors table does not hold
     exactly the new, changed and unchanged images, or ``errors/`` not exactly the failures: a
-    version that lost rows is never published. Once the pointer moved, the version gets its
-    commit record (:func:`gridtsne.versions.record_commit`), and old and abandoned versions
-    are pruned.
+    version that lost rows is never published. The pointer moves and the version gets its
+    commit record in :func:`gridtsne.versions.publish`; then old and abandoned versions are
+    pruned.
     """
     faults.point("rendered")
     counter("gridtsne.run", "publishing_started").inc()
@@ -208,9 +208,7 @@ def commit_version(_, job, render_summary, layout_summary, quality, fates, faile
     storage.write_bytes(storage.url_join(job.version_url, SUMMARY_FILE),
                         json.dumps(summary, indent=2, sort_keys=True, default=str).encode(), opts)
     faults.point("publishing")
-    versions.write_pointer(job.output, job.version, summary, opts)
-    faults.point("published")
-    versions.record_commit(job.output, job.version, opts)
+    versions.publish(job.output, job.version, summary, opts)
     storage.write_bytes(storage.url_join(job.output, "index.html"), _root_page(job.version), opts)
     versions.prune_versions(job.output, job.keep_versions, opts)
     return summary

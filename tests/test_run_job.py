@@ -209,46 +209,6 @@ def test_commit_waits_for_and_checks_errors(tmp_path):
     assert versions.read_pointer(str(out)) is None
 
 
-def test_killed_run_leaves_previous_version_intact(tmp_path, digits):
-    """A run killed by SIGKILL part way through changes no byte of the published version."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    inp, out = tmp_path / "photos", tmp_path / "map"
-    make_collection(str(inp), range(30), digits)
-    first = run_job(inp, out)
-    published = _tree_digest(str(out / "versions" / first["version"]))
-    pointer = (out / "latest.json").read_bytes()
-    root_page = (out / "index.html").read_bytes()
-
-    for i in range(100, 130):
-        write_digit(str(inp), i, digits)
-    cmd = [sys.executable, "-m", "pipelines.run", "--input", str(inp), "--output", str(out),
-           *FAST]
-    proc = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(__file__)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    # Kill it once the new version has started writing, before it can publish.
-    while time.time() < deadline and proc.poll() is None:
-        started = [v for v in os.listdir(out / "versions") if v != first["version"]]
-        if started and any(os.scandir(out / "versions" / started[0])):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-    assert (out / "latest.json").read_bytes() == pointer
-    assert (out / "index.html").read_bytes() == root_page
-    assert _tree_digest(str(out / "versions" / first["version"])) == published
-
-    resumed = run_job(inp, out)
-    assert resumed["counts"]["new"] == 30 and resumed["counts"]["unchanged"] == 30
-    assert versions.read_pointer(str(out))["version"] == resumed["version"]
-
-
 def test_end_to_end_on_s3_with_storage_flags_only(s3_bucket, s3_server, digits, tmp_path,
                                                    monkeypatch):
     """The whole job on S3 with the endpoint and keys given only as flags.
