@@ -19,7 +19,8 @@ import threading
 
 from gridtsne import models
 from gridtsne.batch_decode import decode_batch, thread_pool
-from gridtsne.decode import STAGE_DECODE, STAGE_EMBED, DecodeConfig, DecodeError
+from gridtsne.decode import STAGE_DECODE, DecodeConfig, DecodeError
+from gridtsne.failures import is_machine_failure
 from gridtsne.ingest import ImageRecord, fetch
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ def _fetch_one(info, max_bytes, storage_options):
     except DecodeError as exc:
         return Fetched(info, error=exc)
     except Exception as exc:  # a bug must cost one file, not its batch
+        if is_machine_failure(exc):  # the machine's: the bundle fails and is retried
+            raise
         log.exception("unexpected failure reading %s", info.uri)
         return Fetched(info, error=DecodeError.from_exception(STAGE_DECODE, exc))
     if data is None:
@@ -120,8 +123,10 @@ class BatchEmbedder:
     def embed(self, datas):
         """Per file's bytes: ``(width, height, thumbnail, vector)`` or a :class:`DecodeError`.
 
-        A file the batched decoder refuses is decoded alone by Pillow; a failing forward
-        pass turns only the decoded images of this call into ``embed`` errors.
+        A file the batched decoder refuses is decoded alone by Pillow. A failing forward pass
+        raises: it fails for the machine (device, memory, model), never for one file, so the
+        caller's bundle fails and is retried instead of recording good images as bad
+        (:mod:`gridtsne.failures`).
         """
         with self._device_slots:
             decoded = decode_batch(datas, self.config.decode, self.model.device, self._pool)
@@ -130,16 +135,8 @@ class BatchEmbedder:
                 return out
             try:
                 vectors = models.embed_tensor(self.model, decoded.pixels)
-            except Exception as exc:
-                vectors = exc
-            decoded.pixels = None  # the device memory goes back before the next call
-        if isinstance(vectors, Exception):
-            exc = vectors
-            log.error("embedding a batch of %d images failed: %r", len(decoded.rows), exc)
-            error = DecodeError.from_exception(STAGE_EMBED, exc)
-            for i in decoded.rows:
-                out[i] = error
-            return out
+            finally:
+                decoded.pixels = None  # the device memory goes back before the next call
         for i, vector in zip(decoded.rows, vectors):
             meta = out[i]
             out[i] = (meta.width, meta.height, meta.thumbnail, vector)

@@ -8,6 +8,7 @@ import hashlib
 import logging
 
 from gridtsne.decode import STAGE_READ, DecodeConfig, DecodeError, decode_image
+from gridtsne.failures import is_machine_failure
 from gridtsne.storage import filesystem
 from gridtsne.sniff import HEADER_BYTES, has_image_extension, image_format
 
@@ -48,6 +49,9 @@ def fetch(info, max_bytes, storage_options=None):
     DecodeError
         ``stage="read"`` when the file cannot be opened or read, or exceeds ``max_bytes``
         (checked against the listed size first, so an oversized file is never fetched).
+    Exception
+        Unchanged, when the failure is the machine's (storage or network down, out of
+        memory: :func:`gridtsne.failures.is_machine_failure`), so the bundle is retried.
     """
     candidate = is_candidate(info)
     if candidate and info.size is not None and info.size > max_bytes:
@@ -66,6 +70,8 @@ def fetch(info, max_bytes, storage_options=None):
     except DecodeError:
         raise
     except Exception as exc:
+        if is_machine_failure(exc):  # storage or network down: not this file's fault
+            raise
         raise DecodeError.from_exception(STAGE_READ, exc) from exc
     if len(data) > max_bytes:
         raise _too_large(f"more than {max_bytes:,}", max_bytes)

@@ -209,6 +209,20 @@ def test_commit_waits_for_and_checks_errors(tmp_path):
     assert versions.read_pointer(str(out)) is None
 
 
+def test_a_failing_model_fails_the_job_and_publishes_nothing(tmp_path, digits):
+    """The machine's problem (here a forward pass that raises) never becomes error rows that
+    let the commit's check pass: the job fails and the published version stays."""
+    inp, out = tmp_path / "photos", tmp_path / "map"
+    make_collection(str(inp), range(24), digits)
+    first = run_job(inp, out)
+    pointer = (out / "latest.json").read_bytes()
+    write_digit(str(inp), 100, digits)
+    with pytest.raises(Exception, match="simulated inference failure"):
+        run_job(inp, out, "--model", "tests.tiny_model:FAILING")
+    assert (out / "latest.json").read_bytes() == pointer
+    assert versions.committed_versions(str(out)) == [first["version"]]
+
+
 def test_end_to_end_on_s3_with_storage_flags_only(s3_bucket, s3_server, digits, tmp_path,
                                                    monkeypatch):
     """The whole job on S3 with the endpoint and keys given only as flags.
