@@ -8,6 +8,7 @@ import logging
 import apache_beam as beam
 
 from gridtsne.decode import STAGE_LIST
+from gridtsne.failures import is_machine_failure
 from gridtsne.listing import expand_pattern, merge_duplicates, read_manifest
 from gridtsne.rows import error_row
 from transforms import embed_counters as C
@@ -41,6 +42,8 @@ class ExpandPatternsFn(beam.DoFn):
                 self._listed.inc()
                 yield info
         except Exception as exc:
+            if is_machine_failure(exc):  # storage down: retry the bundle, never half a listing
+                raise
             self._errors.inc()
             log.warning("cannot list %r: %s: %s", pattern, type(exc).__name__, exc)
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(
@@ -64,6 +67,8 @@ class ReadManifestFn(beam.DoFn):
         try:
             yield from read_manifest(manifest, self._storage_options)
         except Exception as exc:
+            if is_machine_failure(exc):
+                raise
             self._errors.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(
                 manifest, STAGE_LIST, type(exc).__name__, str(exc) or repr(exc)))
