@@ -31,7 +31,8 @@ from pipelines import layout as layout_stage
 from pipelines import render as render_stage
 from pipelines import watch
 from pipelines.beam_runner import new_pipeline
-from pipelines.options import add_flag
+from pipelines.options import (StorageOptions, add_flag, refuse_empty_values, stage_help,
+                               wants_help)
 from transforms import embed_counters as C
 from transforms.embed import EmbedImages
 from transforms.layout import LayOutVectors, LayoutJob
@@ -281,7 +282,13 @@ def report(output, version, counters=None, storage_options=None):
 
 def run(argv=None):
     """Parse ``argv``, run the job, print and return the summary."""
-    argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if wants_help(argv):
+        print(run_help())
+        return 0
+    refuse_empty_values(argv)
+    argv = expand_flags_files(argv)
+    refuse_empty_values(argv)
     check_inputs(argv)
     labels, argv = render_stage.split_labels(argv)
     options = PipelineOptions(argv)
@@ -302,6 +309,20 @@ def run(argv=None):
                          job.storage_options)
         w.finish(counts=final_counts(summary))
     return summary
+
+
+def run_help(prog="gridtsne run", description=None):
+    """The flags of the whole job: its own and every stage's (Beam's are Beam's)."""
+    from pipelines.watch import WatchOptions
+
+    def labels(parser):
+        parser.add_argument("--labels", default=None,
+                            help="CSV of path,label (or uri,label): shown on the page and "
+                                 "scored by neighbour label agreement")
+
+    return stage_help(prog, description or __doc__.split("\n\n")[0], RunOptions,
+                      embed_stage.EmbedOptions, layout_stage.LayoutOptions,
+                      render_stage.RenderOptions, StorageOptions, WatchOptions, extra=labels)
 
 
 def final_counts(summary):

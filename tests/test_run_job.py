@@ -327,8 +327,9 @@ def test_run_without_input_is_an_error_not_the_demo(tmp_path, monkeypatch):
     out = tmp_path / "family"
     with pytest.raises(ValueError, match="--input"):
         job.run(["--output", str(out), *FAST])
+    assert cli.main(["run", "--output", str(out)]) == 1
     with pytest.raises(ValueError, match="--input"):
-        cli.main(["run", "--output", str(out)])
+        cli.main(["run", "--output", str(out), "--verbose"])
     with pytest.raises(ValueError, match="--output"):
         job.run(["--input", str(tmp_path), *FAST])
     assert not out.exists() and not (tmp_path / "demo-output").exists()
