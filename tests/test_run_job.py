@@ -202,6 +202,12 @@ def test_commit_waits_for_and_checks_errors(tmp_path):
     side = {producers[s.pvalue] for s in commit.side_inputs}
     assert any(label.startswith("WriteErrors") for label in side), side
 
+    # Fewer rows in vectors/ than new + changed + unchanged images: not published.
+    complete = {"input_images": 4, "images": 4, "rows": 2, "cols": 2, "method": "exact"}
+    five = {"new": 3, "changed": 0, "unchanged": 2, "removed": 1}
+    with pytest.raises(RuntimeError, match="4 rows in vectors/, but new \\+ changed"):
+        job.commit_version(None, run_job_config, {}, complete, {}, five, 0, [])
+    assert versions.read_pointer(str(out)) is None
     # Fewer rows in errors/ than failures counted: not published.
     fates = {"new": 0, "changed": 0, "unchanged": 0, "removed": 0}
     with pytest.raises(RuntimeError, match="errors/"):
