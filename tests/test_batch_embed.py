@@ -127,6 +127,31 @@ def test_each_refused_file_falls_back_alone_and_every_file_has_an_outcome():
     assert len(out.rows) == 7 and out.pixels.shape == (7, 3, 224, 224)
 
 
+def test_a_truncated_jpeg_never_reaches_the_batched_decoder(monkeypatch):
+    """nvjpeg decodes a truncated JPEG without complaint (grey where data is missing), so the
+    header check must send it to Pillow. The CPU decoder refuses it anyway, which is why the
+    outcome alone cannot show the check: the batched decoder's inputs are recorded (the real
+    decoder still runs; nvjpeg itself needs a GPU, see test_nvjpeg_agrees_...)."""
+    from gridtsne import batch_decode
+
+    good = corpus.jpeg_bytes(corpus.photo("chelsea"))
+    truncated = good[:3000]
+    header = read_header(truncated)
+    assert header is not None and not header.complete and not header.fast_decodable
+    assert read_header(good).fast_decodable
+    seen = []
+    real = batch_decode._fast_decode
+
+    def recording(datas, device):
+        seen.extend(bytes(d) for d in datas)
+        return real(datas, device)
+
+    monkeypatch.setattr(batch_decode, "_fast_decode", recording)
+    out = decode_batch([good, truncated], CFG, pool=None)
+    assert seen == [good]
+    assert out.outcomes[0].fast and isinstance(out.outcomes[1], DecodeError)
+
+
 def test_pillow_fallbacks_run_on_the_pool_and_keep_input_order():
     from gridtsne.batch_decode import thread_pool
 
