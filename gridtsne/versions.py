@@ -5,11 +5,12 @@ replaces ``<output>/latest.json`` in one atomic step (``os.replace`` on a local 
 on an object store). A run killed at any moment therefore leaves the previous version complete
 and still pointed to; the half-written prefix is ignored and later cleaned up.
 
-Once the pointer has moved (:func:`publish`), the version gets its commit record (``commit.json``: when, and
-its place in the order of commits). Versions are ordered by that record, never by their names
-(ids chosen by a caller such as ``gridtsne serve`` do not sort by time); a folder without one
-was never published (a killed or failed run) and is removed once it is abandoned. A version id
-is written once: a run refuses an id that already has files (:func:`check_unused`).
+Once the pointer has moved (:func:`publish`), the version gets its commit record
+(``commit.json``: when, and its place in the order of commits). Versions are ordered by that
+record, never by their names (ids chosen by a caller such as ``gridtsne serve`` do not sort by
+time); a folder without one was never published (a killed, failed or still running run) and is
+removed once it is abandoned. A version id is written once: a run refuses an id that already
+has files (:func:`check_unused`).
 """
 import datetime as _dt
 import json

@@ -393,6 +393,7 @@ class BatchEmbedFn(beam.DoFn):
         start = time.perf_counter()
         fetched = [f.result() for f in futures]
         results = self._embed_fetched(fetched)  # raises for the machine: the bundle fails
+        faults.point("embedding")
         self._batch_msec.update(int((time.perf_counter() - start) * 1000))
         for f, record, value in results:
             if record is None and value is None:
@@ -409,7 +410,6 @@ class BatchEmbedFn(beam.DoFn):
             self._bytes.inc(record.bytes)
             self._vectors.inc()
             yield _windowed(vector_row(record, value), where)
-
 
     def _embed_fetched(self, fetched):
         """:func:`embed_fetched`, once more on a new handle when the shared model's process
