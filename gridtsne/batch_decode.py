@@ -21,6 +21,7 @@ import simplejpeg
 import torch
 
 from gridtsne.decode import STAGE_DECODE, STAGE_READ, DecodeConfig, DecodeError, decode_image
+from gridtsne.failures import is_machine_failure
 from gridtsne.jpeg import read_header
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,8 @@ def _pillow(data, config):
     except DecodeError as exc:
         return exc
     except Exception as exc:  # a bug must cost one file, not its batch
+        if is_machine_failure(exc):  # the machine's: the bundle fails and is retried
+            raise
         log.exception("unexpected failure decoding with Pillow")
         return DecodeError.from_exception(STAGE_DECODE, exc)
 

@@ -84,8 +84,10 @@ class BatchEmbedder:
     def embed(self, datas):
         """Per file's bytes: ``(width, height, thumbnail, vector)`` or a :class:`DecodeError`.
 
-        A file the batched decoder refuses is decoded alone by Pillow; a failing forward
-        pass turns only the decoded images of this call into ``embed`` errors.
+        A file the batched decoder refuses is decoded alone by Pillow. A failing forward pass
+        raises: it fails for the machine (device, memory, model), never for one file, so the
+        caller's bundle fails and is retried instead of recording good images as bad
+        (:mod:`gridtsne.failures`).
         """
         with self._device_slots:
             decoded = decode_batch(datas, self.config.decode, self.model.device, self._pool)
@@ -94,16 +96,8 @@ class BatchEmbedder:
                 return out
             try:
                 vectors = models.embed_tensor(self.model, decoded.pixels)
-            except Exception as exc:
-                vectors = exc
-            decoded.pixels = None  # the device memory goes back before the next call
-        if isinstance(vectors, Exception):
-            exc = vectors
-            log.error("embedding a batch of %d images failed: %r", len(decoded.rows), exc)
-            error = DecodeError.from_exception(STAGE_EMBED, exc)
-            for i in decoded.rows:
-                out[i] = error
-            return out
+            finally:
+                decoded.pixels = None  # the device memory goes back before the next call
         for i, vector in zip(decoded.rows, vectors):
             meta = out[i]
             out[i] = (meta.width, meta.height, meta.thumbnail, vector)

@@ -25,6 +25,7 @@ import logging
 import os
 
 from gridtsne.decode import STAGE_DECODE, STAGE_READ, DecodeError
+from gridtsne.failures import is_machine_failure
 from gridtsne.ingest import fetch, is_candidate, too_large
 from gridtsne.input_policy import Refused, refused_message
 from gridtsne.storage import filesystem
@@ -58,6 +59,8 @@ def fetch_one(info, max_bytes, storage_options, policy=None):
     except DecodeError as exc:
         return Fetched(info, error=exc)
     except Exception as exc:  # a bug must cost one file, not its batch
+        if is_machine_failure(exc):  # the machine's: the bundle fails and is retried
+            raise
         log.exception("unexpected failure reading %s", info.uri)
         return Fetched(info, error=DecodeError.from_exception(STAGE_DECODE, exc))
     return _fetched(info, data)
@@ -95,6 +98,8 @@ def read_local(info, path, max_bytes, policy=None):
             if len(data) > size:
                 data += fh.read(max_bytes + 1 - len(data))
     except Exception as exc:
+        if is_machine_failure(exc):  # the machine's: the bundle fails and is retried
+            raise
         return Fetched(info, error=DecodeError.from_exception(STAGE_READ, exc))
     if len(data) > max_bytes:
         return Fetched(info, error=too_large(f"more than {max_bytes:,}", max_bytes))

@@ -1,7 +1,9 @@
 """The ``gridtsne`` console script: ``gridtsne <command> [flags]`` runs one pipeline module.
 
 Each command forwards its flags untouched to that module's ``run(argv)``, so Beam's own flags
-(``--runner``, ``--direct_num_workers`` ...) pass straight through.
+(``--runner``, ``--direct_num_workers`` ...) pass straight through. ``gridtsne <command> --help``
+lists the command's own flags. A failure prints one line (``gridtsne run: error: ...``) and exits
+with status 1; with ``--verbose`` the traceback is shown instead.
 """
 import importlib
 import sys
@@ -34,8 +36,25 @@ def main(argv=None):
         print(f"gridtsne: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    result = module.run(rest)
+    try:
+        result = module.run(rest)
+    except KeyboardInterrupt:
+        print(f"gridtsne {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if "--verbose" in rest:
+            raise
+        print(f"gridtsne {name}: error: {one_line(exc)} (--verbose shows the traceback)",
+              file=sys.stderr)
+        return 1
     return result if isinstance(result, int) else 0
+
+
+def one_line(exc):
+    """``exc`` as one line: its message's first line, with the type unless a ValueError."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else repr(exc)
+    return text if type(exc) is ValueError else f"{type(exc).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import hashlib
 import logging
 
 from gridtsne.decode import STAGE_READ, DecodeConfig, DecodeError, decode_image
+from gridtsne.failures import is_machine_failure
 from gridtsne.input_policy import Refused, refusal_in, refused_message
 from gridtsne.storage import filesystem
 from gridtsne.sniff import HEADER_BYTES, has_image_extension, image_format
@@ -54,6 +55,9 @@ def fetch(info, max_bytes, storage_options=None, policy=None):
         ``stage="read"`` when the file cannot be opened or read, exceeds ``max_bytes``
         (checked against the listed size first, so an oversized file is never fetched), or
         ``policy`` refuses it (``Refused``; nothing of it is read).
+    Exception
+        Unchanged, when the failure is the machine's (storage or network down, out of
+        memory: :func:`gridtsne.failures.is_machine_failure`), so the bundle is retried.
     """
     if policy is not None:
         try:
@@ -80,6 +84,8 @@ def fetch(info, max_bytes, storage_options=None, policy=None):
         why = refusal_in(exc)  # a redirect or an address the policy refused
         if why:
             raise DecodeError(STAGE_READ, "Refused", refused_message(why)) from exc
+        if is_machine_failure(exc):  # storage or network down: not this file's fault
+            raise
         raise DecodeError.from_exception(STAGE_READ, exc) from exc
     if len(data) > max_bytes:
         raise too_large(f"more than {max_bytes:,}", max_bytes)

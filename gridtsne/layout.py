@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gridtsne import __version__, progress, schema, storage
+from gridtsne import __version__, faults, progress, schema, storage
 from gridtsne.assign import METHODS, WINDOW, assign_to_grid, total_cost
 from gridtsne.grid import parse_grid, resolve_grid, to_grid_units
 from gridtsne.refine import DISTANCE, DISTANCES, REFINEMENTS, refine_layout
@@ -353,6 +353,7 @@ def run_layout(vectors_url, output_url, config=LayoutConfig(), positions=None,
     images the refinement must leave in their cells). ``storage_options``: per-protocol fsspec
     options for both URLs (see :func:`gridtsne.storage.filesystem`).
     """
+    faults.point("vectors-written")
     started = time.perf_counter()
     start = time.perf_counter()
     progress.phase("layout", "reading vectors")
@@ -398,6 +399,7 @@ def run_layout(vectors_url, output_url, config=LayoutConfig(), positions=None,
     timings["total_s"] = round(time.perf_counter() - started, 3)
     storage.write_bytes(storage.url_join(output_url, LAYOUT_SUMMARY_FILE),
                         json.dumps(summary, indent=2, sort_keys=True).encode(), storage_options)
+    faults.point("layout-written")
     log.info("wrote a %dx%d layout of %d images to %s in %.1f s", summary["rows"],
              summary["cols"], summary["images"], output_url, timings["total_s"])
     return summary

@@ -9,7 +9,9 @@ process (Beam's DirectRunner, the PortableRunner with LOOPBACK), registers a
 * tqdm bars on a terminal, or one plain line every ``interval`` seconds otherwise (cron, CI,
   a log file), and
 * a small JSON document (``progress.json``) rewritten at most every ``doc_interval`` seconds,
-  so a scheduler or a service can show progress without parsing logs.
+  and at least every :data:`HEARTBEAT_S` seconds while the run goes on, so a scheduler or a
+  service can show progress without parsing logs, and tell a running version from one whose
+  run is over.
 
 All output happens on the reporter's own thread: the hooks only update a few integers under a
 lock, and a failed write of the document is logged and ignored, never raised.
@@ -34,6 +36,10 @@ _RANK = {name: i for i, name in enumerate(PHASES)}
 STEPS = {"layout": ("reading vectors", "t-SNE", "t-SNE transform", "assignment", "writing")}
 # Counts that are bookkeeping for the display, not part of the document.
 _INTERNAL = frozenset({"list_failed"})
+# The document is rewritten at least this often while the run goes on, even when nothing
+# moved: a version whose document is much older belongs to a run that is over
+# (gridtsne.versions.is_abandoned).
+HEARTBEAT_S = 60.0
 
 _sinks = []  # replaced, never changed in place (see attached)
 _sinks_lock = threading.Lock()
@@ -352,7 +358,8 @@ class Reporter:
             if phase_name != self._printed_phase or due:
                 self._print_line(line, repeat=due)
                 self._last_line, self._printed_phase = now, phase_name
-        if self._write_document is not None and (changed or force):
+        heartbeat = self._last_write is not None and now - self._last_write >= HEARTBEAT_S
+        if self._write_document is not None and (changed or force or heartbeat):
             due = self._last_write is None or now - self._last_write >= self.doc_interval
             if due or force:
                 self._write(snap)

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from gridtsne import progress
+from gridtsne import faults, progress
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class _ProgressLog:
             self.offset = self.early_iter
         self.last = iteration
         progress.report(tsne_iteration=min(self.offset + iteration, self.total))
+        faults.point("tsne")
         if self.verbose:
             log.info("t-SNE %s: iteration %d, KL divergence %.4f, %.1f s", self.phase,
                      iteration, error, time.perf_counter() - self.start)

@@ -13,6 +13,7 @@ import sys
 
 from gridtsne.flagfiles import expand_flags_files
 from pipelines import run as run_stage
+from pipelines.options import wants_help
 
 DEMO_DIR = "demo-output"
 
@@ -39,7 +40,12 @@ def demo_argv(argv, folder=DEMO_DIR):
 
 def run(argv=None):
     """Write the demo photos, then run the whole job on them; returns the summary."""
-    argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if wants_help(argv):
+        print(run_stage.run_help("gridtsne demo", __doc__.split("\n\n")[0].replace("\n", " ")
+                                 + " --input and --manifest are not taken."))
+        return 0
+    argv = expand_flags_files(argv)
     return run_stage.run(demo_argv(argv))
 
 

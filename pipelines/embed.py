@@ -25,7 +25,8 @@ from gridtsne.pooling import POOLINGS, resolve_pooling
 from gridtsne.flagfiles import expand_flags_files
 from pipelines import watch
 from pipelines.beam_runner import new_pipeline
-from pipelines.options import add_flag, input_policy_from, local_abs, storage_options_from
+from pipelines.options import (add_flag, input_policy_from, local_abs, refuse_empty_values,
+                               storage_options_from)
 from transforms import embed_counters as C
 from transforms.embed import DECODERS, EmbedConfig, EmbedImages, resolve_decoder
 from transforms.listing import ListFiles
@@ -208,6 +209,10 @@ def config_from_options(options):
     o = options.view_as(EmbedOptions)
     if not o.input and not o.manifest:
         raise ValueError("give at least one --input or --manifest")
+    for flag, values in (("--input", o.input), ("--manifest", o.manifest)):
+        if any(not str(v).strip() for v in values or ()):
+            raise ValueError(f"{flag} is empty (an unset shell variable?): give a URL or a "
+                             f"path; an empty one would map the working directory")
     if not o.output:
         raise ValueError("--output is required")
     output = local_abs(o.output)
@@ -309,10 +314,12 @@ def print_help():
 
 def run(argv=None):
     """Parse ``argv``, run the stage, print and return the summary dict."""
-    argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
         print_help()
         return 0
+    refuse_empty_values(argv)
+    argv = expand_flags_files(argv)
     options = PipelineOptions(argv)
     config = config_from_options(options)
     p = new_pipeline(options)

@@ -21,7 +21,8 @@ from gridtsne.assign import METHODS
 from gridtsne.flagfiles import expand_flags_files
 from pipelines import watch
 from pipelines.beam_runner import new_pipeline
-from pipelines.options import add_flag, local_abs, storage_options_from
+from pipelines.options import (StorageOptions, add_flag, local_abs, refuse_empty_values,
+                               stage_help, storage_options_from, wants_help)
 from gridtsne.layout import LAYOUT_SUMMARY_FILE, LayoutConfig
 from gridtsne.refine import DISTANCES, REFINEMENTS
 from gridtsne.tsne import METRICS
@@ -128,7 +129,15 @@ def build_pipeline(p, job, upstream=None):
 
 def run(argv=None):
     """Parse ``argv``, run the stage, print and return the summary dict."""
-    argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if wants_help(argv):
+        from pipelines.watch import WatchOptions
+
+        print(stage_help("gridtsne layout", __doc__.split("\n\n")[0], LayoutOptions,
+                         StorageOptions, WatchOptions))
+        return 0
+    refuse_empty_values(argv)
+    argv = expand_flags_files(argv)
     options = PipelineOptions(argv)
     job = config_from_options(options)
     p = new_pipeline(options)

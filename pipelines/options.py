@@ -126,3 +126,42 @@ def storage_options_from_args(args):
     return storage_options_for(args.s3_endpoint_url, args.s3_access_key_id,
                                args.s3_secret_access_key, args.s3_region_name,
                                parse_storage_options(args.storage_options))
+
+
+HELP_FLAGS = ("-h", "--help")
+BEAM_EPILOG = ("Any other flag goes to Apache Beam untouched (--runner, --direct_num_workers, "
+               "--s3_endpoint_url, --flags_file configs/NAME.flags ...).")
+# Flags whose empty value (``--input=``, an unset shell variable in a cron line) would
+# otherwise mean "here": the working directory, mapped recursively.
+URL_FLAGS = ("--input", "--manifest", "--output", "--labels", "--vectors", "--layout",
+             "--weights", "--flags_file", "--version_id")
+
+
+def wants_help(argv):
+    """Whether ``argv`` asks for ``--help`` (checked before anything is validated or run)."""
+    return any(a in HELP_FLAGS for a in argv)
+
+
+def stage_help(prog, description, *option_classes, extra=None):
+    """The help text of a command: the flags its PipelineOptions classes define.
+
+    ``extra(parser)`` adds flags that are parsed elsewhere (``--labels``).
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=BEAM_EPILOG)
+    for cls in option_classes:
+        cls._add_argparse_args(parser)
+    if extra is not None:
+        extra(parser)
+    return parser.format_help()
+
+
+def refuse_empty_values(argv, flags=URL_FLAGS):
+    """Raise ValueError when one of ``flags`` is given an empty value."""
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name not in flags:
+            continue
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else None
+        if value is not None and not value.strip():
+            raise ValueError(f"{name} is empty (an unset shell variable?): give a URL or a path")

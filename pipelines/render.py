@@ -21,7 +21,8 @@ from gridtsne.flagfiles import expand_flags_files
 from gridtsne.labels import labels_csv
 from pipelines import watch
 from pipelines.beam_runner import new_pipeline
-from pipelines.options import add_flag, local_abs, storage_options_from
+from pipelines.options import (StorageOptions, add_flag, local_abs, refuse_empty_values,
+                               stage_help, storage_options_from, wants_help)
 from gridtsne.render_inputs import plan_render
 from gridtsne.site import DEFAULT_OSD_URL, SUMMARY_FILE, is_url
 from gridtsne.tiles import FORMATS
@@ -128,7 +129,17 @@ def build_pipeline(p, job):
 
 def run(argv=None):
     """Parse ``argv``, render, print and return the summary (also in ``<output>/site.json``)."""
-    argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if wants_help(argv):
+        def labels_flag(parser):
+            parser.add_argument("--labels", default=None,
+                                help="CSV of path,label (or uri,label) shown on the page")
+
+        print(stage_help("gridtsne render", __doc__.split("\n\n")[0], RenderOptions,
+                         StorageOptions, watch.WatchOptions, extra=labels_flag))
+        return 0
+    refuse_empty_values(argv)
+    argv = expand_flags_files(argv)
     labels, argv = split_labels(argv)
     options = PipelineOptions(argv)
     job = job_from_options(options, labels)

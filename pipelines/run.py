@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from apache_beam.pvalue import AsList, AsSingleton
 
-from gridtsne import evaluate, input_policy, schema, storage, versions
+from gridtsne import evaluate, faults, input_policy, schema, storage, versions
 from gridtsne.flagfiles import expand_flags_files
 from gridtsne.labels import LabelsCsv, labels_csv
 from gridtsne.layout import LayoutConfig
@@ -31,7 +31,8 @@ from pipelines import layout as layout_stage
 from pipelines import render as render_stage
 from pipelines import watch
 from pipelines.beam_runner import new_pipeline
-from pipelines.options import add_flag
+from pipelines.options import (StorageOptions, add_flag, refuse_empty_values, stage_help,
+                               wants_help)
 from transforms import embed_counters as C
 from transforms.embed import EmbedImages
 from transforms.layout import LayOutVectors, LayoutJob
@@ -65,7 +66,8 @@ class RunOptions(PipelineOptions):
                  help="DPQ16 is computed on a seeded sample of at most this many images")
         add_flag(parser, "--version_id", default=None,
                  help="id of the version this run writes (default: a new timestamped id); "
-                      "lets a caller such as `gridtsne serve` know where it goes")
+                      "lets a caller such as `gridtsne serve` know where it goes; an id is "
+                      "written once (an existing version's id is refused)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,8 +180,11 @@ def commit_version(_, job, render_summary, layout_summary, quality, fates, faile
     Runs only once ``errors/`` is written (``errors_written``, its files, is a side input).
     Raises (and so leaves the pointer where it was) when the vectors table does not hold
     exactly the new, changed and unchanged images, or ``errors/`` not exactly the failures: a
-    version that lost rows is never published.
+    version that lost rows is never published. The pointer moves and the version gets its
+    commit record in :func:`gridtsne.versions.publish`; then old and abandoned versions are
+    pruned.
     """
+    faults.point("rendered")
     counter("gridtsne.run", "publishing_started").inc()
     rows = layout_summary["input_images"]
     expected = fates["new"] + fates["changed"] + fates["unchanged"]
@@ -208,7 +213,8 @@ def commit_version(_, job, render_summary, layout_summary, quality, fates, faile
     }
     storage.write_bytes(storage.url_join(job.version_url, SUMMARY_FILE),
                         json.dumps(summary, indent=2, sort_keys=True, default=str).encode(), opts)
-    versions.write_pointer(job.output, job.version, summary, opts)
+    faults.point("publishing")
+    versions.publish(job.output, job.version, summary, opts)
     storage.write_bytes(storage.url_join(job.output, "index.html"), _root_page(job.version), opts)
     versions.prune_versions(job.output, job.keep_versions, opts)
     return summary
@@ -282,11 +288,20 @@ def report(output, version, counters=None, storage_options=None):
 
 def run(argv=None):
     """Parse ``argv``, run the job, print and return the summary."""
-    argv = expand_flags_files(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if wants_help(argv):
+        print(run_help())
+        return 0
+    refuse_empty_values(argv)
+    argv = expand_flags_files(argv)
+    refuse_empty_values(argv)
     check_inputs(argv)
     labels, argv = render_stage.split_labels(argv)
     options = PipelineOptions(argv)
     job = job_from_options(options, labels)
+    if not options.view_as(TestOptions).dry_run:
+        # Before anything is written: re-using an id would overwrite that version in place.
+        versions.check_unused(job.output, job.version, job.storage_options)
     p = new_pipeline(options)
     build_pipeline(p, job)
     with watch.watching(options, job.version, versions.progress_url(job.output, job.version),
@@ -300,6 +315,20 @@ def run(argv=None):
                          job.storage_options)
         w.finish(counts=final_counts(summary))
     return summary
+
+
+def run_help(prog="gridtsne run", description=None):
+    """The flags of the whole job: its own and every stage's (Beam's are Beam's)."""
+    from pipelines.watch import WatchOptions
+
+    def labels(parser):
+        parser.add_argument("--labels", default=None,
+                            help="CSV of path,label (or uri,label): shown on the page and "
+                                 "scored by neighbour label agreement")
+
+    return stage_help(prog, description or __doc__.split("\n\n")[0], RunOptions,
+                      embed_stage.EmbedOptions, layout_stage.LayoutOptions,
+                      render_stage.RenderOptions, StorageOptions, WatchOptions, extra=labels)
 
 
 def final_counts(summary):

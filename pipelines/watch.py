@@ -56,6 +56,10 @@ def configure_logging(verbose):
         logging.basicConfig(level=level, format=LOG_FORMAT)
     elif verbose:
         root.setLevel(level)
+    # Beam logs a failing DoFn's traceback before re-raising it; the launcher reports the
+    # error once, as one line (gridtsne.cli), unless --verbose asks for the traceback.
+    logging.getLogger("apache_beam.runners.common").setLevel(
+        logging.NOTSET if verbose else logging.CRITICAL)
 
 
 def resolve_mode(choice, stream):

@@ -128,6 +128,31 @@ def test_each_refused_file_falls_back_alone_and_every_file_has_an_outcome():
     assert len(out.rows) == 7 and out.pixels.shape == (7, 3, 224, 224)
 
 
+def test_a_truncated_jpeg_never_reaches_the_batched_decoder(monkeypatch):
+    """nvjpeg decodes a truncated JPEG without complaint (grey where data is missing), so the
+    header check must send it to Pillow. The CPU decoder refuses it anyway, which is why the
+    outcome alone cannot show the check: the batched decoder's inputs are recorded (the real
+    decoder still runs; nvjpeg itself needs a GPU, see test_nvjpeg_agrees_...)."""
+    from gridtsne import batch_decode
+
+    good = corpus.jpeg_bytes(corpus.photo("chelsea"))
+    truncated = good[:3000]
+    header = read_header(truncated)
+    assert header is not None and not header.complete and not header.fast_decodable
+    assert read_header(good).fast_decodable
+    seen = []
+    real = batch_decode._fast_decode
+
+    def recording(datas, device):
+        seen.extend(bytes(d) for d in datas)
+        return real(datas, device)
+
+    monkeypatch.setattr(batch_decode, "_fast_decode", recording)
+    out = decode_batch([good, truncated], CFG, pool=None)
+    assert seen == [good]
+    assert out.outcomes[0].fast and isinstance(out.outcomes[1], DecodeError)
+
+
 def test_pillow_fallbacks_run_on_the_pool_and_keep_input_order():
     from gridtsne.batch_decode import thread_pool
 
@@ -208,12 +233,16 @@ BROKEN = models.ModelSpec(name="broken", dim=4, input_size=32, mean=(0.5,) * 3, 
                           build=build_broken)
 
 
-def test_a_failing_forward_pass_gives_embed_errors_for_that_batch_only():
+def test_a_failing_forward_pass_raises_instead_of_blaming_the_images():
+    """The machine's problem (the model, the device, memory) fails the batch; it never turns
+    readable images into error rows (gridtsne.failures)."""
     embedder = BatchEmbedder(EmbedderConfig(model="tests.test_batch_embed:BROKEN", device="cpu",
                                             decode=DecodeConfig(input_size=32)))
-    out = embedder.embed([corpus.jpeg_bytes(corpus.photo("rocket")), b"", corpus.cmyk_jpeg()])
-    assert [(o.stage, o.error_type) for o in out] == [
-        ("embed", "RuntimeError"), ("read", "EmptyFile"), ("embed", "RuntimeError")]
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        embedder.embed([corpus.jpeg_bytes(corpus.photo("rocket")), b"", corpus.cmyk_jpeg()])
+    # A batch with nothing to embed still answers per file.
+    out = embedder.embed([b""])
+    assert [(o.stage, o.error_type) for o in out] == [("read", "EmptyFile")]
     embedder.close()
 
 
@@ -245,6 +274,75 @@ def test_two_processes_use_one_shared_model():
     assert pid_a != pid_b
     assert owner_a == owner_b and owner_a in (pid_a, pid_b)  # one model, in one of them
     np.testing.assert_allclose(vec_a, vec_b, rtol=1e-6)
+
+
+def _host_shared(tag, ready):
+    """Asks first, so the shared model lives in this process; then waits to be killed."""
+    import time
+
+    from transforms.embed import acquire_embedder
+
+    acquire_embedder(EmbedderConfig(model="tests.tiny_model:TINY", device="cpu",
+                                    decode=DecodeConfig(input_size=32)), share_tag=tag)
+    ready.set()
+    time.sleep(600)
+
+
+def _survive_host(tag, photo, acquired, host_gone, queue):
+    """A worker process using the model that lives in another process, which then dies."""
+    from apache_beam.transforms.window import GlobalWindow
+
+    from gridtsne.listing import FileInfo
+    from transforms.embed import BatchEmbedFn, EmbedConfig
+
+    config = EmbedConfig(model="tests.tiny_model:TINY", device="cpu", decoder="batched",
+                         decode=DecodeConfig(input_size=32), share_model=True, read_threads=2)
+    fn = BatchEmbedFn(config)
+    fn._share_tag = tag  # the job's tag, as every process of a job has
+    fn.setup()
+    owner_before = fn._embedder.pid()
+    acquired.set()
+    host_gone.wait(120)
+    infos = [FileInfo(photo, os.path.getsize(photo), 1, explicit=True)]
+    fn.start_bundle()
+    rows = list(fn.process(infos, timestamp=0, window=GlobalWindow()))
+    rows += list(fn.finish_bundle())
+    queue.put((owner_before, fn._embedder.pid(), os.getpid(),
+               [(type(r).__name__, getattr(r, "value", r)) for r in rows]))
+    fn.teardown()
+
+
+def test_the_shared_model_comes_back_when_the_process_holding_it_dies(tmp_path):
+    """The model lives in the worker process that asked first; SIGKILLed, the others acquire
+    it again instead of failing (or, before, turning every image into an error row)."""
+    import signal
+
+    photo = tmp_path / "rocket.jpg"
+    photo.write_bytes(corpus.jpeg_bytes(corpus.photo("rocket")))
+    ctx = multiprocessing.get_context("spawn")
+    tag = f"gridtsne-test-{uuid.uuid4().hex}"
+    ready, acquired, host_gone, queue = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
+    host = ctx.Process(target=_host_shared, args=(tag, ready))
+    host.start()
+    assert ready.wait(120)
+    survivor = ctx.Process(target=_survive_host, args=(tag, str(photo), acquired, host_gone,
+                                                          queue))
+    survivor.start()
+    try:
+        assert acquired.wait(120)
+        os.kill(host.pid, signal.SIGKILL)
+        host.join(30)
+        host_gone.set()
+        owner_before, owner_after, survivor_pid, rows = queue.get(timeout=120)
+    finally:
+        for p in (host, survivor):
+            if p.is_alive():
+                p.kill()
+            p.join(30)
+    assert owner_before == host.pid
+    assert owner_after == survivor_pid
+    assert len(rows) == 1 and rows[0][0] == "WindowedValue", rows  # a vector row, no error
+    assert rows[0][1]["uri"] == str(photo) and len(rows[0][1]["vector"]) == 16
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvjpeg)")

@@ -132,6 +132,19 @@ def test_document_is_written_at_most_every_interval_and_never_fails_the_run(capl
     assert doc["version"] == "v1" and doc["started"].endswith("Z")
 
 
+def test_document_is_rewritten_every_heartbeat_while_nothing_moves():
+    """A long step without news still rewrites the document, so a version whose document is
+    old belongs to a run that is over (gridtsne.versions.is_abandoned)."""
+    writes = []
+    r, clock, _ = reporter(write_document=lambda data: writes.append(clock.now), doc_interval=3)
+    r.advance("listed", 1)
+    for step in range(0, 200):
+        clock.now = float(step)
+        r.tick()
+    assert writes == [0.0, 60.0, 120.0, 180.0]
+    assert progress.HEARTBEAT_S == 60
+
+
 def test_a_run_that_raises_ends_failed_and_an_unwritable_document_fails_nothing(tmp_path,
                                                                                caplog):
     from apache_beam.options.pipeline_options import PipelineOptions

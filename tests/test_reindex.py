@@ -44,13 +44,60 @@ def test_listed_file_and_its_row_read_back_have_the_same_fingerprint(tmp_path):
                                               reindex.CHANGED]
 
 
-def test_one_reindex_mechanism():
-    """ClassifyFiles is the only re-index path: the old key-based skip is gone."""
-    import gridtsne.listing
-    import transforms.listing
+def test_one_reindex_mechanism(tmp_path):
+    """ClassifyFiles is the only re-index path: in the whole job, EmbedImages reads exactly
+    its ``to_embed`` output and the written vectors are exactly the embedded rows plus its
+    ``carried`` rows; and it sends each file where its fingerprint says."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
 
-    assert not hasattr(transforms.listing, "SkipKnownFiles")
-    assert not hasattr(gridtsne.listing, "keys_of_table")
+    import transforms.listing
+    from gridtsne.listing import FileInfo
+    from pipelines import run as job
+    from transforms.reindex import CARRIED, FATES, TO_EMBED, ClassifyFiles
+
+    assert not hasattr(transforms.listing, "SkipKnownFiles")  # the old key-based skip
+    options = PipelineOptions(["--input", str(tmp_path), "--output", str(tmp_path / "map"),
+                               "--model", "tests.tiny_model:TINY"])
+    p = beam.Pipeline(options=options)
+    job.build_pipeline(p, job.job_from_options(options))
+    producer, inputs = {}, {}
+
+    class Visit(beam.pipeline.PipelineVisitor):
+        def enter_composite_transform(self, node):
+            self.visit_transform(node)
+
+        def visit_transform(self, node):
+            inputs[node.full_label] = list(node.inputs)
+            for tag, pc in node.outputs.items():
+                producer.setdefault(pc, (node.full_label, tag))  # the outermost transform
+
+    p.visit(Visit())
+    assert [producer[pc] for pc in inputs["EmbedImages"]] == [("ClassifyFiles", TO_EMBED)]
+    merged = sorted(producer[pc] for pc in inputs["MergeRows"])
+    assert [label for label, _ in merged] == ["ClassifyFiles", "EmbedImages"], merged
+    assert merged[0][1] == CARRIED
+    assert [producer[pc][0] for pc in inputs["WriteVectors"]] == ["MergeRows"]
+
+    us = 1_777_636_800_000_000
+    listed = [FileInfo("a.jpg", 10, us), FileInfo("b.jpg", 10, us + 1),
+              FileInfo("c.jpg", 5, us)]
+    previous = [("a.jpg", {"uri": "a.jpg", "bytes": 10, "mtime": T, "id": "row-a"}),
+                ("b.jpg", {"uri": "b.jpg", "bytes": 10, "mtime": T, "id": "row-b"}),
+                ("d.jpg", {"uri": "d.jpg", "bytes": 1, "mtime": T, "id": "row-d"})]
+    listed[0] = FileInfo("a.jpg", 10, reindex.row_fingerprint(previous[0][1])[1])
+    with TestPipeline() as tp:
+        out = (tp | "Files" >> beam.Create(listed)) | ClassifyFiles(
+            tp | "Previous" >> beam.Create(previous))
+        assert_that(out[TO_EMBED] | beam.Map(lambda f: f.uri), equal_to(["b.jpg", "c.jpg"]),
+                    label="ToEmbed")
+        assert_that(out[CARRIED] | beam.Map(lambda r: r["id"]), equal_to(["row-a"]),
+                    label="Carried")
+        assert_that(out[FATES], equal_to([("a.jpg", reindex.UNCHANGED),
+                                          ("b.jpg", reindex.CHANGED), ("c.jpg", reindex.NEW),
+                                          ("d.jpg", reindex.REMOVED)]), label="Fates")
 
 
 @pytest.mark.parametrize("listed, previous, expected", [

@@ -227,3 +227,40 @@ def test_cancel_a_running_job(photos, tmp_path):
     # Nothing was published, and the half-written version is gone.
     assert versions.read_pointer(str(output)) is None
     assert not (output / "versions" / f"{job_id}-1").exists()
+
+
+def test_a_child_job_killed_mid_render_changes_nothing_published(photos, tmp_path, monkeypatch):
+    """``gridtsne serve``'s child killed by SIGKILL (the fault hook, gridtsne/faults.py) while it
+    writes tiles: the job fails, the published map keeps every byte, the next run publishes."""
+    from gridtsne import faults
+    from pipelines import run as job
+    from tests.test_faults import published_state
+
+    out = tmp_path / "maps" / "family"
+    fast = [f"--{k}={v}" for k, v in FAST_OPTIONS.items()]
+    first = job.run(["--input", str(photos), "--output", str(out), "--progress", "off", *fast])
+    before = published_state(out)
+
+    flags = ("--output_root", tmp_path / "maps", "--allow_input", photos,
+             "--allow_model", FAST_OPTIONS["model"])
+    armed = Server(tmp_path / "srv", *flags)
+    key = armed.create_key("alice")
+    monkeypatch.setenv(faults.ENV, "rendering")  # the server's children inherit it
+    with armed, armed.client(key) as c:
+        job_id = post(c, [str(photos)], output="family")
+        failed = wait_for(c, job_id, ("FAILED",))
+        log = c.get(f"/v2/visualizations/{job_id}/log").text
+    monkeypatch.delenv(faults.ENV)
+    assert "exited with status -9" in log, log[-2000:]
+    assert "data" not in failed
+    killed = out / "versions" / failed["version"]
+    tiles = [f for f in (killed / "site").rglob("*.jpg")]
+    assert (killed / "layout.parquet").is_file() and tiles  # killed while rendering
+    assert not (killed / "summary.json").exists() and not (killed / "commit.json").exists()
+    assert published_state(out) == before
+    assert versions.read_pointer(str(out))["version"] == first["version"]
+
+    summary = job.run(["--input", str(photos), "--output", str(out), "--progress", "off",
+                       *fast])
+    assert summary["images"] == N_PHOTOS and summary["counts"]["unchanged"] == N_PHOTOS
+    assert versions.committed_versions(str(out)) == [first["version"], summary["version"]]

@@ -51,7 +51,9 @@ class _FailingCNN(torch.nn.Module):
 
 
 def build_failing(weights=None):
-    net = _FailingCNN()
+    with torch.random.fork_rng():  # the same weights (and sha256) in every process
+        torch.manual_seed(0)
+        net = _FailingCNN()
     return net, sha256_state_dict(net.state_dict()), "tests.tiny_model (always fails)"
 
 

@@ -8,7 +8,9 @@ Two paths, chosen by ``EmbedConfig.decoder`` (see :func:`resolve_decoder`):
   bytes read ahead by threads, decoded and resized as a batch on the device
   (gridtsne.batch_embed), the model shared by the worker machine's processes.
 
-Either way every file that is an image leaves as exactly one vector row or one error row.
+Either way every file that is an image leaves as exactly one vector row or one error row, or
+the bundle fails: a problem with one file is its error row, a problem with the machine (model,
+device, memory, storage) is raised so the runner retries the bundle (gridtsne.failures).
 """
 import collections
 import concurrent.futures
@@ -23,9 +25,10 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.utils.windowed_value import WindowedValue
 
-from gridtsne import models
+from gridtsne import faults, models
 from gridtsne.batch_embed import BatchEmbedder, EmbedderConfig, embed_fetched, start_fetch
 from gridtsne.decode import STAGE_DECODE, STAGE_EMBED, DecodeConfig, DecodeError
+from gridtsne.failures import is_lost_connection, is_machine_failure
 from gridtsne.ingest import read_and_decode
 from gridtsne.pooling import POOLINGS
 from gridtsne.rows import error_row, error_row_from, vector_row
@@ -139,6 +142,8 @@ def _read_and_decode_outcome(info, decode_config, storage_options, policy=None):
     except DecodeError as exc:
         return "error", error_row_from(info.uri, exc), 0
     except Exception as exc:  # a bug or an exotic failure still must not lose the file
+        if is_machine_failure(exc):  # the machine's: the bundle fails and is retried
+            raise
         log.exception("unexpected failure decoding %s", info.uri)
         return "error", error_row(info.uri, STAGE_DECODE, type(exc).__name__,
                                   str(exc) or repr(exc)), 0
@@ -277,42 +282,15 @@ class EmbeddingModelHandler(ModelHandler):
         return "gridtsne.embed.RunInference"
 
 
-def _failed_batch_rows(failure):
-    batch, exc_info = failure
-    exc_type, message = _describe_exception(exc_info)
-    for record, _ in batch:
-        yield error_row(record.uri, STAGE_EMBED, exc_type, message)
-
-
-def _describe_exception(exc_info):
-    if isinstance(exc_info, BaseException):
-        return type(exc_info).__name__, str(exc_info)
-    if isinstance(exc_info, (tuple, list)) and exc_info:
-        exc_type = exc_info[0]
-        name = getattr(exc_type, "__name__", str(exc_type))
-        message = str(exc_info[1]) if len(exc_info) > 1 else ""
-        return name, message
-    return "Exception", str(exc_info)
-
-
 class _ToVectorRowFn(beam.DoFn):
     def __init__(self):
         self._vectors = C.counter(C.VECTORS)
 
     def process(self, keyed):
         record, vector = keyed
+        faults.point("embedding")
         self._vectors.inc()
         yield vector_row(record, vector)
-
-
-class _CountEmbedErrorsFn(beam.DoFn):
-    def __init__(self):
-        self._errors = C.counter(C.EMBED_ERRORS)
-
-    def process(self, failure):
-        for row in _failed_batch_rows(failure):
-            self._errors.inc()
-            yield row
 
 
 class EmbedImages(beam.PTransform):
@@ -320,8 +298,8 @@ class EmbedImages(beam.PTransform):
 
     The composable heart of the stage: listing, filtering and writing stay outside, so a
     bigger job (the incremental re-index) can feed it any file infos and send its rows
-    anywhere. A batch whose inference fails becomes one error row per image (stage
-    ``embed``) instead of failing the job.
+    anywhere. A batch whose inference fails (the model, the device, memory) fails its bundle,
+    which the runner retries; it never becomes error rows for images that are fine.
     """
 
     def __init__(self, config):
@@ -356,16 +334,11 @@ class EmbedImages(beam.PTransform):
                 threads=self._config.decode_threads, in_flight=self._config.batch_size,
                 policy=self._config.input_policy))
             .with_outputs(ERRORS, main="decoded"))
-        embedded, failures = (
-            decoded
-            | "RunInference" >> RunInference(
-                KeyedModelHandler(EmbeddingModelHandler(self._config)))
-            .with_exception_handling())
+        # A failing forward pass fails the bundle (the machine's problem, never one file's).
+        embedded = decoded | "RunInference" >> RunInference(
+            KeyedModelHandler(EmbeddingModelHandler(self._config)))
         vectors = embedded | "ToVectorRows" >> beam.ParDo(_ToVectorRowFn())
-        embed_errors = (failures.failed_inferences
-                        | "ToEmbedErrorRows" >> beam.ParDo(_CountEmbedErrorsFn()))
-        errors = (decode_errors, embed_errors) | "FlattenEmbedErrors" >> beam.Flatten()
-        return vectors, errors
+        return vectors, decode_errors
 
 
 class BatchEmbedFn(beam.DoFn):
@@ -428,13 +401,8 @@ class BatchEmbedFn(beam.DoFn):
         where = (timestamp, window)
         start = time.perf_counter()
         fetched = reading.result()
-        try:
-            results = embed_fetched(self._embedder, fetched)
-        except Exception as exc:  # the shared model's process died, a bug: rows, not a crash
-            log.exception("a batch of %d files failed", len(fetched))
-            error = DecodeError.from_exception(STAGE_EMBED, exc)
-            results = [(f, None, f.error or (error if f.data is not None else None))
-                       for f in fetched]
+        results = self._embed_fetched(fetched)  # raises for the machine: the bundle fails
+        faults.point("embedding")
         self._batch_msec.update(int((time.perf_counter() - start) * 1000))
         for f, record, value in results:
             if record is None and value is None:
@@ -451,6 +419,19 @@ class BatchEmbedFn(beam.DoFn):
             self._bytes.inc(record.bytes)
             self._vectors.inc()
             yield _windowed(vector_row(record, value), where)
+
+    def _embed_fetched(self, fetched):
+        """:func:`embed_fetched`, once more on a new handle when the shared model's process
+        is gone (the process that asked first, hence holds it, died): the model then comes
+        up again in this process or another survivor, instead of failing every batch."""
+        try:
+            return embed_fetched(self._embedder, fetched)
+        except Exception as exc:
+            if not (self._share_tag and is_lost_connection(exc)):
+                raise
+            log.warning("the shared model's process is gone (%r); acquiring it again", exc)
+            self._embedder = acquire_embedder(self._embedder_config, self._share_tag)
+            return embed_fetched(self._embedder, fetched)
 
 
 def acquire_embedder(config, share_tag=None):

@@ -11,6 +11,7 @@ import logging
 import apache_beam as beam
 
 from gridtsne.decode import STAGE_LIST
+from gridtsne.failures import is_machine_failure
 from gridtsne.input_policy import refusal_in, refused_message, unsafe_address
 from gridtsne.listing import expand_pattern, merge_duplicates, read_manifest
 from gridtsne.rows import error_row
@@ -60,6 +61,9 @@ class ExpandPatternsFn(beam.DoFn):
                 self._listed.inc()
                 yield info
         except Exception as exc:
+            # Storage down: retry the bundle, never publish half a listing.
+            if is_machine_failure(exc) and not refusal_in(exc):
+                raise
             self._errors.inc()
             log.warning("cannot list %r: %s: %s", pattern, type(exc).__name__, exc)
             yield beam.pvalue.TaggedOutput(ERRORS, _list_error(pattern, exc))
@@ -112,6 +116,8 @@ class ReadManifestFn(beam.DoFn):
         try:
             yield from read_manifest(manifest, self._storage_options)
         except Exception as exc:
+            if is_machine_failure(exc) and not refusal_in(exc):
+                raise
             self._errors.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, _list_error(manifest, exc))
 

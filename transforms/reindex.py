@@ -10,7 +10,7 @@ import logging
 import apache_beam as beam
 import pyarrow.parquet as pq
 
-from gridtsne import reindex, schema, storage, versions
+from gridtsne import faults, reindex, schema, storage, versions
 from transforms import progress_metrics
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class ClassifyFilesFn(beam.DoFn):
                                        reindex.REMOVED)}
 
     def process(self, element):
+        faults.point("listed")
         uri, groups = element
         listed = list(groups["listed"])
         previous = list(groups["previous"])

@@ -24,7 +24,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 from PIL import Image
 
-from gridtsne import __version__, storage
+from gridtsne import __version__, faults, storage
 from gridtsne.overview import (DEFAULT_LONGEST, MOSAIC_OVERVIEW, TSNE_OVERVIEW, check_longest,
                                compose_mosaic_overview, encode_jpeg, paint_block, stitch_blocks)
 from gridtsne.projector import export_projector
@@ -136,6 +136,7 @@ class RenderTopTileFn(_TileFn):
         storage.write_bytes(storage.url_join(self.output, g.tile_path(g.max_level, tx, ty)),
                             encode_tile(top.image, g.fmt, self.config.quality),
                             self.config.storage_options)
+        faults.point("rendering")
         self.tiles.inc()
         self.cells.inc(len(top.decoded))
         self.placeholders.inc(len(top.missing))
