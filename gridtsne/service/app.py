@@ -95,7 +95,13 @@ def _openapi_with_body_schema(app):
 
 def create_app(config, store=None):
     """The ASGI app for ``config``; the job runner starts and stops with it (lifespan)."""
-    store = store or S.Store(config.database)
+    secret = keys.load_secret(config.secret_file)
+
+    def share_token(job_id):
+        return keys.share_token(secret, job_id)
+
+    store = store or S.Store(config.database,
+                             share_hash=lambda job_id: keys.hash_key(share_token(job_id)))
     runner = jobs.JobRunner(config, store)
     limiter = RateLimiter(config.requests_per_minute)
 
@@ -150,7 +156,7 @@ def create_app(config, store=None):
         if job["status"] == S.SUCCEEDED and job.get("result"):
             try:
                 data_links = links.map_links(job["output"], job["result"]["version"],
-                                             job["share_token"], base,
+                                             share_token(job["id"]), base,
                                              config.signed_url_expiry, config.storage_options)
             except Exception as err:  # the store cannot sign: say so, keep the rest
                 data_links = {"error": f"could not make the map's URLs: {err}"}
@@ -185,6 +191,21 @@ def create_app(config, store=None):
         if not config.allow_model and ":" in model:
             raise HTTPException(400, f"options.model: {model!r} names code to import, which "
                                      "this server allows only when listed in --allow_model")
+        if not config.allow_model and model not in jobs.registered_models(config.python):
+            names = ", ".join(jobs.registered_models(config.python))
+            raise HTTPException(422, f"options.model: {model!r} is not a model of gridtsne "
+                                     f"(known: {names})")
+
+    def check_output(output, key, clash):
+        """403 when ``output`` overlaps another key's map, 409 when it nests in the caller's own
+        (a map's pruning would delete one inside it); ``clash``: the overlapping outputs."""
+        if any(k != key["id"] for k, _ in clash):
+            raise HTTPException(403, f"output: {output!r} is, lies inside or contains a map of "
+                                     "another API key")
+        nested = sorted(o for _, o in clash if o != output)
+        if nested:
+            raise HTTPException(409, f"output: {output!r} lies inside or contains your map "
+                                     f"{nested[0]!r}; a map cannot hold another")
 
     def create(body, key, idempotency_key):
         try:
@@ -199,8 +220,6 @@ def create_app(config, store=None):
             raise HTTPException(400, str(err)) from None
         options = body.options.model_dump(exclude_none=True)
         check_model(options)
-        if store.output_owners(output) - {key["id"]}:
-            raise HTTPException(403, f"output: {output!r} is a map of another API key")
         request_doc = {"inputs": inputs, "manifests": manifests, "labels": labels,
                        "output": body.output, "options": options,
                        "flags": body.options.to_flags()}
@@ -210,8 +229,9 @@ def create_app(config, store=None):
                 {"id": job_id, "key_id": key["id"], "status": S.PENDING,
                  "request": request_doc, "output": output,
                  "idempotency_key": idempotency_key, "request_hash": digest,
-                 "share_token": secrets.token_urlsafe(32), "created": time.time()},
-                max_active=config.max_active_per_key)
+                 "share_hash": keys.hash_key(share_token(job_id)), "created": time.time()},
+                max_active=config.max_active_per_key,
+                check_output=lambda clash: check_output(output, key, clash))
         except S.LimitExceeded:
             raise HTTPException(429, f"this key already has {config.max_active_per_key} "
                                      "pending or running visualizations; retry when one "
@@ -242,8 +262,10 @@ def create_app(config, store=None):
             return _validation_answer([{**e, "loc": ("body", *e["loc"])}
                                        for e in err.errors(include_url=False)])
         urls = [*body.inputs, *body.manifests, body.labels or ""]
-        if any(u.lower().startswith(security.WEB_SCHEMES) for u in urls):
-            # Checking web URLs resolves their host names: not on the event loop.
+        if any(u.lower().startswith(security.WEB_SCHEMES) for u in urls) or (
+                body.options.model and not jobs.models_known()):
+            # Checking web URLs resolves their host names, and the first look at the model
+            # registry starts a Python: not on the event loop.
             job, created = await run_in_threadpool(create, body, key, idem)
         else:
             job, created = create(body, key, idem)
@@ -291,7 +313,7 @@ def create_app(config, store=None):
 
     @app.get(links.SHARE_PREFIX + "/{token}/{path:path}", include_in_schema=False)
     def shared_map(token: str, path: str):
-        job = store.job_by_share_token(token)
+        job = store.job_by_share_hash(keys.hash_key(token))
         target = None
         if job is not None and links.is_local(job["output"]) and job.get("result"):
             target = links.shared_file(job["output"], job["result"]["version"], path)

@@ -25,6 +25,9 @@ class ServiceConfig:
         The jobs' per-protocol fsspec options (from their ``--s3_*`` and ``--storage_options``
         flags), so the server reads progress and pointers and signs URLs on the store the jobs
         write to.
+    secret_file : str
+        The server's secret, from which share tokens are made (default: the database's path
+        plus ``.secret``; created 0600 when absent). Replacing it revokes every share link.
     """
 
     database: str
@@ -43,6 +46,7 @@ class ServiceConfig:
     python: str = sys.executable
     workdir: str = None
     storage_options: dict = dataclasses.field(default_factory=dict)
+    secret_file: str = None
 
     def __post_init__(self):
         if not self.output_root:
@@ -56,3 +60,5 @@ class ServiceConfig:
                 os.path.dirname(os.path.abspath(self.database)), "logs"))
         if self.workdir is None:
             object.__setattr__(self, "workdir", os.getcwd())
+        if self.secret_file is None:
+            object.__setattr__(self, "secret_file", os.path.abspath(self.database) + ".secret")

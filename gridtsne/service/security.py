@@ -1,7 +1,10 @@
-"""What a caller may name: URL prefixes on the operator's allowlist, and no internal hosts.
+"""What a caller may name: URL prefixes on the operator's allowlist, no internal hosts, and
+no output inside or above another map.
 
 Every URL of a request is checked before a job is created; a refusal is a :class:`Refused`
-that names the field and says why (the app answers 400 with it and starts nothing).
+that names the field and says why (the app answers 400 with it and starts nothing). Outputs are
+compared in their canonical form (:func:`canonical_output`) by prefix (:func:`overlaps`), so
+``<root>/theirs/versions/v/site`` is recognised as part of ``<root>/theirs``.
 """
 import ipaddress
 import os
@@ -100,7 +103,9 @@ def check_url(field, url, prefixes):
     if not any(_under(normal, p) for p in allowed):
         raise Refused(field, url, "is outside the prefixes this server accepts "
                                   f"({', '.join(allowed)})")
-    return url if scheme != "file" else normal
+    # The job gets the caller's own spelling (the map then names images as the caller does,
+    # not by the server's resolved paths); the job enforces the same policy where it reads.
+    return str(url).strip()
 
 
 def output_url(field, output, root, default_name):
@@ -111,11 +116,28 @@ def output_url(field, output, root, default_name):
         if not _MAP_NAME.fullmatch(output):
             raise Refused(field, output, "is not a usable map name (1-64 letters, digits, _.-)")
         return _join(root, output)
-    normal = check_url(field, output, [root])
-    if normal.rstrip("/") == normalize_prefix(root).rstrip("/"):
+    normal = canonical_output(check_url(field, output, [root]))
+    if normal == canonical_output(normalize_prefix(root)):
         raise Refused(field, output, "is the output root itself; name a map under it")
-    return normal.rstrip("/")
+    return normal
 
 
 def _join(root, name):
-    return normalize_prefix(root).rstrip("/") + "/" + name
+    return canonical_output(normalize_prefix(root).rstrip("/") + "/" + name)
+
+
+def canonical_output(url):
+    """``url`` in the one spelling used to compare outputs: scheme in lower case, no empty or
+    ``.`` segments, no trailing slash (a local path is already a ``realpath``)."""
+    scheme, sep, rest = str(url).partition("://")
+    if not sep:
+        scheme, rest = "", scheme
+    parts = [p for p in rest.split("/") if p not in ("", ".")]
+    lead = "/" if not sep and rest.startswith("/") else ""
+    return (f"{scheme.lower()}://" if sep else "") + lead + "/".join(parts)
+
+
+def overlaps(a, b):
+    """True when output ``a`` is ``b``, lies inside it, or contains it (canonical forms)."""
+    a, b = canonical_output(a), canonical_output(b)
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
