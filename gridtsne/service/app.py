@@ -88,9 +88,33 @@ def _openapi_with_body_schema(app):
             comps = schema.setdefault("components", {}).setdefault("schemas", {})
             comps.update(body.pop("$defs", {}))
             comps["VisualizationRequest"] = body
+            comps["Error"] = ERROR_SCHEMA
             app.openapi_schema = schema
         return app.openapi_schema
     return openapi
+
+
+ERRORS = {
+    400: "a URL or model this server refuses (the message names the field and says why)",
+    401: "no API key, or an unknown or revoked one",
+    403: "the output is, lies inside or contains a map of another API key",
+    404: "no such visualization for this key",
+    409: "it has already ended (DELETE), or the output nests in one of this key's maps",
+    413: "the request body is over --max_body_bytes",
+    422: "malformed JSON, a wrong type, an unknown field or a value out of range",
+    429: "over the key's rate or active-jobs limit; Retry-After says when to try again",
+}
+ERROR_SCHEMA = {
+    "type": "object", "required": ["detail"],
+    "properties": {"detail": {"anyOf": [{"type": "string"}, {"type": "array"}]},
+                   "message": {"type": "string"}},
+}
+
+
+def _errors(*codes):
+    """The OpenAPI ``responses`` entry of the error statuses an endpoint can answer."""
+    return {code: {"description": ERRORS[code], "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Error"}}}} for code in codes}
 
 
 def create_app(config, store=None):
@@ -248,6 +272,7 @@ def create_app(config, store=None):
         "schema": {"$ref": "#/components/schemas/VisualizationRequest"}}}}}
 
     @app.post("/v2/visualizations", status_code=202, openapi_extra=body_doc,
+              responses=_errors(400, 401, 403, 409, 413, 422, 429),
               summary="Start a visualization (answers at once; poll its status)")
     async def post_visualization(request: Request, key=Depends(caller)):
         idem = request.headers.get("idempotency-key")
@@ -273,11 +298,13 @@ def create_app(config, store=None):
         content = {"output": await answer_async(job, request)}
         return JSONResponse(content, status_code=202, headers=headers)
 
-    @app.get("/v2/visualizations/{job_id}", summary="A visualization's status and result")
+    @app.get("/v2/visualizations/{job_id}", responses=_errors(401, 404, 422, 429),
+             summary="A visualization's status and result")
     async def get_visualization(job_id: str, request: Request, key=Depends(caller)):
         return JSONResponse({"output": await answer_async(owned(job_id, key), request)})
 
-    @app.get("/v2/visualizations", summary="This key's visualizations, newest first")
+    @app.get("/v2/visualizations", responses=_errors(401, 422, 429),
+             summary="This key's visualizations, newest first")
     def list_visualizations(request: Request, key=Depends(caller),
                             offset: int = Query(0, ge=0),
                             limit: int = Query(20, ge=1, le=MAX_PAGE)):
@@ -287,7 +314,8 @@ def create_app(config, store=None):
                 "pagination": {"offset": offset, "limit": limit, "total": total,
                                "next_offset": nxt}}
 
-    @app.delete("/v2/visualizations/{job_id}", summary="Cancel a pending or running one")
+    @app.delete("/v2/visualizations/{job_id}", responses=_errors(401, 404, 409, 422, 429),
+                summary="Cancel a pending or running one")
     def delete_visualization(job_id: str, request: Request, key=Depends(caller)):
         job = owned(job_id, key)
         if store.cancel(job_id) is None:
@@ -297,6 +325,7 @@ def create_app(config, store=None):
         return {"output": answer(store.get_job(job_id), request)}
 
     @app.get("/v2/visualizations/{job_id}/log", response_class=PlainTextResponse,
+             responses=_errors(401, 404, 422, 429),
              summary="The job's log (its last `tail` bytes when given)")
     def get_log(job_id: str, key=Depends(caller),
                 tail: int = Query(None, ge=1, le=16 * 1024 * 1024)):

@@ -116,7 +116,8 @@ def output_url(field, output, root, default_name):
         if not _MAP_NAME.fullmatch(output):
             raise Refused(field, output, "is not a usable map name (1-64 letters, digits, _.-)")
         return _join(root, output)
-    normal = canonical_output(check_url(field, output, [root]))
+    check_url(field, output, [root])
+    normal = canonical_output(split_url(output)[1])
     if normal == canonical_output(normalize_prefix(root)):
         raise Refused(field, output, "is the output root itself; name a map under it")
     return normal
