@@ -60,6 +60,8 @@ setup(
             "uvicorn>=0.54",
             "httptools>=0.9",
             "httpx>=0.28",
+            # Property-based requests over the service's OpenAPI schema (no 5xx, as documented).
+            "schemathesis>=4.32",
         ],
     },
     entry_points={"console_scripts": ["gridtsne = gridtsne.cli:main"]},

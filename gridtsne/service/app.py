@@ -24,6 +24,7 @@ from gridtsne.service.security import Refused, check_url, output_url
 ACTIVE_RETRY_AFTER_S = 30
 MAX_IDEMPOTENCY_KEY = 255
 MAX_PAGE = 100
+MAX_OFFSET = 2**62  # SQLite's integers are 64-bit: a larger offset would be a 500
 
 
 class BodyLimit:
@@ -306,7 +307,7 @@ def create_app(config, store=None):
     @app.get("/v2/visualizations", responses=_errors(401, 422, 429),
              summary="This key's visualizations, newest first")
     def list_visualizations(request: Request, key=Depends(caller),
-                            offset: int = Query(0, ge=0),
+                            offset: int = Query(0, ge=0, le=MAX_OFFSET),
                             limit: int = Query(20, ge=1, le=MAX_PAGE)):
         rows, total = store.list_jobs(key["id"], offset, limit)
         nxt = offset + len(rows) if offset + len(rows) < total else None
