@@ -17,7 +17,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["gridtsne", "gridtsne.*", "pipelines", "pipelines.*",
                                     "transforms", "transforms.*"]),
-    package_data={"gridtsne": ["web/*"]},
+    # The page's files and the OpenSeadragon copy it ships with (licence and button images).
+    package_data={"gridtsne": ["web/*.*", "web/openseadragon/*", "web/openseadragon/images/*"]},
     install_requires=[
         "apache-beam==2.77.0",
         "numpy==2.4.6",

@@ -69,6 +69,9 @@ def parser():
                      help="larger request bodies get 413")
     srv.add_argument("--signed_url_expiry", type=int, default=3600,
                      help="seconds the signed URLs of s3:// and gs:// maps stay valid")
+    srv.add_argument("--docs_assets", default=None, metavar="DIR",
+                     help="serve /docs with Swagger UI from DIR (the files of the npm package "
+                          "swagger-ui-dist) instead of loading it from jsDelivr")
     srv.add_argument("--log_level", default="info")
     return p
 
@@ -109,7 +112,8 @@ def config_from_args(args):
         max_active_per_key=args.max_active_per_key,
         requests_per_minute=args.requests_per_minute, max_body_bytes=args.max_body_bytes,
         signed_url_expiry=args.signed_url_expiry, public_url=args.public_url,
-        storage_options=_job_storage_options(job_flags), secret_file=args.secret_file)
+        storage_options=_job_storage_options(job_flags), secret_file=args.secret_file,
+        docs_assets=args.docs_assets)
 
 
 def run(argv=None):

@@ -307,3 +307,27 @@ def test_jobs_run_the_installed_gridtsne_not_the_working_folders(tmp_path):
     log_file = os.path.join(server.folder, "logs", f"{out['id']}.log")
     assert _mode(log_file) == 0o600
 
+
+
+def test_docs_page_serves_its_assets_or_says_how(tmp_path, queue_server):
+    server, _ = queue_server
+    with server.client() as c:
+        page = c.get("/docs")
+        assert page.status_code == 200 and "--docs_assets" in page.text
+        assert "swagger-ui-dist" in page.text and "fastapi.tiangolo.com" not in page.text
+        assert c.get("/redoc").status_code == 404  # a second page of CDN assets: gone
+    assets = tmp_path / "swagger"
+    assets.mkdir()
+    (assets / "swagger-ui-bundle.js").write_text("window.SwaggerUIBundle = function () {};")
+    (assets / "swagger-ui.css").write_text("body {}")
+    offline = Server(tmp_path / "srv", "--output_root", tmp_path / "maps",
+                     "--docs_assets", assets)
+    with offline, offline.client() as c:
+        page = c.get("/docs").text
+        assert "/docs/assets/swagger-ui-bundle.js" in page and "/docs/assets/swagger-ui.css" in page
+        assert "https://" not in page and "http://" not in page
+        assert c.get("/docs/assets/swagger-ui-bundle.js").text.startswith("window.SwaggerUIBundle")
+    bad = subprocess.run(_cli("--database", str(tmp_path / "x.db"), "--output_root",
+                              str(tmp_path / "maps"), "--docs_assets", str(tmp_path)),
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "lacks swagger-ui-bundle.js" in bad.stderr

@@ -11,7 +11,10 @@ import time
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import (FileResponse, HTMLResponse, JSONResponse, PlainTextResponse,
+                               RedirectResponse)
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -118,6 +121,36 @@ def _errors(*codes):
         "schema": {"$ref": "#/components/schemas/Error"}}}} for code in codes}
 
 
+DOCS_ASSETS = "/docs/assets"
+SWAGGER_FILES = ("swagger-ui-bundle.js", "swagger-ui.css")
+
+
+def docs_page(assets):
+    """The /docs page: Swagger UI over /openapi.json.
+
+    With ``--docs_assets DIR`` (the ``swagger-ui-dist`` npm package's files) the page loads
+    Swagger UI from this server alone; without it, from jsDelivr, and the page says so and how
+    to serve them here instead (the text shows even when the CDN cannot be reached).
+    """
+    if assets:
+        page = get_swagger_ui_html(
+            openapi_url="/openapi.json", title="gridtsne API",
+            swagger_js_url=f"{DOCS_ASSETS}/{SWAGGER_FILES[0]}",
+            swagger_css_url=f"{DOCS_ASSETS}/{SWAGGER_FILES[1]}",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+        return page
+    page = get_swagger_ui_html(openapi_url="/openapi.json", title="gridtsne API",
+                               swagger_favicon_url="data:,")
+    note = ('<p id="docs-assets-note" style="font: 14px sans-serif; margin: 8px 16px">This '
+            'page loads Swagger UI from cdn.jsdelivr.net. To serve it from this server '
+            'instead (offline, no third-party request), start it with <code>--docs_assets '
+            'DIR</code>, DIR holding the files of the npm package <code>swagger-ui-dist'
+            '</code> (docs/service.md). The API itself is described at '
+            '<a href="/openapi.json">/openapi.json</a>.</p>')
+    body = page.body.decode("utf-8").replace("<body>", "<body>\n" + note, 1)
+    return HTMLResponse(body)
+
+
 def create_app(config, store=None):
     """The ASGI app for ``config``; the job runner starts and stops with it (lifespan)."""
     secret = keys.load_secret(config.secret_file)
@@ -139,7 +172,7 @@ def create_app(config, store=None):
             await run_in_threadpool(runner.stop)
 
     app = FastAPI(
-        title="gridtsne", version="2", lifespan=lifespan,
+        title="gridtsne", version="2", lifespan=lifespan, docs_url=None, redoc_url=None,
         description="Maps of image collections by visual similarity: POST a visualization, "
                     "poll it until SUCCEEDED, open `output.data.image.url`. Every endpoint "
                     "but /healthz and /maps needs `Authorization: Key <key>`.")
@@ -332,6 +365,13 @@ def create_app(config, store=None):
                 tail: int = Query(None, ge=1, le=16 * 1024 * 1024)):
         owned(job_id, key)
         return PlainTextResponse(jobs.read_log(config, job_id, tail=tail))
+
+    if config.docs_assets:
+        app.mount(DOCS_ASSETS, StaticFiles(directory=config.docs_assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return docs_page(config.docs_assets)
 
     @app.get("/healthz", summary="Liveness (no key needed)")
     def healthz():
