@@ -104,6 +104,10 @@ def wait_for(client, job_id, codes, timeout=240):
     deadline = time.monotonic() + timeout
     while True:
         answer = client.get(f"/v2/visualizations/{job_id}")
+        if answer.status_code == 429 and time.monotonic() < deadline:
+            # A slow job (a loaded machine) polled past the per-key rate: wait as told.
+            time.sleep(min(float(answer.headers.get("retry-after", 1)), 5))
+            continue
         answer.raise_for_status()
         output = answer.json()["output"]
         if output["status"]["code"] in codes:
