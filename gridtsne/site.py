@@ -13,6 +13,7 @@ script tags load from ``file://`` and from a bucket without any CORS setup, wher
 of a JSON file would be refused.
 """
 import dataclasses
+import functools
 import html
 import importlib.resources
 import json
@@ -236,6 +237,26 @@ def read_osd_files(osd_path):
     path = str(osd_path)
     if path.startswith("file://"):
         path = path[len("file://"):]
+    if os.path.realpath(path) == os.path.realpath(DEFAULT_OSD_URL):
+        return packaged_osd_files()
+    return _read_osd_files(path, osd_path)
+
+
+class PackagedOsdFiles(tuple):
+    """:func:`read_osd_files` of the copy that ships in gridtsne: pickled as a reference, which
+    a worker (it has the package) reads again, not as 0.5 MB of bytes in every transform that
+    holds a render configuration."""
+
+    def __reduce__(self):
+        return packaged_osd_files, ()
+
+
+@functools.lru_cache(maxsize=1)
+def packaged_osd_files():
+    return PackagedOsdFiles(_read_osd_files(DEFAULT_OSD_URL, DEFAULT_OSD_URL))
+
+
+def _read_osd_files(path, osd_path):
     if not os.path.isfile(path):
         raise ValueError(f"--osd_url must be a URL or an existing local file, got {osd_path!r}")
     files = [(os.path.basename(path), path)]

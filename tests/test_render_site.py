@@ -182,3 +182,19 @@ def test_openseadragon_ships_inside_the_package(tmp_path):
     built = {p.relative_to(tmp_path / "lib" / "gridtsne" / "web")
              for p in (tmp_path / "lib" / "gridtsne" / "web").rglob("*") if p.is_file()}
     assert source == built and len(source) > 40
+
+
+def test_packaged_openseadragon_travels_to_workers_by_reference():
+    """Every render configuration holds the viewer's files; the packaged copy pickles as a
+    reference a worker resolves from its own gridtsne, not as 0.5 MB in each transform."""
+    import pickle
+
+    import cloudpickle
+
+    files = site.read_osd_files(site.DEFAULT_OSD_URL)
+    assert sum(len(data) for _, data in files) > 300_000
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        blob = dumps(files)
+        assert len(blob) < 1_000 and pickle.loads(blob) == files
+    # A user's copy elsewhere is carried as bytes: workers cannot see the launcher's disk.
+    assert not isinstance(site.read_osd_files(__file__), site.PackagedOsdFiles)
