@@ -158,10 +158,12 @@ def test_nan_figures_are_null_for_stored_jobs(tmp_path):
                "quality": {"dpq": 0.5, "label_agreement": math.nan, "p": 16},
                "grid": {"rows": 2, "cols": 2}, "tiles": float("inf")}
     versions.write_pointer(output, version, summary)
+    token = keys.share_token(keys.load_secret(server.database + ".secret"), "vnan")
+    share_hash = keys.hash_key(token)
     store = S.Store(server.database)
     store.create_job({"id": "vnan", "key_id": 1, "status": S.SUCCEEDED,
                       "request": {"inputs": ["/x"], "options": {}}, "output": output,
-                      "request_hash": "h", "share_hash": "s", "created": time.time(),
+                      "request_hash": "h", "share_hash": share_hash, "created": time.time(),
                       "finished": time.time(), "version_id": version,
                       "result": {"version": version, "summary": summary}})
     store.close()
@@ -175,6 +177,16 @@ def test_nan_figures_are_null_for_stored_jobs(tmp_path):
         assert data["tiles"] is None
         r = c.get("/v2/visualizations")
         assert r.status_code == 200 and "NaN" not in r.text and "Infinity" not in r.text
+        # The share link of that map: odd paths are 404, never a 500.
+        site = os.path.join(output, "versions", version, "site")
+        os.makedirs(site)
+        with open(os.path.join(site, "index.html"), "w") as fh:
+            fh.write("<html>the map</html>")
+        assert c.get(f"/maps/{token}/").text == "<html>the map</html>"
+        for bad in ("%00", "a%00b", "..%2f..%2f..%2fjobs.db", "%2e%2e/latest.json",
+                    "%ff%fe", "x" * 5000):
+            assert c.get(f"/maps/{token}/{bad}").status_code == 404, bad
+        assert c.get("/maps/%00/index.html").status_code == 404
     assert responses.finite({"a": [1.0, math.nan, {"b": -math.inf}]}) == {"a": [1.0, None,
                                                                                  {"b": None}]}
 

@@ -303,7 +303,12 @@ def create_app(config, store=None):
         return job, created
 
     body_doc = {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/VisualizationRequest"}}}}}
+        "schema": {"$ref": "#/components/schemas/VisualizationRequest"}}}},
+        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                        "description": "the same key with the same body gives the same "
+                                       "visualization",
+                        "schema": {"type": "string", "minLength": 1,
+                                   "maxLength": MAX_IDEMPOTENCY_KEY}}]}
 
     @app.post("/v2/visualizations", status_code=202, openapi_extra=body_doc,
               responses=_errors(400, 401, 403, 409, 413, 422, 429),
