@@ -249,10 +249,10 @@ def create_app(config, store=None):
         if not config.allow_model and ":" in model:
             raise HTTPException(400, f"options.model: {model!r} names code to import, which "
                                      "this server allows only when listed in --allow_model")
-        if not config.allow_model and model not in jobs.registered_models(config.python):
-            names = ", ".join(jobs.registered_models(config.python))
+        known = None if config.allow_model else jobs.registered_models(config.python)
+        if known is not None and model not in known:
             raise HTTPException(422, f"options.model: {model!r} is not a model of gridtsne "
-                                     f"(known: {names})")
+                                     f"(known: {', '.join(known)})")
 
     def check_output(output, key, clash):
         """403 when ``output`` overlaps another key's map, 409 when it nests in the caller's own

@@ -72,7 +72,7 @@ def job_command(python, argv):
     return [python, "-P", "-m", "gridtsne.cli", "run", *argv]
 
 
-_MODELS = []
+_MODELS = {}
 _MODELS_LOCK = threading.Lock()
 
 
@@ -82,21 +82,28 @@ def models_known():
 
 
 def registered_models(python):
-    """The model names the jobs' gridtsne registers, asked once of a child ``python``.
+    """The model names the jobs' gridtsne registers, asked once of a child ``python``; None
+    when that child fails (logged; the job then reports the problem itself).
 
     A child, because the registry lives beside torch, which the server itself never imports
     (it would cost the server hundreds of MB and seconds of start-up).
     """
     with _MODELS_LOCK:
-        if not _MODELS:
-            out = subprocess.run(
-                [python, "-P", "-c", "import json; from gridtsne.models import model_names; "
-                 "print(json.dumps(model_names()))"],
-                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-            if out.returncode != 0:
-                raise RuntimeError(f"could not list gridtsne's models: {out.stderr[-500:]}")
-            _MODELS.extend(json.loads(out.stdout.strip().splitlines()[-1]))
-        return tuple(_MODELS)
+        if python not in _MODELS:
+            names = None
+            try:
+                out = subprocess.run(
+                    [python, "-P", "-c", "import json; from gridtsne.models import "
+                     "model_names; print(json.dumps(model_names()))"],
+                    capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+                if out.returncode == 0:
+                    names = tuple(json.loads(out.stdout.strip().splitlines()[-1]))
+                else:
+                    log.warning("could not list gridtsne's models: %s", out.stderr[-500:])
+            except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as err:
+                log.warning("could not list gridtsne's models: %s", err)
+            _MODELS[python] = names
+        return _MODELS[python]
 
 
 def open_private(path, mode="a"):
