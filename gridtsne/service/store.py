@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (key_id, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_share ON jobs (share_hash);
+CREATE INDEX IF NOT EXISTS jobs_by_output ON jobs (output);
 """
 
 
@@ -213,12 +214,15 @@ class Store:
             return self._overlapping(output)
 
     def _overlapping(self, output):
+        # Three index lookups, not a scan: the output itself, the range of everything under
+        # it ('/' < '0' by one code point), and each of its ancestors by name.
         base = output.rstrip("/")
+        ancestors = [base[:i] for i, c in enumerate(base) if c == "/" and i > 0]
+        marks = ", ".join("?" for _ in ancestors) or "NULL"
         rows = self._db.execute(
             "SELECT DISTINCT key_id, output FROM jobs WHERE output = ? "
-            "OR substr(output, 1, ?) = ? OR substr(?, 1, length(rtrim(output, '/')) + 1) = "
-            "rtrim(output, '/') || '/'",
-            (output, len(base) + 1, base + "/", output)).fetchall()
+            f"OR (output > ? AND output < ?) OR output IN ({marks})",
+            (base, base + "/", base + "0", *ancestors)).fetchall()
         return {(r["key_id"], r["output"]) for r in rows}
 
     def mark_running(self, job_id, pid, version_id):
