@@ -11,12 +11,11 @@ import os
 import sqlite3
 import stat
 import subprocess
-import sys
 import time
 
 import pytest
 
-from gridtsne import storage, versions
+from gridtsne import versions
 from gridtsne.service import jobs, keys, responses, security
 from gridtsne.service import store as S
 from gridtsne.service.config import ServiceConfig
