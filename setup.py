@@ -17,7 +17,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["gridtsne", "gridtsne.*", "pipelines", "pipelines.*",
                                     "transforms", "transforms.*"]),
-    package_data={"gridtsne": ["web/*"]},
+    # The page's files and the OpenSeadragon copy it ships with (licence and button images).
+    package_data={"gridtsne": ["web/*.*", "web/openseadragon/*", "web/openseadragon/images/*"]},
     install_requires=[
         "apache-beam==2.77.0",
         "numpy==2.4.6",
@@ -62,6 +63,8 @@ setup(
             "uvicorn>=0.54",
             "httptools>=0.9",
             "httpx>=0.28",
+            # Property-based requests over the service's OpenAPI schema (no 5xx, as documented).
+            "schemathesis>=4.32",
         ],
     },
     entry_points={"console_scripts": ["gridtsne = gridtsne.cli:main"]},

@@ -13,6 +13,7 @@ script tags load from ``file://`` and from a bucket without any CORS setup, wher
 of a JSON file would be refused.
 """
 import dataclasses
+import functools
 import html
 import importlib.resources
 import json
@@ -36,11 +37,15 @@ SEARCH_DIRECTORY = "search/index.js"
 SUMMARY_FILE = "site.json"
 INDEX_FILE = "index.html"
 # Files of gridtsne/web/ copied next to index.html unchanged.
-STATIC_FILES = ("gridtsne.js", "fallback.js", "gridtsne.css")
+STATIC_FILES = ("gridtsne.js", "gridtsne.css")
 
+# OpenSeadragon ships inside the package (gridtsne/web/openseadragon/: the npm package's
+# minified build, its button images and its BSD-3-Clause licence), and is copied next to every
+# page, so a map opens offline and asks no third party for anything.
 OSD_VERSION = "6.1.1"
-DEFAULT_OSD_URL = (f"https://cdn.jsdelivr.net/npm/openseadragon@{OSD_VERSION}"
-                   "/build/openseadragon/openseadragon.min.js")
+DEFAULT_OSD_URL = str(importlib.resources.files("gridtsne").joinpath(
+    "web", "openseadragon", "openseadragon.min.js"))
+OSD_LICENSE_NAMES = ("LICENSE.txt", "LICENSE")
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -223,17 +228,41 @@ def is_url(text):
 
 
 def read_osd_files(osd_path):
-    """A user's local OpenSeadragon build as ``((relative name, bytes), ...)``: the script
-    first, then its ``images/`` folder (the navigation buttons).
+    """A local OpenSeadragon build (the packaged one, or a user's) as ``((relative name,
+    bytes), ...)``: the script first, then its licence file when one sits beside it, then its
+    ``images/`` folder (the navigation buttons).
 
     Called on the launcher, so that workers, which cannot see its disk, get the bytes.
     """
     path = str(osd_path)
     if path.startswith("file://"):
         path = path[len("file://"):]
+    if os.path.realpath(path) == os.path.realpath(DEFAULT_OSD_URL):
+        return packaged_osd_files()
+    return _read_osd_files(path, osd_path)
+
+
+class PackagedOsdFiles(tuple):
+    """:func:`read_osd_files` of the copy that ships in gridtsne: pickled as a reference, which
+    a worker (it has the package) reads again, not as 0.5 MB of bytes in every transform that
+    holds a render configuration."""
+
+    def __reduce__(self):
+        return packaged_osd_files, ()
+
+
+@functools.lru_cache(maxsize=1)
+def packaged_osd_files():
+    return PackagedOsdFiles(_read_osd_files(DEFAULT_OSD_URL, DEFAULT_OSD_URL))
+
+
+def _read_osd_files(path, osd_path):
     if not os.path.isfile(path):
         raise ValueError(f"--osd_url must be a URL or an existing local file, got {osd_path!r}")
     files = [(os.path.basename(path), path)]
+    folder = os.path.dirname(path)
+    files += [(name, os.path.join(folder, name)) for name in OSD_LICENSE_NAMES
+              if os.path.isfile(os.path.join(folder, name))]
     images = os.path.join(os.path.dirname(path), "images")
     if os.path.isdir(images):
         files += [(f"images/{entry}", os.path.join(images, entry))

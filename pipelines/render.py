@@ -58,8 +58,9 @@ class RenderOptions(PipelineOptions):
                  help=f"the collection's name, the page's title (default: the input folder's "
                       f"name in gridtsne run, {defaults.title!r} here)")
         add_flag(parser, "--osd_url", default=DEFAULT_OSD_URL,
-                 help="OpenSeadragon script: a URL (default: its public CDN) or a local "
-                     "openseadragon.min.js, copied next to the page with its images/ folder")
+                 help="OpenSeadragon script: a local openseadragon.min.js, copied next to "
+                     "the page with its images/ folder (default: the copy that ships with "
+                     "gridtsne), or a URL the page loads it from")
         add_flag(parser, "--projector", action="store_true", default=False,
                  help="also write a TensorBoard Projector folder under <output>/projector")
         add_flag(parser, "--projector_max_points", type=int, default=None,

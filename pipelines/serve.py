@@ -9,6 +9,7 @@ Keys and jobs live in ``--database`` (SQLite); the key commands only touch it an
 import argparse
 import logging
 import os
+import sqlite3
 import sys
 
 from gridtsne.flagfiles import read_flags_file
@@ -23,7 +24,12 @@ DEFAULT_DATABASE = "gridtsne-serve.db"
 def parser():
     p = argparse.ArgumentParser(prog="gridtsne serve", description=__doc__.split("\n")[0])
     p.add_argument("--database", default=DEFAULT_DATABASE,
-                   help="SQLite file of jobs and API-key hashes (default: %(default)s)")
+                   help="SQLite file of jobs and API-key hashes, created 0600 "
+                        "(default: %(default)s)")
+    p.add_argument("--secret_file", default=None,
+                   help="the server's secret, from which share links are made; created 0600 "
+                        "(default: the database's path + '.secret'); replacing it revokes "
+                        "every share link")
     keys_ = p.add_argument_group("API keys (these act on --database and exit)")
     keys_.add_argument("--create_key", metavar="NAME", help="create a key and print it once")
     keys_.add_argument("--revoke_key", metavar="NAME", help="revoke the key called NAME")
@@ -65,6 +71,9 @@ def parser():
                      help="larger request bodies get 413")
     srv.add_argument("--signed_url_expiry", type=int, default=3600,
                      help="seconds the signed URLs of s3:// and gs:// maps stay valid")
+    srv.add_argument("--docs_assets", default=None, metavar="DIR",
+                     help="serve /docs with Swagger UI from DIR (the files of the npm package "
+                          "swagger-ui-dist) instead of loading it from jsDelivr")
     srv.add_argument("--log_level", default="info")
     return p
 
@@ -72,7 +81,10 @@ def parser():
 def _key_command(args, store):
     if args.create_key:
         key = keys.new_key()
-        store.add_key(keys.check_name(args.create_key), keys.hash_key(key))
+        try:
+            store.add_key(keys.check_name(args.create_key), keys.hash_key(key))
+        except ValueError as err:
+            raise SystemExit(f"gridtsne serve: {err}") from None
         print(key)
         print(f"gridtsne serve: key {args.create_key!r} created; it is shown only this once",
               file=sys.stderr)
@@ -102,28 +114,35 @@ def config_from_args(args):
         max_active_per_key=args.max_active_per_key,
         requests_per_minute=args.requests_per_minute, max_body_bytes=args.max_body_bytes,
         signed_url_expiry=args.signed_url_expiry, public_url=args.public_url,
-        storage_options=_job_storage_options(job_flags))
+        storage_options=_job_storage_options(job_flags), secret_file=args.secret_file,
+        docs_assets=args.docs_assets)
 
 
 def run(argv=None):
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.create_key or args.revoke_key or args.list_keys:
-        store = Store(os.path.abspath(args.database))
+        database = os.path.abspath(args.database)
+        try:
+            secret = keys.load_secret(args.secret_file or database + ".secret")
+            store = Store(database, share_hash=lambda job_id: keys.hash_key(
+                keys.share_token(secret, job_id)))
+        except (OSError, ValueError, sqlite3.Error) as err:
+            raise SystemExit(f"gridtsne serve: {err}") from None
         try:
             _key_command(args, store)
         finally:
             store.close()
         return 0
-    try:
-        config = config_from_args(args)
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"gridtsne serve: {err}") from None
     import uvicorn
 
     from gridtsne.service.app import create_app
 
+    try:
+        app = create_app(config_from_args(args))
+    except (OSError, ValueError, sqlite3.Error) as err:
+        raise SystemExit(f"gridtsne serve: {err}") from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    uvicorn.run(create_app(config), host=args.host, port=args.port,
+    uvicorn.run(app, host=args.host, port=args.port,
                 log_level=args.log_level, proxy_headers=True)
     return 0
 

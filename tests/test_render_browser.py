@@ -1,13 +1,14 @@
 """The rendered page in a real browser: Debian's headless Chromium driven by Playwright.
 
-OpenSeadragon comes from npm (``tests/web``, ``npm ci``) and is served in place of the CDN,
-since this machine has no internet. The page is opened over a local HTTP server, from a
-``file://`` path, and straight from a (moto) S3 bucket.
+OpenSeadragon ships inside gridtsne and is copied next to every page, so each page here is
+opened with every request outside its own site refused and recorded: the page must work
+offline and ask no third party for anything. The page is opened over a local HTTP server, from
+a ``file://`` path, and straight from a (moto) S3 bucket.
 """
 import functools
 import http.server
-import mimetypes
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -21,9 +22,7 @@ from tests.conftest import require_or_skip
 from tests.render_tables import real_photos, thumbnail_jpeg, write_tables
 
 CHROMIUM = "/usr/bin/chromium"
-OSD_BUILD = (Path(__file__).parent / "web" / "node_modules" / "openseadragon" / "build"
-             / "openseadragon")
-CDN_PREFIX = DEFAULT_OSD_URL.rsplit("/", 1)[0] + "/"
+PACKAGED_OSD = Path(DEFAULT_OSD_URL).parent
 ROWS = COLS = 7
 
 
@@ -57,8 +56,6 @@ def tables(tmp_path_factory):
 def browser():
     if not Path(CHROMIUM).exists():
         require_or_skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    if not (OSD_BUILD / "openseadragon.min.js").exists():
-        require_or_skip("tests/web/node_modules is missing (npm ci in tests/web)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -71,34 +68,31 @@ def browser():
             b.close()
 
 
-def _serve_osd(route):
-    """Answer a CDN request for OpenSeadragon from the npm package."""
-    rel = route.request.url[len(CDN_PREFIX):].split("?")[0]
-    path = (OSD_BUILD / rel).resolve()
-    if OSD_BUILD.resolve() not in path.parents or not path.is_file():
-        route.fulfill(status=404, body="not in the npm package")
-        return
-    route.fulfill(status=200, body=path.read_bytes(),
-                  content_type=mimetypes.guess_type(str(path))[0] or "application/octet-stream")
-
-
 class _Page:
-    """A page of the site with the CDN intercepted, recording tile requests and errors."""
+    """A page of the site, recording tile requests and errors; every request that does not
+    start with one of ``allowed`` (default: the page's own folder) is refused and recorded in
+    ``outside``, as on a machine without internet."""
 
-    def __init__(self, browser, url):
+    def __init__(self, browser, url, allowed=None):
         self.context = browser.new_context(viewport={"width": 1280, "height": 860})
         self.page = self.context.new_page()
-        self.errors, self.tiles, self.osd_requests = [], [], []
+        self.errors, self.tiles, self.outside, self.requests = [], [], [], []
+        allowed = tuple(allowed or (url.rsplit("/", 1)[0] + "/",))
         self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("requestfinished", lambda r: self.tiles.append(r.url)
                      if "/mosaic_files/" in r.url else None)
 
-        def osd(route):
-            self.osd_requests.append(route.request.url)
-            _serve_osd(route)
+        def only_allowed(route):
+            self.requests.append(route.request.url)
+            if route.request.url.startswith(allowed):
+                route.continue_()
+            else:
+                if not route.request.url.endswith("/favicon.ico"):  # the browser's own ask
+                    self.outside.append(route.request.url)
+                route.abort()
 
-        self.page.route(CDN_PREFIX + "**", osd)
+        self.context.route("**/*", only_allowed)
         self.page.goto(url)
 
     def wait_loaded(self, timeout=30_000):
@@ -162,12 +156,10 @@ def test_page_pans_zooms_and_shows_the_clicked_image(browser, tables, tmp_path, 
     view = _Page(browser, http_site(site) + "index.html")
     try:
         view.wait_loaded()
-        assert view.osd_requests and view.osd_requests[0] == DEFAULT_OSD_URL
         assert view.tiles, "no tile was requested"
+        assert any(u.endswith("/openseadragon/openseadragon.min.js") for u in view.requests)
         assert view.page.locator("#count").inner_text() == "45 images, 7 × 7 grid"
-        # With OpenSeadragon loaded, the page is the full viewer, without the fallback's notice.
         assert view.page.evaluate("gridtsne.mode") == "openseadragon"
-        assert view.page.locator("#notice").count() == 0
         assert view.page.title() == "Browser test · 45 images"
 
         # Zoom in with the mouse wheel over the middle of the mosaic: full-resolution tiles load.
@@ -215,6 +207,7 @@ def test_page_pans_zooms_and_shows_the_clicked_image(browser, tables, tmp_path, 
         view.page.evaluate("gridtsne.select(3, 3)")
         view.page.screenshot(path=str(tmp_path / "page.png"))
         assert not view.errors, view.errors
+        assert view.outside == [], view.outside  # nothing asked of anyone but the site
     finally:
         view.close()
     shot = Image.open(tmp_path / "page-zoomed.png").convert("RGB")
@@ -244,6 +237,7 @@ def test_page_works_from_a_local_file_and_from_a_bucket(browser, tables, tmp_pat
         try:
             view.wait_loaded()
             assert view.tiles, url
+            assert view.outside == [], view.outside
             # Hovering shows the image: the cell index loads from file:// and the bucket too.
             x, y = view.cell_point(row, col)
             view.page.mouse.move(x, y)
@@ -280,103 +274,40 @@ def offline_tables(tmp_path_factory):
     return vectors, layout, str(labels), cells, long_uri
 
 
-def _fit_box(page, width, height):
-    """Page coordinates (left, top, scale) of the whole mosaic as the built-in viewer first
-    shows it: as large as it fits in the viewer element, centred."""
-    r = page.locator("#viewer").bounding_box()
-    scale = min(r["width"] / width, r["height"] / height)
-    return (r["x"] + (r["width"] - width * scale) / 2, r["y"] + (r["height"] - height * scale) / 2,
-            scale)
-
-
-def test_page_works_offline_with_the_built_in_viewer(browser, offline_tables, tmp_path,
-                                                     http_site):
+def test_page_works_offline_and_asks_no_one_else(browser, offline_tables, tmp_path,
+                                                  http_site):
+    """Every request but the site's own refused: the full viewer still opens, a click and
+    hovering identify images, search finds a long name that wraps in the panel, and a
+    ``#cell=`` link opens the page centred on that image."""
     vectors, layout, labels, cells, long_uri = offline_tables
     site = tmp_path / "site"
-    summary = render_pipeline.run(["--vectors", vectors, "--layout", layout, "--output",
-                                   str(site), "--labels", labels, "--title", "Offline photos",
-                                   "--cell", "64", "--tile", "128"])
+    render_pipeline.run(["--vectors", vectors, "--layout", layout, "--output", str(site),
+                         "--labels", labels, "--title", "Offline photos", "--cell", "64",
+                         "--tile", "128"])
+    assert (site / "openseadragon" / "LICENSE.txt").is_file()
     base = http_site(site)
-    context = browser.new_context(viewport={"width": 1100, "height": 760})
-    blocked, errors, tiles = [], [], []
-
-    def only_local(route):
-        if route.request.url.startswith(base):
-            route.continue_()
-        else:  # the CDN and anything else outside: as on a machine without internet
-            blocked.append(route.request.url)
-            route.abort()
-
-    context.route("**/*", only_local)
-    page = context.new_page()
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("requestfinished", lambda r: tiles.append(r.url) if "/mosaic_files/" in r.url else None)
+    view = _Page(browser, base + "index.html")
+    page = view.page
     try:
-        page.goto(base + "index.html")
-        page.wait_for_function("() => window.gridtsne && gridtsne.state.opened && "
-                               "gridtsne.viewer.fullyLoaded()", timeout=30_000)
-        assert blocked == [DEFAULT_OSD_URL]
-        assert page.evaluate("gridtsne.mode") == "fallback"
-        assert "could not be loaded" in page.locator("#notice").inner_text()
+        view.wait_loaded()
+        assert page.evaluate("gridtsne.mode") == "openseadragon"
         assert page.title() == "Offline photos · 12 images"
+        # The navigation buttons are the shipped images, from the site itself.
+        assert any(u.startswith(base + "openseadragon/images/") for u in view.requests)
 
-        # The screenshot shows the mosaic: its pixels match the overview image.
-        width, height = 4 * 64, 4 * 64
-        left, top, scale = _fit_box(page, width, height)
-        page.screenshot(path=str(tmp_path / "offline.png"))
-        shot = Image.open(tmp_path / "offline.png").convert("RGB")
-        shown = shot.crop((round(left), round(top), round(left + width * scale),
-                           round(top + height * scale))).resize((64, 64), Image.BILINEAR)
-        mosaic = Image.open(site / "mosaic.jpg").convert("RGB").resize((64, 64), Image.BILINEAR)
-        shown, mosaic = np.asarray(shown, float), np.asarray(mosaic, float)
-        assert shown.std() > 25, "the viewer shows no photo"
-        same = np.abs(shown - mosaic).mean()
-        flipped = np.abs(shown - mosaic[:, ::-1]).mean()
-        assert same < 12 and same < flipped / 2, (same, flipped)
-
-        def point(row, col):
-            return left + (col + 0.5) * 64 * scale, top + (row + 0.5) * 64 * scale
-
-        # A click identifies the image under the pointer.
+        # A click identifies the image under the pointer; hovering another shows that one.
         uri, row, col = cells[6]
-        page.mouse.click(*point(row, col))
+        page.mouse.click(*view.cell_point(row, col))
         page.wait_for_function("uri => document.getElementById('info-uri').textContent === uri",
                                arg=uri)
         assert page.evaluate("gridtsne.state.selected") == {"row": row, "col": col}
         assert page.locator("#info-label").inner_text() == uri.rsplit("/", 1)[-1].split("_")[0]
-        # Hovering another cell shows that one.
         other = cells[9]
-        page.mouse.move(*point(other[1], other[2]))
+        x, y = view.cell_point(other[1], other[2])
+        page.mouse.move(x, y)
+        page.mouse.move(x + 1, y + 1)
         page.wait_for_function("uri => document.getElementById('info-uri').textContent === uri",
                                arg=other[0])
-
-        # Zooming with the wheel loads the full-resolution tiles.
-        x, y = point(1, 1)
-        for _ in range(4):
-            page.mouse.move(x, y)
-            page.mouse.wheel(0, -300)
-            page.wait_for_timeout(100)
-        page.wait_for_function("() => gridtsne.viewer.fullyLoaded()")
-        top_level = summary["levels"] - 1
-        assert any(f"/mosaic_files/{top_level}/" in u for u in tiles), sorted(set(tiles))
-        # Dragging pans the view.
-        before = page.evaluate("[gridtsne.viewer.view.ox, gridtsne.viewer.view.oy]")
-        page.mouse.move(x, y)
-        page.mouse.down()
-        page.mouse.move(x - 120, y - 80, steps=5)
-        page.mouse.up()
-        after = page.evaluate("[gridtsne.viewer.view.ox, gridtsne.viewer.view.oy]")
-        assert after[0] > before[0] and after[1] > before[1], (before, after)
-        # Two fingers moving together zoom out (touch pointers, as a phone sends them).
-        zoom = page.evaluate("""() => {
-            const c = gridtsne.viewer.canvas, r = c.getBoundingClientRect(), s0 = gridtsne.viewer.view.s;
-            const send = (type, id, x) => c.dispatchEvent(new PointerEvent(type, {pointerId: id,
-                pointerType: "touch", clientX: r.left + x, clientY: r.top + 200, bubbles: true}));
-            send("pointerdown", 11, 300); send("pointerdown", 12, 500);
-            send("pointermove", 12, 400); send("pointerup", 11, 300); send("pointerup", 12, 400);
-            return gridtsne.viewer.view.s / s0;
-        }""")
-        assert 0.45 < zoom < 0.55, zoom
 
         # Search jumps to the image; its long URL wraps in the side panel.
         page.fill("#search", LONG_NAME[:40])
@@ -388,40 +319,55 @@ def test_page_works_offline_with_the_built_in_viewer(browser, offline_tables, tm
                               " return [p.scrollWidth, p.clientWidth]; })()")
         assert panel[0] <= panel[1], panel
         assert page.locator("#info-uri").bounding_box()["height"] > 40  # several lines
-        page.screenshot(path=str(tmp_path / "offline-found.png"))
 
-        # A #cell= link opens the page on that image, as with OpenSeadragon.
+        # A #cell= link opens the page on that image, centred on it.
         page.goto("about:blank")  # a new load, not a jump within the page
         page.goto(base + "index.html#cell=1,2")
         uri = next(c[0] for c in cells if (c[1], c[2]) == (1, 2))
         page.wait_for_function("uri => document.getElementById('info-uri').textContent === uri",
                                arg=uri)
-        # ... centred on it.
-        centre = page.evaluate("""() => {
+        off = page.evaluate("""() => {
             const v = gridtsne.viewer, c = gridtsne.config.cell;
-            const p = v.imageToElement({x: 2.5 * c, y: 1.5 * c});
-            return [p.x - v.element.clientWidth / 2, p.y - v.element.clientHeight / 2];
+            const want = v.world.getItemAt(0).imageToViewportCoordinates(2.5 * c, 1.5 * c);
+            const centre = v.viewport.getCenter(false);
+            return [centre.x - want.x, centre.y - want.y];
         }""")
-        assert abs(centre[0]) < 2 and abs(centre[1]) < 2, centre
-        assert set(blocked) == {DEFAULT_OSD_URL} and not errors, (blocked, errors)
-    finally:
-        context.close()
-
-
-def test_local_openseadragon_copy_is_used(browser, tables, tmp_path, http_site):
-    if not (OSD_BUILD / "openseadragon.min.js").exists():
-        require_or_skip("tests/web/node_modules is missing (npm ci in tests/web)")
-    base, vectors, layout, labels, cells = tables
-    site = tmp_path / "site"
-    summary = _render(vectors, layout, labels, str(site), "--cell", "32",
-                      "--osd_url", str(OSD_BUILD / "openseadragon.min.js"))
-    assert summary["osd_url"] == "openseadragon/openseadragon.min.js"
-    assert (site / "openseadragon" / "images" / "zoomin_rest.png").exists()
-    view = _Page(browser, http_site(site) + "index.html")
-    try:
-        view.wait_loaded()
-        assert view.osd_requests == []  # nothing fetched from the CDN
-        assert view.tiles
+        assert abs(off[0]) < 1e-6 and abs(off[1]) < 1e-6, off
+        assert view.outside == [] and not view.errors, (view.outside, view.errors)
     finally:
         view.close()
-    assert os.path.getsize(site / "openseadragon" / "openseadragon.min.js") > 100_000
+
+
+def test_another_openseadragon_copy_by_url_or_file(browser, tables, tmp_path, http_site):
+    """``--osd_url`` still names another copy: a URL the page loads it from (here another
+    local server), or a local file copied next to the page."""
+    base, vectors, layout, labels, cells = tables
+    mirror = tmp_path / "mirror"
+    shutil.copytree(PACKAGED_OSD, mirror / "osd")
+    mirror_url = http_site(mirror)
+    by_url = tmp_path / "by-url"
+    summary = _render(vectors, layout, labels, str(by_url), "--cell", "32",
+                      "--osd_url", mirror_url + "osd/openseadragon.min.js")
+    assert summary["osd_url"] == mirror_url + "osd/openseadragon.min.js"
+    assert not (by_url / "openseadragon").exists()
+    page_url = http_site(by_url) + "index.html"
+    view = _Page(browser, page_url, allowed=(page_url.rsplit("/", 1)[0] + "/", mirror_url))
+    try:
+        view.wait_loaded()
+        assert mirror_url + "osd/openseadragon.min.js" in view.requests
+        assert view.tiles and view.outside == []
+    finally:
+        view.close()
+
+    by_file = tmp_path / "by-file"
+    summary = _render(vectors, layout, labels, str(by_file), "--cell", "32",
+                      "--osd_url", str(mirror / "osd" / "openseadragon.min.js"))
+    assert summary["osd_url"] == "openseadragon/openseadragon.min.js"
+    assert (by_file / "openseadragon" / "images" / "zoomin_rest.png").exists()
+    view = _Page(browser, http_site(by_file) + "index.html")
+    try:
+        view.wait_loaded()
+        assert view.tiles and view.outside == []
+    finally:
+        view.close()
+    assert os.path.getsize(by_file / "openseadragon" / "openseadragon.min.js") > 100_000

@@ -13,6 +13,7 @@ from PIL import Image
 
 from gridtsne import storage, tiles
 from gridtsne.tiles import BACKGROUND, MosaicGeometry
+from gridtsne.site import DEFAULT_OSD_URL, read_osd_files
 from pipelines import render as render_pipeline
 from tests.render_tables import real_photos, thumbnail_jpeg, write_tables
 from transforms.render import NAMESPACE, RenderConfig, RenderMosaic
@@ -39,8 +40,12 @@ def _files(fs, base):
 def _expected_files(g):
     want = {f"{g.tile_path(level, tx, ty)}"
             for level in range(g.max_level + 1) for tx, ty in g.tile_keys(level)}
-    return want | {"mosaic.dzi", "index.html", "gridtsne.js", "fallback.js", "gridtsne.css",
-                   "mosaic.jpg", "tsne.jpg", "site.json", "cells/0_0.js", "search/index.js"}
+    # OpenSeadragon as packaged (script, licence, button images) goes next to every page.
+    osd = {f"openseadragon/{name}" for name, _ in read_osd_files(DEFAULT_OSD_URL)}
+    assert {"openseadragon/LICENSE.txt", "openseadragon/images/zoomin_rest.png"} <= osd
+    return want | osd | {"mosaic.dzi", "index.html", "gridtsne.js", "gridtsne.css",
+                         "mosaic.jpg", "tsne.jpg", "site.json", "cells/0_0.js",
+                         "search/index.js"}
 
 
 def _jsonp(data):

@@ -160,3 +160,41 @@ def test_plan_reads_the_grid_from_the_layout(tmp_path):
     storage.write_parquet(url, pa.table({"uri": ["a"], "row": [0]}))
     with pytest.raises(ValueError, match=r"lacks columns \['col', 'x', 'y'\]"):
         plan_render(url)
+
+
+def test_openseadragon_ships_inside_the_package(tmp_path):
+    """The page's viewer is the npm package's build, with its licence, and setup.py ships it:
+    a build of the package holds every file of gridtsne/web/, the OpenSeadragon copy included."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    files = dict(site.read_osd_files(site.DEFAULT_OSD_URL))
+    assert files["openseadragon.min.js"].startswith(
+        f"//! openseadragon {site.OSD_VERSION}\n".encode())
+    assert b"Redistribution and use in source and binary forms" in files["LICENSE.txt"]
+    assert "images/zoomin_rest.png" in files and "images/home_rest.png" in files
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib",
+                    str(tmp_path / "lib")], cwd=repo, check=True, capture_output=True)
+    web = repo / "gridtsne" / "web"
+    source = {p.relative_to(web) for p in web.rglob("*") if p.is_file()}
+    built = {p.relative_to(tmp_path / "lib" / "gridtsne" / "web")
+             for p in (tmp_path / "lib" / "gridtsne" / "web").rglob("*") if p.is_file()}
+    assert source == built and len(source) > 40
+
+
+def test_packaged_openseadragon_travels_to_workers_by_reference():
+    """Every render configuration holds the viewer's files; the packaged copy pickles as a
+    reference a worker resolves from its own gridtsne, not as 0.5 MB in each transform."""
+    import pickle
+
+    import cloudpickle
+
+    files = site.read_osd_files(site.DEFAULT_OSD_URL)
+    assert sum(len(data) for _, data in files) > 300_000
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        blob = dumps(files)
+        assert len(blob) < 1_000 and pickle.loads(blob) == files
+    # A user's copy elsewhere is carried as bytes: workers cannot see the launcher's disk.
+    assert not isinstance(site.read_osd_files(__file__), site.PackagedOsdFiles)

@@ -135,6 +135,19 @@ def test_local_map_end_to_end(photos, tmp_path):
         assert "published" in log
         assert out["version"] == f"{job_id}-1"
         assert versions.read_pointer(out["output_url"])["version"] == second["version"]
+    # What anyone with the link gets, and the pointer, name images by the caller's URLs and
+    # hold no path of the server's own (its output root), nor any third party's address.
+    site = tmp_path / "maps" / "family" / "versions" / second["version"] / "site"
+    published = [tmp_path / "maps" / "family" / "latest.json",
+                 *[p for p in site.rglob("*") if p.suffix in (".js", ".json", ".html")
+                   and "openseadragon" not in p.parts]]
+    assert len(published) > 5
+    cells = "".join((site / "cells" / name).read_text() for name in os.listdir(site / "cells"))
+    assert cells.count(str(photos)) == N_PHOTOS
+    for path in published:
+        text = path.read_text()
+        assert str(tmp_path / "maps") not in text, path
+        assert "cdn." not in text, path
 
 
 def test_s3_map_with_signed_urls(photos, s3_server, s3_bucket, tmp_path):

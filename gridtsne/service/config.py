@@ -25,6 +25,12 @@ class ServiceConfig:
         The jobs' per-protocol fsspec options (from their ``--s3_*`` and ``--storage_options``
         flags), so the server reads progress and pointers and signs URLs on the store the jobs
         write to.
+    secret_file : str
+        The server's secret, from which share tokens are made (default: the database's path
+        plus ``.secret``; created 0600 when absent). Replacing it revokes every share link.
+    docs_assets : str
+        A folder with Swagger UI's files (npm ``swagger-ui-dist``), which /docs then loads from
+        this server; None: /docs loads them from jsDelivr and says how to change that.
     """
 
     database: str
@@ -43,6 +49,8 @@ class ServiceConfig:
     python: str = sys.executable
     workdir: str = None
     storage_options: dict = dataclasses.field(default_factory=dict)
+    secret_file: str = None
+    docs_assets: str = None
 
     def __post_init__(self):
         if not self.output_root:
@@ -56,3 +64,12 @@ class ServiceConfig:
                 os.path.dirname(os.path.abspath(self.database)), "logs"))
         if self.workdir is None:
             object.__setattr__(self, "workdir", os.getcwd())
+        if self.docs_assets is not None:
+            missing = [f for f in ("swagger-ui-bundle.js", "swagger-ui.css")
+                       if not os.path.isfile(os.path.join(self.docs_assets, f))]
+            if missing:
+                raise ValueError(f"--docs_assets {self.docs_assets!r} lacks "
+                                 f"{', '.join(missing)} (the npm package swagger-ui-dist's "
+                                 "files)")
+        if self.secret_file is None:
+            object.__setattr__(self, "secret_file", os.path.abspath(self.database) + ".secret")

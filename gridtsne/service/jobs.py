@@ -18,6 +18,7 @@ import time
 
 from gridtsne import storage, versions
 from gridtsne.service import store as S
+from gridtsne.service.security import overlaps
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +50,70 @@ def job_argv(job, version, job_flags, allow_input=()):
     URL it opens against it: manifest lines, listed files, symlink targets, redirects.
     """
     req = job["request"]
+    # Every value joined to its flag (``--input=<url>``): a value that begins with '-' is then
+    # never read as a flag of its own.
     argv = [f"--allow_input={prefix}" for prefix in allow_input]
     for url in req.get("inputs") or []:
-        argv += ["--input", url]
+        argv.append(f"--input={url}")
     for url in req.get("manifests") or []:
-        argv += ["--manifest", url]
+        argv.append(f"--manifest={url}")
     if req.get("labels"):
-        argv += ["--labels", req["labels"]]
-    argv += ["--output", job["output"], "--version_id", version]
+        argv.append(f"--labels={req['labels']}")
+    argv += [f"--output={job['output']}", f"--version_id={version}"]
     # The job's log (GET .../log) is for diagnosis: Beam's and the stages' INFO lines, and
     # progress as plain lines (the child's output is a file, never a terminal).
     argv += ["--verbose", "--progress", "lines"]
     argv += req.get("flags") or []
     return argv + list(job_flags)
+
+
+def job_command(python, argv):
+    """The child's command line: the installed gridtsne's ``run``, whatever the working folder.
+
+    ``-P`` keeps the working folder off ``sys.path``, so a ``gridtsne/`` or ``pipelines/``
+    folder there is never what runs (``PYTHONPATH`` still applies, as the operator set it).
+    """
+    return [python, "-P", "-m", "gridtsne.cli", "run", *argv]
+
+
+_MODELS = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def models_known():
+    """True once :func:`registered_models` has asked the registry."""
+    return bool(_MODELS)
+
+
+def registered_models(python):
+    """The model names the jobs' gridtsne registers, asked once of a child ``python``; None
+    when that child fails (logged; the job then reports the problem itself).
+
+    A child, because the registry lives beside torch, which the server itself never imports
+    (it would cost the server hundreds of MB and seconds of start-up).
+    """
+    with _MODELS_LOCK:
+        if python not in _MODELS:
+            names = None
+            try:
+                out = subprocess.run(
+                    [python, "-P", "-c", "import json; from gridtsne.models import "
+                     "model_names; print(json.dumps(model_names()))"],
+                    capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+                if out.returncode == 0:
+                    names = tuple(json.loads(out.stdout.strip().splitlines()[-1]))
+                else:
+                    log.warning("could not list gridtsne's models: %s", out.stderr[-500:])
+            except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as err:
+                log.warning("could not list gridtsne's models: %s", err)
+            _MODELS[python] = names
+        return _MODELS[python]
+
+
+def open_private(path, mode="a"):
+    """``open(path, mode)`` of a file created readable by its owner only (0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode.startswith("a") else os.O_TRUNC)
+    return os.fdopen(os.open(path, flags, 0o600), mode, buffering=1, encoding="utf-8")
 
 
 def log_path(config, job_id):
@@ -148,7 +200,7 @@ class JobRunner:
         self._thread = threading.Thread(target=self._loop, name="gridtsne-jobs", daemon=True)
 
     def start(self):
-        os.makedirs(self.config.log_dir, exist_ok=True)
+        os.makedirs(self.config.log_dir, mode=0o700, exist_ok=True)
         for job in self.store.jobs_with_status(S.RUNNING):
             # Its child died with the previous server (PR_SET_PDEATHSIG): run it again.
             self.store.requeue(job["id"], "the server stopped while this job ran; it runs again")
@@ -216,21 +268,22 @@ class JobRunner:
         limit = self.config.max_concurrent_jobs
         if len(self._running) >= limit:
             return
-        busy = {entry[1]["output"] for entry in self._running.values()}
+        busy = [entry[1]["output"] for entry in self._running.values()]
         for job in self.store.jobs_with_status(S.PENDING):
             if len(self._running) >= limit:
                 return
-            if job["output"] in busy:
-                continue  # same output as a running job: it re-indexes on top once that ends
-            busy.add(job["output"])
+            if any(overlaps(job["output"], other) for other in busy):
+                # Same output as a running job (or one inside or above it, from before the
+                # submission check refused those): it runs once that one ends.
+                continue
+            busy.append(job["output"])
             self._start(job)
 
     def _start(self, job):
         version = version_for(job["id"], job["attempts"] + 1)
         argv = job_argv(job, version, self.config.job_flags, self.config.allow_input)
-        # `gridtsne run` itself; as a module it also logs its stages (INFO) into the job's log.
-        cmd = [self.config.python, "-m", "pipelines.run", *argv]
-        fh = open(log_path(self.config, job["id"]), "a", buffering=1, encoding="utf-8")
+        cmd = job_command(self.config.python, argv)
+        fh = open_private(log_path(self.config, job["id"]))
         fh.write(f"[gridtsne serve] {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
                  f"attempt {job['attempts'] + 1}, version {version}\n")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -52,6 +52,8 @@ def shared_file(output, version, relative):
 
     Refuses anything that would leave the folder (``..``, absolute paths, symlinks out).
     """
+    if "\x00" in (relative or ""):
+        return None  # no file has one in its name; os.path would raise on it
     root = os.path.realpath(local_path(site_url(output, version)))
     target = os.path.realpath(os.path.join(root, relative or "index.html"))
     if os.path.commonpath([root, target]) != root or not os.path.isfile(target):

@@ -1,5 +1,6 @@
 """The answers' shape, as in the seed: ``{"output": {"id", "status": {"code", ...}, ...}}``."""
 import datetime as _dt
+import math
 
 from gridtsne.service import store as S
 
@@ -17,6 +18,22 @@ def iso(ts):
     if ts is None:
         return None
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def finite(value):
+    """``value`` with every NaN or infinity (in nested dicts and lists) replaced by None.
+
+    JSON has no NaN: a quality figure that is NaN (labels that match almost nothing) must be
+    ``null``, or the answer could not be written at all. Applied to every answer, so jobs
+    stored before this rule existed are answered too.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def visualization(job, base_url, links=None, progress=None):
@@ -49,4 +66,4 @@ def visualization(job, base_url, links=None, progress=None):
                        "counts": summary.get("counts"),
                        "quality": summary.get("quality"),
                        **{k: summary.get(k) for k in SUMMARY_KEYS}}
-    return out
+    return finite(out)

@@ -37,13 +37,17 @@ class JobOptions(BaseModel):
     quality_items: Optional[int] = Field(None, ge=10, le=100000)
 
     def to_flags(self):
-        """The ``gridtsne run`` flags these options stand for, in field order."""
+        """The ``gridtsne run`` flags these options stand for, in field order.
+
+        Each value is joined to its flag (``--title=-x``), so a value that begins with '-'
+        stays a value.
+        """
         flags = []
         for name, value in self.model_dump(exclude_none=True).items():
             if isinstance(value, bool):
                 flags += [f"--{name}"] if value else []
             else:
-                flags += [f"--{name}", str(value)]
+                flags.append(f"--{name}={value}")
         return flags
 
 

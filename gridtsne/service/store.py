@@ -1,5 +1,7 @@
 """The SQLite database of jobs and API-key hashes: what a restarted server picks up again.
 
+The file is created readable by its owner only (0600; SQLite gives its WAL the same mode), and
+it holds no secret in clear: keys and share tokens are there as their SHA-256 only.
 One connection shared by the server's threads behind a lock, in WAL mode. Every state change
 is a conditional UPDATE (``... WHERE status = 'RUNNING'``), so a cancel racing a job's end or
 its start resolves to exactly one outcome.
@@ -30,7 +32,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     output TEXT NOT NULL,
     idempotency_key TEXT,
     request_hash TEXT NOT NULL,
-    share_token TEXT NOT NULL,
+    share_hash TEXT NOT NULL,
     created REAL NOT NULL,
     started REAL,
     finished REAL,
@@ -43,7 +45,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (key_id, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
-CREATE INDEX IF NOT EXISTS jobs_by_token ON jobs (share_token);
+CREATE INDEX IF NOT EXISTS jobs_by_share ON jobs (share_hash);
+CREATE INDEX IF NOT EXISTS jobs_by_output ON jobs (output);
 """
 
 
@@ -66,8 +69,17 @@ def _row(cursor, row):
 class Store:
     """Jobs and keys in one SQLite file."""
 
-    def __init__(self, path):
+    def __init__(self, path, share_hash=None):
+        """Open (or create) the database at ``path``.
+
+        ``share_hash(job_id)`` gives a job's share-token hash; a database from before tokens
+        were hashed has its clear ``share_token`` column replaced by it.
+        """
         self.path = path
+        if path != ":memory:":
+            from gridtsne.service.keys import private_file
+
+            private_file(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                    timeout=30)
         self._db.row_factory = _row
@@ -78,7 +90,22 @@ class Store:
             # without an fsync per request.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate(share_hash)
             self._db.executescript(_SCHEMA)
+
+    def _migrate(self, share_hash):
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)").fetchall()}
+        if "share_token" not in columns:
+            return
+        from gridtsne.service.keys import hash_key
+
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("DROP INDEX IF EXISTS jobs_by_token")
+        self._db.execute("ALTER TABLE jobs RENAME COLUMN share_token TO share_hash")
+        for row in self._db.execute("SELECT id, share_hash FROM jobs").fetchall():
+            new = share_hash(row["id"]) if share_hash else hash_key(row["share_hash"])
+            self._db.execute("UPDATE jobs SET share_hash = ? WHERE id = ?", (new, row["id"]))
+        self._db.execute("COMMIT")
 
     def close(self):
         with self._lock:
@@ -118,13 +145,15 @@ class Store:
         return self._all("SELECT id, name, created, revoked FROM keys ORDER BY id")
 
     # jobs ---------------------------------------------------------------------------------
-    def create_job(self, job, max_active=0):
+    def create_job(self, job, max_active=0, check_output=None):
         """Insert ``job`` (a dict of column values) unless refused; returns ``(row, created)``.
 
         With the same ``(key_id, idempotency_key)`` as an earlier job, returns that job and
         False (IdempotencyConflict when its body differed). Raises LimitExceeded when the key
-        already has ``max_active`` (> 0) pending or running jobs. Check and insert are one
-        transaction, so concurrent requests cannot both slip under the limit.
+        already has ``max_active`` (> 0) pending or running jobs. ``check_output``, when given,
+        is called with :meth:`overlapping_outputs` of the job's output and raises to refuse
+        it. Checks and insert are one transaction, so concurrent requests cannot both slip
+        under the limit, nor both claim overlapping outputs.
         """
         cols = ", ".join(job)
         marks = ", ".join("?" for _ in job)
@@ -141,6 +170,8 @@ class Store:
                             raise IdempotencyConflict(job["idempotency_key"])
                         self._db.execute("COMMIT")
                         return old, False
+                if check_output is not None:
+                    check_output(self._overlapping(job["output"]))
                 if max_active:
                     active = self._db.execute(
                         "SELECT COUNT(*) AS n FROM jobs WHERE key_id = ? AND status IN (?, ?)",
@@ -161,9 +192,9 @@ class Store:
             return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return self._one("SELECT * FROM jobs WHERE id = ? AND key_id = ?", (job_id, key_id))
 
-    def job_by_share_token(self, token):
-        return self._one("SELECT * FROM jobs WHERE share_token = ? AND status = ?",
-                         (token, SUCCEEDED))
+    def job_by_share_hash(self, share_hash):
+        return self._one("SELECT * FROM jobs WHERE share_hash = ? AND status = ?",
+                         (share_hash, SUCCEEDED))
 
     def list_jobs(self, key_id, offset, limit):
         """``(jobs newest first, total)`` of one key."""
@@ -176,15 +207,29 @@ class Store:
         """Jobs in ``status``, oldest first (the queue's order)."""
         return self._all("SELECT * FROM jobs WHERE status = ? ORDER BY seq", (status,))
 
-    def output_owners(self, output):
-        """Ids of the keys whose jobs wrote or write ``output``."""
-        rows = self._all("SELECT DISTINCT key_id FROM jobs WHERE output = ?", (output,))
-        return {r["key_id"] for r in rows}
+    def overlapping_outputs(self, output):
+        """``{(key id, output)}`` of the jobs whose output is ``output``, lies inside it or
+        contains it: by path prefix (``security.overlaps``), outputs being stored canonical."""
+        with self._lock:
+            return self._overlapping(output)
+
+    def _overlapping(self, output):
+        # Three index lookups, not a scan: the output itself, the range of everything under
+        # it ('/' < '0' by one code point), and each of its ancestors by name.
+        base = output.rstrip("/")
+        ancestors = [base[:i] for i, c in enumerate(base) if c == "/" and i > 0]
+        marks = ", ".join("?" for _ in ancestors) or "NULL"
+        rows = self._db.execute(
+            "SELECT DISTINCT key_id, output FROM jobs WHERE output = ? "
+            f"OR (output > ? AND output < ?) OR output IN ({marks})",
+            (base, base + "/", base + "0", *ancestors)).fetchall()
+        return {(r["key_id"], r["output"]) for r in rows}
 
     def mark_running(self, job_id, pid, version_id):
         return self._change(
+            # ``error`` stays: a pending job's note (why it runs again) holds while it runs.
             "UPDATE jobs SET status = ?, pid = ?, version_id = ?, started = ?, "
-            "attempts = attempts + 1, error = NULL WHERE id = ? AND status = ?",
+            "attempts = attempts + 1 WHERE id = ? AND status = ?",
             (RUNNING, pid, version_id, time.time(), job_id, PENDING))
 
     def finish(self, job_id, status, error=None, result=None):

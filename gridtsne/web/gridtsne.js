@@ -3,8 +3,8 @@
  * Reads the configuration inlined in index.html, the pyramid under mosaic_files/, and loads the
  * cell index (cells/<br>_<bc>.js) and search index (search/*.js) lazily as script tags, which
  * work from file:// and from a bucket without CORS. No build step, no dependency but
- * OpenSeadragon, and when that cannot be loaded the built-in viewer of fallback.js shows the
- * same pyramid.
+ * OpenSeadragon, whose copy ships with gridtsne and sits next to the page (openseadragon/), so
+ * the page makes no request outside its own folder.
  */
 (function () {
   "use strict";
@@ -104,9 +104,8 @@
   }
 
   var state = { hover: null, selected: null, opened: false };
-  // The viewer: OpenSeadragon, or the built-in fallback (fallback.js) when it cannot load.
-  // Both give cellAt(point in element px), placeBoxes(hover, selected), fitCell(row, col).
-  var view = typeof OpenSeadragon === "undefined" ? fallbackView() : openSeadragonView();
+  // The viewer: cellAt(point in element px), placeBoxes(hover, selected), fitCell(row, col).
+  var view = typeof OpenSeadragon === "undefined" ? missingViewer() : openSeadragonView();
 
   function onOpen() {
     state.opened = true;
@@ -192,39 +191,14 @@
     };
   }
 
-  function fallbackView() {
+  /** No OpenSeadragon (an --osd_url that cannot be reached): say so; search still works. */
+  function missingViewer() {
     var src = $("osd-script").getAttribute("src");
-    var notice = document.createElement("p");
-    notice.id = "notice";
-    notice.textContent = "The full viewer (OpenSeadragon, from " + src + ") could not be " +
-      "loaded, so this is the built-in basic viewer. Render with --osd_url pointing to a copy " +
-      "you can reach for the full one.";
-    $("panel").insertBefore(notice, $("panel").firstChild);
-    setStatus("");
-    var image = config.tileSource.Image;
-    function cellAt(point) {
-      if (!point) { return null; }
-      var p = viewer.elementToImage(point);
-      return cellOfPixel(p.x, p.y);
-    }
-    var viewer = window.GridtsneFallbackViewer($("viewer"), {
-      width: parseInt(image.Size.Width, 10), height: parseInt(image.Size.Height, 10),
-      tile: parseInt(image.TileSize, 10), ext: image.Format, url: image.Url, cell: config.cell
-    }, {
-      hover: function (point) { hover(cellAt(point)); },
-      click: function (point) {
-        var cell = cellAt(point);
-        if (cell) { select(cell.row, cell.col); } else { select(null); }
-      }
-    });
-    viewer.onOpen(onOpen);
+    setStatus("The viewer (OpenSeadragon, from " + src + ") could not be loaded. Render " +
+      "without --osd_url to use the copy that ships with gridtsne.", true);
     return {
-      mode: "fallback", viewer: viewer, cellAt: cellAt,
-      placeBoxes: viewer.setBoxes,
-      fitCell: function (row, col) {
-        var c = config.cell;
-        viewer.fitBounds((col - 2) * c, (row - 2) * c, 5 * c, 5 * c);
-      }
+      mode: "none", viewer: null, cellAt: function () { return null; },
+      placeBoxes: function () {}, fitCell: function () {}
     };
   }
 
