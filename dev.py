@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
 STAMP = VENV / ".gridtsne-installed"
-WEB_TEST_DIR = ROOT / "tests" / "web"
 
 
 def _sh(*cmd, **kw):
@@ -46,10 +45,8 @@ def venv():
 
 
 def browser_deps():
-    """OpenSeadragon from npm for the browser test; Debian's Chromium when CI runs as root."""
-    if shutil.which("npm") and (WEB_TEST_DIR / "package.json").exists() \
-            and not (WEB_TEST_DIR / "node_modules").exists():
-        _sh("npm", "ci", "--no-audit", "--no-fund", cwd=WEB_TEST_DIR)
+    """Debian's Chromium for the browser test, when CI runs as root (OpenSeadragon ships in
+    the package, so nothing comes from npm)."""
     wants_browser = os.environ.get("CI") == "true"
     if wants_browser and not shutil.which("chromium") and shutil.which("apt-get") \
             and os.geteuid() == 0:
