@@ -214,9 +214,11 @@ def config_from_options(options):
     decode = DecodeConfig(input_size=models.get_spec(o.model).input_size,
                           thumbnail_size=o.thumbnail_size, max_pixels=o.max_pixels,
                           max_bytes=o.max_bytes)
-    embed = EmbedConfig(model=o.model, weights=o.weights, device=o.device,
-                        batch_size=o.batch_size, decode=decode,
-                        storage_options=storage_options_from(options),
+    storage_options = storage_options_from(options)
+    # The weights travel with the job's storage options: workers open them as the launcher.
+    embed = EmbedConfig(model=o.model, weights=models.weights_file(o.weights, storage_options),
+                        device=o.device, batch_size=o.batch_size, decode=decode,
+                        storage_options=storage_options,
                         torch_threads=o.torch_threads, decode_threads=o.decode_threads,
                         decoder=o.decoder, precision=o.precision, pooling=o.pooling,
                         share_model=o.share_model == "yes", read_threads=o.read_threads)

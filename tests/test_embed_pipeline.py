@@ -248,3 +248,52 @@ def test_batched_decoder_multi_processing_shares_one_model(mixed, pillow_run, tm
                         + TINY)
     _check_counts(summary, good, bad, other)
     _check_same_rows_as_pillow(out, pillow_out)
+
+
+
+def test_weights_on_s3_are_read_with_the_storage_options(mixed, tmp_path, s3_server,
+                                                          monkeypatch):
+    """--weights s3://... is opened with --s3_endpoint_url, in the launcher (which hashes the
+    weights) and in the workers: the process-wide endpoint settings of ``s3_server`` are
+    removed, so only the storage options lead to the loopback server."""
+    import hashlib
+    import io
+    import uuid
+
+    import fsspec.config
+    import s3fs
+    import torch
+
+    from tests.tiny_model import build_tiny
+
+    for name in ("AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {})
+    s3fs.S3FileSystem.clear_instance_cache()
+    folder, good, bad, other = mixed
+    net, _, _ = build_tiny()
+    state = {k: v + 0.5 if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    bucket = "weights-" + uuid.uuid4().hex[:8]
+    client = boto3.client("s3", endpoint_url=s3_server)
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="tiny.pt", Body=buf.getvalue())
+    url = f"s3://{bucket}/tiny.pt"
+    out = tmp_path / "out"
+    summary = embed.run(["--input", str(folder / "chelsea.jpg"), "--output", str(out),
+                         "--weights", url, f"--s3_endpoint_url={s3_server}"] + TINY)
+    assert summary["vectors"] == 1
+    vectors = _table(os.path.join(out, schema.VECTORS_DIR))
+    meta = schema.read_metadata(vectors.schema)
+    assert meta["weights_sha256"] == hashlib.sha256(buf.getvalue()).hexdigest()
+    assert meta["weights_source"] == url
+    # The vector is the one these weights give, not the seeded default's.
+    model = models.load_model("tests.tiny_model:TINY", url, device="cpu",
+                              storage_options={"s3": {"endpoint_url": s3_server}})
+    pixels = decode_image((folder / "chelsea.jpg").read_bytes(), DecodeConfig(input_size=32))
+    expected = models.embed_batch(model, pixels.pixels[None])[0]
+    assert np.allclose(vectors.column("vector").to_pylist()[0], expected, atol=1e-5)
+    default = models.embed_batch(models.load_model("tests.tiny_model:TINY", device="cpu"),
+                                 pixels.pixels[None])[0]
+    assert not np.allclose(default, expected, atol=1e-3)

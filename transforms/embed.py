@@ -254,10 +254,7 @@ class EmbeddingModelHandler(ModelHandler):
                                    self._config.device, self._config.channels_last,
                                    precision=self._config.precision,
                                    pooling=self._config.pooling)
-        expected = self._config.weights_sha256
-        if expected and loaded.weights_sha256 != expected:
-            raise ValueError(f"weights {loaded.weights_source!r} have sha256 "
-                             f"{loaded.weights_sha256}, the job was launched with {expected}")
+        models.check_weights(loaded, self._config.weights_sha256)
         return loaded
 
     def run_inference(self, batch, model, inference_args=None):
