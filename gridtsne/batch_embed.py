@@ -143,7 +143,9 @@ class BatchEmbedder:
         return out
 
     def close(self):
+        """Stop the thread pool and let go of the model (its device memory with it)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.model = None
 
 
 def embed_fetched(embedder, fetched):
