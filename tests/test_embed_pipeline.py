@@ -297,3 +297,42 @@ def test_weights_on_s3_are_read_with_the_storage_options(mixed, tmp_path, s3_ser
     default = models.embed_batch(models.load_model("tests.tiny_model:TINY", device="cpu"),
                                  pixels.pixels[None])[0]
     assert not np.allclose(default, expected, atol=1e-3)
+
+
+def _runner_without_metrics(monkeypatch):
+    """No runner here lacks metrics: the in-process runner's result is made to refuse them,
+    as some runners' results do."""
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import RunnerResult
+
+    def no_metrics(self):
+        raise NotImplementedError("this runner reports no metrics")
+
+    monkeypatch.setattr(RunnerResult, "metrics", no_metrics)
+
+
+def test_a_runner_without_metrics_says_the_check_could_not_run(mixed, tmp_path, monkeypatch,
+                                                               capsys):
+    folder, good, bad, other = mixed
+    _runner_without_metrics(monkeypatch)
+    summary = embed.run(["--input", str(folder), "--output", str(tmp_path / "out")] + TINY)
+    assert (summary["vectors"], summary["errors"]) == (good, bad)  # counted from the tables
+    assert summary["images_found"] is None and summary["listing_errors"] is None
+    assert summary["rows_check"] == embed.NO_METRICS
+    printed = capsys.readouterr().out
+    assert "could not run" in printed and "None" not in printed and " 0 images" not in printed
+
+
+def test_run_summary_without_metrics_counts_the_embedded_images_from_the_tables(
+        mixed, tmp_path, monkeypatch, capsys):
+    from pipelines import run as run_job
+
+    folder, good, bad, other = mixed
+    _runner_without_metrics(monkeypatch)
+    summary = run_job.run(["--input", str(folder), "--output", str(tmp_path / "map"),
+                           "--n_iter", "60", "--early_exaggeration_iter", "30",
+                           "--perplexity", "2", "--cell", "32", "--tile", "128"] + TINY)
+    printed = capsys.readouterr().out
+    assert summary["embedded"] == summary["counts"]["new"] == summary["images"] > 0
+    assert summary["bytes_read"] is None
+    assert f"this run embedded {summary['embedded']} images" in printed
+    assert "bytes read unknown: the runner reported no metrics" in printed
