@@ -60,6 +60,8 @@ setup(
             "uvicorn>=0.54",
             "httptools>=0.9",
             "httpx>=0.28",
+            # Fuzzing of the hand-written parsers of untrusted bytes (tests/test_jpeg.py).
+            "hypothesis>=6.100",
         ],
     },
     entry_points={"console_scripts": ["gridtsne = gridtsne.cli:main"]},
