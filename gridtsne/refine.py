@@ -153,7 +153,7 @@ def refine_swaps(vectors, row, col, shape, passes=20, pinned=None,
     tol : a swap must lower the objective by more than this (float rounding).
 
     The result is a permutation of the input cells; ``info`` has ``passes`` (run), ``swaps``
-    (per pass), ``objective_before``/``objective_after`` and ``seconds``.
+    (per pass) and ``seconds`` (:func:`layout_objective` measures the objective itself).
     """
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     rows, cols = shape
