@@ -249,9 +249,10 @@ def _small_files():
         out = io.BytesIO()
         image.save(out, fmt, **kwargs)
         files[fmt] = out.getvalue()
-    out = io.BytesIO()
-    image.convert("L").save(out, "PPM")
-    files["PGM"] = out.getvalue()
+    for name, mode in (("PGM", "L"), ("PFM", "F")):  # PFM: Pillow writes floats as "Pf"
+        out = io.BytesIO()
+        image.convert(mode).save(out, "PPM")
+        files[name] = out.getvalue()
     return files
 
 
