@@ -29,6 +29,7 @@ _RST = frozenset(range(0xD0, 0xD8))  # no length field, in Pillow and libjpeg al
 # EXP, APPn, COM). Any other (TEM, SOI or EOI before the scan, JPGn, reserved) is read
 # differently by the two, so such a file goes to Pillow.
 _SEGMENTS = (frozenset(range(0xC0, 0xD0)) - {0xC8}) | frozenset(range(0xDB, 0xF0)) | {0xFE}
+_READ = _SOF | {_APP1, _APP14}  # the segments whose content the header needs
 _EXIF = b"Exif\x00\x00"
 _XMP = b"http://ns.adobe.com/xap/1.0/\x00"
 _XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')  # as Pillow's getexif
@@ -135,6 +136,9 @@ def _read_header(buf):
         end = pos + 2 + length
         if length < 2 or end > n:
             return None
+        if marker not in _READ:  # tables, comments, other APPn: skipped unread
+            pos = end
+            continue
         segment = bytes(buf[pos + 4:end])
         if marker == _APP1 and segment.startswith(_EXIF):
             exif = segment[6:] if exif is None else exif + segment[6:]
