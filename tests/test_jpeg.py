@@ -85,8 +85,8 @@ def test_exif_after_the_frame_header_turns_the_image_as_pillow_does():
 
     plain = js.without_app(js.tiny_jpeg((64, 32), quality=90))
     data = js.insert(plain, 0xE1, js.exif(6), after=SOF0)
-    assert [m for m, _ in js.split(data)[0]].index(0xE1) > \
-        [m for m, _ in js.split(data)[0]].index(SOF0)
+    markers = [m for m, _ in js.split(data)[0]]
+    assert markers.index(0xE1) > markers.index(SOF0)  # EXIF after the frame header
     header, (_, upright, orientation) = check_against_pillow(data)
     assert orientation == 6 and header.orientation == 6 and header.orientation_known
     cfg = DecodeConfig(input_size=32)
