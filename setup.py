@@ -65,6 +65,8 @@ setup(
             "httpx>=0.28",
             # Property-based requests over the service's OpenAPI schema (no 5xx, as documented).
             "schemathesis>=4.32",
+            # Fuzzing of the hand-written parsers of untrusted bytes (tests/test_jpeg.py).
+            "hypothesis>=6.100",
         ],
     },
     entry_points={"console_scripts": ["gridtsne = gridtsne.cli:main"]},

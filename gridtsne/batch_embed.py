@@ -64,10 +64,7 @@ class BatchEmbedder:
         self.model = models.load_model(config.model, config.weights, config.device,
                                        config.channels_last, precision=config.precision,
                                        pooling=config.pooling)
-        if config.weights_sha256 and self.model.weights_sha256 != config.weights_sha256:
-            raise ValueError(f"weights {self.model.weights_source!r} have sha256 "
-                             f"{self.model.weights_sha256}, the job was launched with "
-                             f"{config.weights_sha256}")
+        models.check_weights(self.model, config.weights_sha256)
         self._pool = thread_pool(config.threads)
         # Calls from many processes: bound the device memory they hold at once; with two
         # slots one call's thumbnail encoding overlaps the other's device work.
@@ -104,7 +101,9 @@ class BatchEmbedder:
         return out
 
     def close(self):
+        """Stop the thread pool and let go of the model (its device memory with it)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.model = None
 
 
 def embed_fetched(embedder, fetched):

@@ -138,6 +138,25 @@ class DecodedImage:
     format: str
 
 
+def check_bytes(data, config):
+    """Refuse an empty file or one above ``config.max_bytes`` (both decoders, before any
+    decoding)."""
+    if len(data) == 0:
+        raise DecodeError(STAGE_READ, "EmptyFile", "the file is empty (0 bytes)")
+    if len(data) > config.max_bytes:
+        raise DecodeError(STAGE_READ, "FileTooLarge",
+                          f"{len(data):,} bytes is more than max_bytes={config.max_bytes:,}")
+
+
+def check_pixels(width, height, config):
+    """Refuse an image whose header declares more than ``config.max_pixels`` (both decoders,
+    before any pixel is decoded)."""
+    if width * height > config.max_pixels:
+        raise DecodeError(STAGE_DECODE, "DecompressionBombError",
+                          f"the image declares {width} x {height} = {width * height:,} "
+                          f"pixels, more than max_pixels={config.max_pixels:,}")
+
+
 def _raise_pillow_ceiling(max_pixels):
     # Pillow refuses images above 2x its own global limit while opening them, before our
     # check runs; a user who allows more pixels must get them. Only ever raised, never lowered:
@@ -221,11 +240,7 @@ def decode_image(data, config=DecodeConfig()):
         For an empty or oversized file, content Pillow cannot identify, a declared size above
         ``max_pixels``, a truncated or corrupt stream, or a mode that has no RGB conversion.
     """
-    if len(data) == 0:
-        raise DecodeError(STAGE_READ, "EmptyFile", "the file is empty (0 bytes)")
-    if len(data) > config.max_bytes:
-        raise DecodeError(STAGE_READ, "FileTooLarge",
-                          f"{len(data):,} bytes is more than max_bytes={config.max_bytes:,}")
+    check_bytes(data, config)
     _raise_pillow_ceiling(config.max_pixels)
     try:
         image = Image.open(io.BytesIO(data))
@@ -249,11 +264,7 @@ def decode_image(data, config=DecodeConfig()):
 
 
 def _decode_opened(image, config):
-    stored_w, stored_h = image.size
-    if stored_w * stored_h > config.max_pixels:
-        raise DecodeError(STAGE_DECODE, "DecompressionBombError",
-                          f"the image declares {stored_w} x {stored_h} = {stored_w * stored_h:,} "
-                          f"pixels, more than max_pixels={config.max_pixels:,}")
+    check_pixels(*image.size, config)
     width, height = upright_size(image)
     fmt = image.format or "unknown"
     if config.draft and fmt == "JPEG":

@@ -47,8 +47,9 @@ class ModelSpec:
         Per-channel normalisation applied to pixels scaled to 0..1.
     build : callable
         ``build(weights) -> (module, weights_sha256, weights_source)``; ``weights`` is None
-        for the model's own default or a path/URL given by the user. Must be a module-level
-        function so the spec pickles.
+        for the model's own default or a path/URL given by the user (a :class:`WeightsFile`
+        when storage options come with it: hand it to :func:`load_weights_file`, ``str()`` of
+        it is the URL). Must be a module-level function so the spec pickles.
     description : str
     poolings : tuple of str
         How the embedder can pool its last feature map (:mod:`gridtsne.pooling`), the default
@@ -151,14 +152,14 @@ def _autocast(model):
 
 
 def load_model(name=DEFAULT_MODEL, weights=None, device="auto", channels_last=True,
-               fold_bn=True, precision="auto", pooling="auto"):
+               fold_bn=True, precision="auto", pooling="auto", storage_options=None):
     """Build the model ``name`` with its weights on ``device``, in eval mode.
 
     Parameters
     ----------
     name : str
         A registered name or ``"module:ATTRIBUTE"``.
-    weights : str, optional
+    weights : str or WeightsFile, optional
         Path or URL of a state dict, instead of the model's default weights.
     device : {"auto", "cpu", "cuda"}
     channels_last : bool
@@ -171,10 +172,12 @@ def load_model(name=DEFAULT_MODEL, weights=None, device="auto", channels_last=Tr
         (:func:`fold_batch_norms`): the same vectors, fewer passes over memory.
     pooling : {"auto", "avg", "gem"}
         Of the last feature map (:mod:`gridtsne.pooling`); auto: the model's default.
+    storage_options : dict, optional
+        Per-protocol fsspec options that ``weights`` is opened with (:func:`weights_file`).
     """
     spec = get_spec(name)
     pooling = resolve_pooling(pooling, spec.poolings, spec.name)
-    module, sha, source = spec.build(weights)
+    module, sha, source = spec.build(weights_file(weights, storage_options))
     if len(spec.poolings) > 1:
         module.pooling = pooling
     dev = torch.device(resolve_device(device))
@@ -338,10 +341,57 @@ def sha256_state_dict(state_dict):
     return h.hexdigest()
 
 
+@dataclasses.dataclass(frozen=True)
+class WeightsFile:
+    """A weights URL with the storage options to open it with (``--weights s3://...`` on a
+    private endpoint). ``str()`` and ``os.fspath()`` give the URL, so a model's ``build``
+    records it as the weights' source; :func:`load_weights_file` opens it with the options.
+
+    Attributes
+    ----------
+    url : str
+    storage_options : dict
+        Per-protocol fsspec options (``{"s3": {"endpoint_url": ...}}``, see
+        :func:`gridtsne.storage.filesystem`); left out of ``repr`` (it may hold keys).
+    """
+
+    url: str
+    storage_options: dict = dataclasses.field(default=None, repr=False, hash=False)
+
+    def __str__(self):
+        return self.url
+
+    def __fspath__(self):
+        return self.url
+
+    def open(self):
+        from gridtsne import storage
+
+        fs, path = storage.filesystem(self.url, self.storage_options)
+        return fs.open(path, "rb")
+
+
+def weights_file(weights, storage_options=None):
+    """``weights`` (None, a path or URL) bound to ``storage_options`` when there are any."""
+    if weights is None or isinstance(weights, WeightsFile) or not storage_options:
+        return weights
+    return WeightsFile(str(weights), storage_options)
+
+
+def check_weights(loaded, expected_sha256):
+    """Raise ValueError when ``loaded``'s weights are not the ones the job was launched with
+    (``expected_sha256``, from :func:`describe`; None: no check)."""
+    if expected_sha256 and loaded.weights_sha256 != expected_sha256:
+        raise ValueError(f"weights {loaded.weights_source!r} have sha256 "
+                         f"{loaded.weights_sha256}, the job was launched with {expected_sha256}")
+
+
 def load_weights_file(weights):
-    """A state dict from a local path or any fsspec URL, with the sha256 of the file's bytes."""
+    """A state dict from a local path, any fsspec URL or a :class:`WeightsFile` (opened with
+    its storage options), with the sha256 of the file's bytes."""
     try:
-        with fsspec.open(weights, "rb") as fh:
+        with (weights.open() if isinstance(weights, WeightsFile)
+              else fsspec.open(weights, "rb")) as fh:
             data = fh.read()
     except Exception as exc:
         raise ValueError(f"cannot read weights {weights!r}: {exc}") from exc

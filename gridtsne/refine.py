@@ -85,15 +85,19 @@ def layout_objective(vectors, row, col, shape, diagonal_weight=DIAGONAL_WEIGHT,
 
 
 def _batches(shape, partner):
-    """Top-left cells (rows, cols) of the pairs of each batch for one partner direction: pairs
-    of one batch are at least two cells apart, so their deltas do not interact."""
+    """First cells (rows, cols) of the pairs of each batch for one partner direction: every
+    pair of neighbours in that direction is in exactly one batch, and pairs of one batch are
+    at least two cells apart, so their deltas do not interact."""
     rows, cols = shape
     dr, dc = partner
     sr, sc = abs(dr) + 2, abs(dc) + 2
+    # A pair's first cell (r, c) and its partner (r + dr, c + dc) both lie on the grid.
+    r0, r1 = max(0, -dr), rows - max(dr, 0)
+    c0, c1 = max(0, -dc), cols - max(dc, 0)
     for pr in range(sr):
         for pc in range(sc):
-            r = np.arange(pr, rows - dr, sr)
-            c = np.arange(max(pc, -dc), cols - max(dc, 0), sc)
+            r = np.arange(r0 + pr, r1, sr)
+            c = np.arange(c0 + pc, c1, sc)
             if len(r) and len(c):
                 rr, cc = np.meshgrid(r, c, indexing="ij")
                 yield rr.ravel(), cc.ravel()
@@ -149,7 +153,7 @@ def refine_swaps(vectors, row, col, shape, passes=20, pinned=None,
     tol : a swap must lower the objective by more than this (float rounding).
 
     The result is a permutation of the input cells; ``info`` has ``passes`` (run), ``swaps``
-    (per pass), ``objective_before``/``objective_after`` and ``seconds``.
+    (per pass) and ``seconds`` (:func:`layout_objective` measures the objective itself).
     """
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     rows, cols = shape

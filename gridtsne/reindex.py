@@ -43,11 +43,12 @@ def row_fingerprint(row):
 
 
 # What a previous row's vector and thumbnail depend on besides the image itself: a row made
-# with any of these different cannot stand beside new rows (e.g. --thumbnail_size).
+# with any of these different cannot stand beside new rows (e.g. --thumbnail_size; --precision:
+# bf16 vectors are only within cosine 0.98 of fp32 ones, the two decoders' within 0.995).
 REUSE_KEYS = ("model", "weights_sha256", "vector_dim", "input_size", "mean", "std",
-              "preprocessing", "pooling")
+              "preprocessing", "pooling", "precision")
 # What a key added to the metadata later meant in tables written before it existed.
-BEFORE_KEY = {"pooling": "avg"}
+BEFORE_KEY = {"pooling": "avg", "precision": "fp32"}
 
 
 def reuse_mismatch(previous, current):

@@ -11,7 +11,7 @@ HEADER_BYTES = 32
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib",
     ".tif", ".tiff", ".jp2", ".j2k", ".jpx", ".ico", ".ppm", ".pgm", ".pbm", ".pnm",
-    ".avif", ".heic", ".heif", ".psd", ".tga",
+    ".pfm", ".avif", ".heic", ".heif", ".psd", ".tga",
 })
 
 _ISO_BMFF_BRANDS = {b"avif": "avif", b"avis": "avif", b"heic": "heic", b"heix": "heic",
@@ -49,7 +49,8 @@ def image_format(header):
         return "jp2"
     if h[:4] == b"\x00\x00\x01\x00" and len(h) >= 6 and h[4:6] != b"\x00\x00":
         return "ico"
-    if len(h) >= 3 and h[0:1] == b"P" and h[1:2] in b"123456" and h[2:3] in b" \t\r\n#":
+    # Netpbm P1-P6, and Pf (grey PFM, floats), which Pillow also reads.
+    if len(h) >= 3 and h[0:1] == b"P" and h[1:2] in b"123456f" and h[2:3] in b" \t\r\n#":
         return "pnm"
     if h[:4] == b"8BPS":
         return "psd"

@@ -30,6 +30,7 @@ from pipelines.options import (add_flag, input_policy_from, local_abs, refuse_em
 from transforms import embed_counters as C
 from transforms.embed import DECODERS, EmbedConfig, EmbedImages, resolve_decoder
 from transforms.listing import ListFiles
+from transforms.progress_metrics import counter_values
 from transforms.write import WriteTable
 
 log = logging.getLogger(__name__)
@@ -219,9 +220,11 @@ def config_from_options(options):
     decode = DecodeConfig(input_size=models.get_spec(o.model).input_size,
                           thumbnail_size=o.thumbnail_size, max_pixels=o.max_pixels,
                           max_bytes=o.max_bytes)
-    embed = EmbedConfig(model=o.model, weights=o.weights, device=o.device,
-                        batch_size=o.batch_size, decode=decode,
-                        storage_options=storage_options_from(options),
+    storage_options = storage_options_from(options)
+    # The weights travel with the job's storage options: workers open them as the launcher.
+    embed = EmbedConfig(model=o.model, weights=models.weights_file(o.weights, storage_options),
+                        device=o.device, batch_size=o.batch_size, decode=decode,
+                        storage_options=storage_options,
                         input_policy=input_policy_from(options),
                         torch_threads=o.torch_threads, decode_threads=o.decode_threads,
                         decoder=o.decoder, precision=o.precision, pooling=o.pooling,
@@ -233,23 +236,28 @@ def config_from_options(options):
 
 
 def counters(result):
-    """The stage's Beam counters after a run, ``{name: value}`` (empty if the runner has none)."""
+    """The stage's Beam counters after a run, ``{name: value}``; None when the runner reports
+    no metrics (some runners have none), which the callers must say rather than read as 0."""
     try:
         found = result.metrics().query(MetricsFilter().with_namespace(C.NAMESPACE))
     except Exception as exc:  # some runners report no metrics
         log.warning("no metrics from the runner: %s", exc)
-        return {}
-    values = {}
-    for c in found["counters"]:
-        value = c.committed if c.committed is not None else c.attempted
-        values[c.key.metric.name] = values.get(c.key.metric.name, 0) + (value or 0)
-    return values
+        return None
+    values = counter_values(found)
+    if not values:
+        log.warning("the runner reported no counters of %s", C.NAMESPACE)
+        return None
+    return {name: value for (_, name), value in values.items()}
 
 
 def _rows_written(prefix, storage_options):
     fs, base = filesystem(prefix, storage_options)
     files = sorted(fs.glob(base + "-*.parquet"))
-    return sum(pq.ParquetFile(fs.open(f, "rb")).metadata.num_rows for f in files), files
+    rows = 0
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            rows += pq.ParquetFile(fh).metadata.num_rows
+    return rows, files
 
 
 def _remove_previous_parts(prefix, storage_options):
@@ -264,8 +272,16 @@ def _remove_previous_parts(prefix, storage_options):
             fs.rm(f)
 
 
+NO_METRICS = ("unavailable: the runner reported no metrics, so the check that every image "
+              "found is in vectors/ or errors/ could not run")
+
+
 def summarize(config, result):
     """Counts read back from the output, checked against the counters; prints and returns them.
+
+    The figures only the counters know (images found, listing errors, files skipped) are
+    None when the runner reports no metrics; the summary's ``rows_check`` and the printed
+    text then say that the lost-rows check could not run, instead of passing it silently.
 
     Raises
     ------
@@ -277,27 +293,35 @@ def summarize(config, result):
     opts = config.embed.storage_options
     n_vectors, _ = _rows_written(config.vectors_prefix, opts)
     n_errors, _ = _rows_written(config.errors_prefix, opts)
+
+    def count(name):
+        return None if counts is None else counts.get(name, 0)
+
     summary = {
-        "images_found": counts.get(C.IMAGES_FOUND),
-        "listing_errors": counts.get(C.LISTING_ERRORS, 0) if counts else None,
+        "images_found": count(C.IMAGES_FOUND), "listing_errors": count(C.LISTING_ERRORS),
         "vectors": n_vectors, "errors": n_errors,
-        "skipped_not_images": counts.get(C.NOT_IMAGES, 0) if counts else None,
-        "skipped_hidden": counts.get(C.HIDDEN_SKIPPED, 0) if counts else None,
+        "skipped_not_images": count(C.NOT_IMAGES), "skipped_hidden": count(C.HIDDEN_SKIPPED),
         "vectors_prefix": config.vectors_prefix, "errors_prefix": config.errors_prefix,
         "run_id": config.run_id,
+        "rows_check": "passed" if counts is not None else NO_METRICS,
     }
-    print(f"embed: {summary['images_found'] if counts else '?'} images found, "
-          f"{n_vectors} vectors, {n_errors} errors "
-          f"({summary['listing_errors']} inputs that could not be listed), "
-          f"{summary['skipped_not_images']} other files skipped, "
-          f"{summary['skipped_hidden']} hidden files skipped\n"
+    if counts is None:
+        found = (f"{n_vectors} vectors, {n_errors} errors; images found, files skipped: "
+                 f"{NO_METRICS}")
+        log.warning("embed: %s", NO_METRICS)
+    else:
+        found = (f"{summary['images_found']} images found, {n_vectors} vectors, {n_errors} "
+                 f"errors ({summary['listing_errors']} inputs that could not be listed), "
+                 f"{summary['skipped_not_images']} other files skipped, "
+                 f"{summary['skipped_hidden']} hidden files skipped")
+    print(f"embed: {found}\n"
           f"  vectors: {config.vectors_prefix}-*.parquet\n"
           f"  errors:  {config.errors_prefix}-*.parquet")
-    if counts:
-        expected = counts.get(C.IMAGES_FOUND, 0) + counts.get(C.LISTING_ERRORS, 0)
+    if counts is not None:
+        expected = summary["images_found"] + summary["listing_errors"]
         if expected != n_vectors + n_errors:
-            raise RuntimeError(f"images found ({counts.get(C.IMAGES_FOUND, 0)}) + listing "
-                               f"errors ({counts.get(C.LISTING_ERRORS, 0)}) != vectors "
+            raise RuntimeError(f"images found ({summary['images_found']}) + listing "
+                               f"errors ({summary['listing_errors']}) != vectors "
                                f"({n_vectors}) + errors ({n_errors}): rows were lost")
     return summary
 

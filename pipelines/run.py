@@ -260,7 +260,9 @@ def report(output, version, counters=None, storage_options=None):
     """Print the committed version's summary; returns it (raises if it was not committed).
 
     ``counters`` are this run's Beam counters of the embedding stage: how many images were
-    actually read and embedded (unchanged ones are neither).
+    actually read and embedded (unchanged ones are neither). None (a runner that reports no
+    metrics): the images embedded are counted from the version's tables instead (new +
+    changed rows, which the commit checked), and the bytes read are said to be unknown.
     """
     pointer = versions.read_pointer(output, storage_options)
     if pointer is None or pointer["version"] != version:
@@ -272,10 +274,17 @@ def report(output, version, counters=None, storage_options=None):
     mode = (s.get("positions") or {}).get("mode", "full t-SNE fit")
     unscored = f" (labels not scored: {q['label_problem']})" if q.get("label_problem") else ""
     page = storage.url_join(output, s["site"])
-    s = {**s, "embedded": (counters or {}).get(C.VECTORS, 0),
-         "bytes_read": (counters or {}).get(C.BYTES_READ, 0)}
+    if counters is None:
+        s = {**s, "embedded": c["new"] + c["changed"], "bytes_read": None}
+        read = (f"  this run embedded {s['embedded']} images (new + changed rows; bytes read "
+                f"unknown: the runner reported no metrics)\n")
+    else:
+        s = {**s, "embedded": counters.get(C.VECTORS, 0),
+             "bytes_read": counters.get(C.BYTES_READ, 0)}
+        read = (f"  this run read and embedded {s['embedded']} images "
+                f"({s['bytes_read']:,} bytes)\n")
     print(f"gridtsne: version {version} published\n"
-          f"  this run read and embedded {s['embedded']} images ({s['bytes_read']:,} bytes)\n"
+          f"{read}"
           f"  images: {s['images']} in the map ({c['new']} new, {c['changed']} changed, "
           f"{c['unchanged']} unchanged, {c['removed']} removed, {c['failed']} failed)\n"
           f"  layout: {s['grid']['rows']}x{s['grid']['cols']} grid, {s['layout_method']} "

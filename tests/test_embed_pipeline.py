@@ -248,3 +248,91 @@ def test_batched_decoder_multi_processing_shares_one_model(mixed, pillow_run, tm
                         + TINY)
     _check_counts(summary, good, bad, other)
     _check_same_rows_as_pillow(out, pillow_out)
+
+
+
+def test_weights_on_s3_are_read_with_the_storage_options(mixed, tmp_path, s3_server,
+                                                          monkeypatch):
+    """--weights s3://... is opened with --s3_endpoint_url, in the launcher (which hashes the
+    weights) and in the workers: the process-wide endpoint settings of ``s3_server`` are
+    removed, so only the storage options lead to the loopback server."""
+    import hashlib
+    import io
+    import uuid
+
+    import fsspec.config
+    import s3fs
+    import torch
+
+    from tests.tiny_model import build_tiny
+
+    for name in ("AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {})
+    s3fs.S3FileSystem.clear_instance_cache()
+    folder, good, bad, other = mixed
+    net, _, _ = build_tiny()
+    state = {k: v + 0.5 if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    bucket = "weights-" + uuid.uuid4().hex[:8]
+    client = boto3.client("s3", endpoint_url=s3_server)
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="tiny.pt", Body=buf.getvalue())
+    url = f"s3://{bucket}/tiny.pt"
+    out = tmp_path / "out"
+    summary = embed.run(["--input", str(folder / "chelsea.jpg"), "--output", str(out),
+                         "--weights", url, f"--s3_endpoint_url={s3_server}"] + TINY)
+    assert summary["vectors"] == 1
+    vectors = _table(os.path.join(out, schema.VECTORS_DIR))
+    meta = schema.read_metadata(vectors.schema)
+    assert meta["weights_sha256"] == hashlib.sha256(buf.getvalue()).hexdigest()
+    assert meta["weights_source"] == url
+    # The vector is the one these weights give, not the seeded default's.
+    model = models.load_model("tests.tiny_model:TINY", url, device="cpu",
+                              storage_options={"s3": {"endpoint_url": s3_server}})
+    pixels = decode_image((folder / "chelsea.jpg").read_bytes(), DecodeConfig(input_size=32))
+    expected = models.embed_batch(model, pixels.pixels[None])[0]
+    assert np.allclose(vectors.column("vector").to_pylist()[0], expected, atol=1e-5)
+    default = models.embed_batch(models.load_model("tests.tiny_model:TINY", device="cpu"),
+                                 pixels.pixels[None])[0]
+    assert not np.allclose(default, expected, atol=1e-3)
+
+
+def _runner_without_metrics(monkeypatch):
+    """No runner here lacks metrics: the in-process runner's result is made to refuse them,
+    as some runners' results do."""
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import RunnerResult
+
+    def no_metrics(self):
+        raise NotImplementedError("this runner reports no metrics")
+
+    monkeypatch.setattr(RunnerResult, "metrics", no_metrics)
+
+
+def test_a_runner_without_metrics_says_the_check_could_not_run(mixed, tmp_path, monkeypatch,
+                                                               capsys):
+    folder, good, bad, other = mixed
+    _runner_without_metrics(monkeypatch)
+    summary = embed.run(["--input", str(folder), "--output", str(tmp_path / "out")] + TINY)
+    assert (summary["vectors"], summary["errors"]) == (good, bad)  # counted from the tables
+    assert summary["images_found"] is None and summary["listing_errors"] is None
+    assert summary["rows_check"] == embed.NO_METRICS
+    printed = capsys.readouterr().out
+    assert "could not run" in printed and "None" not in printed and " 0 images" not in printed
+
+
+def test_run_summary_without_metrics_counts_the_embedded_images_from_the_tables(
+        mixed, tmp_path, monkeypatch, capsys):
+    from pipelines import run as run_job
+
+    folder, good, bad, other = mixed
+    _runner_without_metrics(monkeypatch)
+    summary = run_job.run(["--input", str(folder), "--output", str(tmp_path / "map"),
+                           "--n_iter", "60", "--early_exaggeration_iter", "30",
+                           "--perplexity", "2", "--cell", "32", "--tile", "128"] + TINY)
+    printed = capsys.readouterr().out
+    assert summary["embedded"] == summary["counts"]["new"] == summary["images"] > 0
+    assert summary["bytes_read"] is None
+    assert f"this run embedded {summary['embedded']} images" in printed
+    assert "bytes read unknown: the runner reported no metrics" in printed

@@ -148,3 +148,37 @@ def test_write_table_through_fsspec_for_urls_beam_cannot_write():
     fs = fsspec.filesystem("memory")
     assert not [p for p in fs.find("/wt-test") if ".temp-" in p]  # temporary parts are gone
     fs.rm("/wt-test", recursive=True)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_batch_embed_teardown_releases_the_embedder(mixed, share):
+    """A torn-down DoFn lets go of its model: a private embedder is closed; the machine's
+    shared one loses this process's reference, so it is freed once no process holds one
+    (in one process, multi_process_shared serves it from this process's own registry)."""
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.multi_process_shared import _process_level_singleton_manager
+    from apache_beam.utils.timestamp import Timestamp
+
+    from gridtsne.listing import FileInfo
+    from transforms.embed import BatchEmbedFn
+
+    cfg = EmbedConfig(model="tests.tiny_model:TINY", device="cpu", decoder="batched",
+                      share_model=share, decode=DecodeConfig(input_size=32), batch_size=2)
+    fn = BatchEmbedFn(cfg)
+    fn.setup()
+    embedder = fn._embedder
+    entry = _process_level_singleton_manager.entries.get(fn._share_tag) if share else None
+    if share:
+        assert entry.refcount == 1 and entry.initialied
+    fn.start_bundle()
+    path = os.path.join(str(mixed[0]), "chelsea.jpg")
+    rows = list(fn.process([FileInfo(path, os.path.getsize(path), None, explicit=True)],
+                           timestamp=Timestamp(0), window=GlobalWindow()))
+    rows += list(fn.finish_bundle())
+    assert len(rows) == 1
+    fn.teardown()
+    assert fn._embedder is None and fn._pool is None
+    if share:
+        assert entry.refcount == 0 and not entry.initialied  # the model is gone
+    else:
+        assert embedder.model is None and embedder._pool._shutdown

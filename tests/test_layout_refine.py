@@ -4,7 +4,7 @@ import pytest
 
 from gridtsne.layout import LayoutConfig, compute_layout
 from gridtsne.metrics import dpq
-from gridtsne.refine import layout_objective, refine_layout, refine_swaps
+from gridtsne.refine import PARTNERS, _batches, layout_objective, refine_layout, refine_swaps
 
 
 def _scrambled_ramp(rows=12, cols=12, holes=0, swaps=60, seed=0):
@@ -107,3 +107,26 @@ def test_config_rejects_bad_refinement_values(bad):
     (_, value), = bad.items()
     with pytest.raises(ValueError, match=str(value)):
         LayoutConfig(**bad)
+
+
+@pytest.mark.parametrize("partners", [PARTNERS, ((0, 1), (1, 0), (1, 1), (1, -1), (2, -1))])
+def test_each_pass_tries_every_neighbouring_pair_exactly_once(partners):
+    """On a 6x8 grid: 42 side-by-side, 40 one-above-the-other and 35 pairs per diagonal, each in
+    exactly one batch, and the pairs of a batch at least two cells apart."""
+    rows, cols = 6, 8
+    for dr, dc in partners:
+        expected = {(r, c) for r in range(rows) for c in range(cols)
+                    if 0 <= r + dr < rows and 0 <= c + dc < cols}
+        seen = []
+        for r, c in _batches((rows, cols), (dr, dc)):
+            seen += zip(r.tolist(), c.tolist())
+            cells = np.concatenate([np.stack([r, c], 1), np.stack([r + dr, c + dc], 1)])
+            pair = np.concatenate([np.arange(len(r))] * 2)
+            apart = np.abs(cells[:, None] - cells[None]).max(-1)
+            other = pair[:, None] != pair[None]
+            assert apart[other].min() >= 2, (dr, dc)  # no shared or touching cells
+        assert len(seen) == len(set(seen)), (dr, dc)  # none twice
+        assert set(seen) == expected, (dr, dc, sorted(expected - set(seen)))  # none left out
+    if partners == PARTNERS:
+        assert sum(len(r) for p in partners for r, _ in _batches((rows, cols), p)) == \
+            42 + 40 + 35 + 35

@@ -153,3 +153,27 @@ def test_previous_rows_are_reused_only_with_the_same_thumbnails(tmp_path):
     other_weights = {**same, "weights_sha256": "cd" * 32}
     assert previous_vector_parts(str(tmp_path), other_weights) == []
     assert reindex.reuse_mismatch(then, same) is None
+
+
+def test_a_changed_precision_re_embeds(tmp_path):
+    """--precision is part of the re-use key, as pooling is: bf16 vectors are not fp32 ones."""
+    import dataclasses
+
+    from gridtsne.decode import DecodeConfig
+    from pipelines.embed import describe_job
+    from transforms.embed import EmbedConfig
+    from transforms.reindex import previous_vector_parts
+
+    cfg = EmbedConfig(model="tests.tiny_model:TINY", device="cpu",
+                      decode=DecodeConfig(input_size=32))
+    fp32 = describe_job(cfg)
+    bf16 = describe_job(dataclasses.replace(cfg, precision="bf16"))
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    _publish_vectors(str(tmp_path), fp32)
+    assert len(previous_vector_parts(str(tmp_path), fp32)) == 1
+    assert previous_vector_parts(str(tmp_path), bf16) == []
+    assert "precision" in reindex.reuse_mismatch(fp32, bf16)
+    # Tables written before precision was recorded hold fp32 vectors.
+    older = {k: v for k, v in fp32.items() if k != "precision"}
+    assert reindex.reuse_mismatch(older, fp32) is None
+    assert "precision" in reindex.reuse_mismatch(older, bf16)

@@ -265,10 +265,7 @@ class EmbeddingModelHandler(ModelHandler):
                                    self._config.device, self._config.channels_last,
                                    precision=self._config.precision,
                                    pooling=self._config.pooling)
-        expected = self._config.weights_sha256
-        if expected and loaded.weights_sha256 != expected:
-            raise ValueError(f"weights {loaded.weights_source!r} have sha256 "
-                             f"{loaded.weights_sha256}, the job was launched with {expected}")
+        models.check_weights(loaded, self._config.weights_sha256)
         return loaded
 
     def run_inference(self, batch, model, inference_args=None):
@@ -395,6 +392,9 @@ class BatchEmbedFn(beam.DoFn):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._embedder is not None:
+            embedder, self._embedder = self._embedder, None
+            release_embedder(embedder, self._embedder_config, self._share_tag)
 
     def _embed(self, pending):
         reading, timestamp, window = pending
@@ -434,6 +434,17 @@ class BatchEmbedFn(beam.DoFn):
             return embed_fetched(self._embedder, fetched)
 
 
+_SHARED = {}  # share tag -> its MultiProcessShared, which releases what it acquired
+
+
+def _shared_embedder(config, share_tag):
+    from apache_beam.utils.multi_process_shared import MultiProcessShared
+
+    # setdefault: DoFn instances on several threads of a process end with one handle.
+    return _SHARED.setdefault(share_tag, MultiProcessShared(
+        functools.partial(BatchEmbedder, config), tag=share_tag))
+
+
 def acquire_embedder(config, share_tag=None):
     """The :class:`BatchEmbedder` of ``config``: this machine's shared one, or a private one.
 
@@ -445,7 +456,17 @@ def acquire_embedder(config, share_tag=None):
     """
     if not share_tag:
         return BatchEmbedder(config)
-    from apache_beam.utils.multi_process_shared import MultiProcessShared
+    return _shared_embedder(config, share_tag).acquire()
 
-    return MultiProcessShared(functools.partial(BatchEmbedder, config),
-                              tag=share_tag).acquire()
+
+def release_embedder(embedder, config, share_tag=None):
+    """Give back what :func:`acquire_embedder` returned: a private embedder is closed (its
+    threads and model let go); the machine's shared one loses this process's reference, and
+    its model is freed once no process holds one."""
+    if not share_tag:
+        embedder.close()
+        return
+    try:
+        _shared_embedder(config, share_tag).release(embedder)
+    except Exception as exc:  # the serving process is gone: nothing is left to release
+        log.warning("could not release the shared embedder %s: %s", share_tag, exc)
