@@ -1,20 +1,24 @@
 """Beam side of :mod:`gridtsne.listing`: patterns and manifests in, file-info records out.
 
-Globs are expanded by workers (one DoFn call per pattern, then a reshuffle that spreads the
-files), so listing millions of objects never happens on the launching machine.
+Globs are expanded by workers (one DoFn call per pattern) and manifests read by workers in
+chunks of lines that a reshuffle spreads, then one grouping by uri drops duplicates and spreads
+the files, so listing millions of objects never happens on the launching machine.
 """
 import logging
 
 import apache_beam as beam
 
 from gridtsne.decode import STAGE_LIST
-from gridtsne.listing import expand_pattern, merge_duplicates, read_manifest
+from gridtsne.listing import (FileInfo, expand_pattern, merge_duplicates, read_manifest,
+                              resolve_entries)
 from gridtsne.rows import error_row
 from transforms import embed_counters as C
 
 log = logging.getLogger(__name__)
 
 ERRORS = "errors"
+# Manifest lines per element: few elements to move, and enough lines per folder for one listing.
+MANIFEST_CHUNK = 10_000
 
 
 class ExpandPatternsFn(beam.DoFn):
@@ -54,19 +58,58 @@ class ExpandPatternsFn(beam.DoFn):
 
 
 class ReadManifestFn(beam.DoFn):
-    """A manifest URL -> its entries (one URL, path or glob per line)."""
+    """A manifest URL -> its entries, in lists of up to ``chunk`` lines (so a million-line
+    manifest is a hundred elements to spread over workers, not a million)."""
 
-    def __init__(self, storage_options=None):
+    def __init__(self, storage_options=None, chunk=MANIFEST_CHUNK):
         self._storage_options = dict(storage_options or {})
+        self._chunk = chunk
         self._errors = C.counter(C.LISTING_ERRORS)
 
     def process(self, manifest):
         try:
-            yield from read_manifest(manifest, self._storage_options)
+            chunk = []
+            for entry in read_manifest(manifest, self._storage_options):
+                chunk.append(entry)
+                if len(chunk) >= self._chunk:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
         except Exception as exc:
             self._errors.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(
                 manifest, STAGE_LIST, type(exc).__name__, str(exc) or repr(exc)))
+
+
+class ResolveEntriesFn(beam.DoFn):
+    """A list of manifest entries -> their files (:func:`gridtsne.listing.resolve_entries`).
+
+    An entry that cannot be listed or matches nothing becomes an ``errors/`` row (stage
+    ``list``) on the ``errors`` output; the other entries of the list go on.
+    """
+
+    def __init__(self, storage_options=None):
+        self._storage_options = dict(storage_options or {})
+        self._patterns = C.counter(C.PATTERNS)
+        self._listed = C.counter(C.FILES_LISTED)
+        self._hidden = C.counter(C.HIDDEN_SKIPPED)
+        self._errors = C.counter(C.LISTING_ERRORS)
+
+    def process(self, entries):
+        self._patterns.inc(len(entries))
+        listed = 0
+        for entry, found in resolve_entries(entries, self._storage_options,
+                                            on_hidden=lambda _: self._hidden.inc()):
+            if isinstance(found, FileInfo):
+                listed += 1
+                yield found
+                continue
+            self._errors.inc()
+            log.warning("cannot list %r: %s: %s", entry, type(found).__name__, found)
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(
+                entry, STAGE_LIST, type(found).__name__, str(found) or repr(found)))
+        self._listed.inc(listed)
 
 
 def _merge_listings(element):
@@ -94,23 +137,27 @@ class ListFiles(beam.PTransform):
             raise ValueError("ListFiles needs at least one input pattern or manifest")
 
     def expand(self, pbegin):
-        patterns = [pbegin | "CreatePatterns" >> beam.Create(self._inputs)]
-        errors = []
+        files, list_errors = (
+            pbegin
+            | "CreatePatterns" >> beam.Create(self._inputs)
+            | "ExpandPatterns" >> beam.ParDo(ExpandPatternsFn(self._storage_options))
+            .with_outputs(ERRORS, main="files"))
+        found, errors = [files], [list_errors]
         if self._manifests:
-            entries, manifest_errors = (
+            chunks, manifest_errors = (
                 pbegin
                 | "CreateManifests" >> beam.Create(self._manifests)
                 | "ReadManifests" >> beam.ParDo(ReadManifestFn(self._storage_options))
                 .with_outputs(ERRORS, main="entries"))
-            patterns.append(entries | "ReshuffleManifestEntries" >> beam.Reshuffle())
-            errors.append(manifest_errors)
-        files, list_errors = (
-            patterns
-            | "FlattenPatterns" >> beam.Flatten()
-            | "ExpandPatterns" >> beam.ParDo(ExpandPatternsFn(self._storage_options))
-            .with_outputs(ERRORS, main="files"))
-        errors.append(list_errors)
-        files = (files
+            listed, entry_errors = (
+                chunks
+                | "ReshuffleManifestEntries" >> beam.Reshuffle()
+                | "ResolveManifestEntries" >> beam.ParDo(ResolveEntriesFn(self._storage_options))
+                .with_outputs(ERRORS, main="files"))
+            found.append(listed)
+            errors += [manifest_errors, entry_errors]
+        files = (found
+                 | "FlattenFiles" >> beam.Flatten()
                  | "KeyFilesByUri" >> beam.Map(lambda info: (info.uri, info))
                  | "GroupFilesByUri" >> beam.GroupByKey()
                  | "MergeDuplicateFiles" >> beam.Map(_merge_listings))
