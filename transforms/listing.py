@@ -17,6 +17,8 @@ from transforms import embed_counters as C
 log = logging.getLogger(__name__)
 
 ERRORS = "errors"
+# A marker each listing call emits when it begins (see ListFiles.started).
+STARTED = "started"
 # Manifest lines per element: few elements to move, and enough lines per folder for one listing.
 MANIFEST_CHUNK = 10_000
 
@@ -36,6 +38,7 @@ class ExpandPatternsFn(beam.DoFn):
         self._errors = C.counter(C.LISTING_ERRORS)
 
     def process(self, pattern):
+        yield beam.pvalue.TaggedOutput(STARTED, pattern)
         self._patterns.inc()
         count = 0
         try:
@@ -67,6 +70,7 @@ class ReadManifestFn(beam.DoFn):
         self._errors = C.counter(C.LISTING_ERRORS)
 
     def process(self, manifest):
+        yield beam.pvalue.TaggedOutput(STARTED, manifest)
         try:
             chunk = []
             for entry in read_manifest(manifest, self._storage_options):
@@ -125,7 +129,8 @@ class ListFiles(beam.PTransform):
 
     Applied to a pipeline (``p | ListFiles(...)``). Returns a tuple ``(files, errors)``; a
     file that several inputs match comes out once (grouped by uri, which also spreads reading
-    the files over all workers).
+    the files over all workers). Once applied, ``started`` is a PCollection of one marker per
+    pattern and manifest, emitted as its listing begins (a job times its listing with it).
     """
 
     def __init__(self, inputs=(), manifests=(), storage_options=None):
@@ -137,25 +142,27 @@ class ListFiles(beam.PTransform):
             raise ValueError("ListFiles needs at least one input pattern or manifest")
 
     def expand(self, pbegin):
-        files, list_errors = (
+        expanded = (
             pbegin
             | "CreatePatterns" >> beam.Create(self._inputs)
             | "ExpandPatterns" >> beam.ParDo(ExpandPatternsFn(self._storage_options))
-            .with_outputs(ERRORS, main="files"))
-        found, errors = [files], [list_errors]
+            .with_outputs(ERRORS, STARTED, main="files"))
+        found, errors, started = [expanded.files], [expanded[ERRORS]], [expanded[STARTED]]
         if self._manifests:
-            chunks, manifest_errors = (
+            read = (
                 pbegin
                 | "CreateManifests" >> beam.Create(self._manifests)
                 | "ReadManifests" >> beam.ParDo(ReadManifestFn(self._storage_options))
-                .with_outputs(ERRORS, main="entries"))
+                .with_outputs(ERRORS, STARTED, main="entries"))
             listed, entry_errors = (
-                chunks
+                read.entries
                 | "ReshuffleManifestEntries" >> beam.Reshuffle()
                 | "ResolveManifestEntries" >> beam.ParDo(ResolveEntriesFn(self._storage_options))
                 .with_outputs(ERRORS, main="files"))
             found.append(listed)
-            errors += [manifest_errors, entry_errors]
+            errors += [read[ERRORS], entry_errors]
+            started.append(read[STARTED])
+        self.started = started | "FlattenStarted" >> beam.Flatten()
         files = (found
                  | "FlattenFiles" >> beam.Flatten()
                  | "KeyFilesByUri" >> beam.Map(lambda info: (info.uri, info))
