@@ -132,7 +132,8 @@ def main(argv=None):
         assert n == args.manifest_lines, n
         rows.append((f"manifest, {args.manifest_lines:,} lines (resolve_entries)", n, seconds))
         if args.beam:
-            for name, kw in [("ListFiles on the DirectRunner, --input DIR", {"inputs": [str(tree)]}),
+            for name, kw in [("ListFiles on the DirectRunner, --input DIR",
+                              {"inputs": [str(tree)]}),
                              ("ListFiles on the DirectRunner, --manifest",
                               {"manifests": [str(manifest)]})]:
                 seconds, n = best(lambda: run_beam(**kw), 1)

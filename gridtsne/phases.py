@@ -145,7 +145,10 @@ def breakdown(spans):
 def format_breakdown(timings):
     """A plain-text table of :func:`breakdown`'s result, for a terminal or a commit message."""
     lines = [f"{'phase':24}{'starts at s':>12}{'seconds':>10}"]
-    for name, p in timings["phases"].items():
+    order = {name: i for i, name in enumerate(ORDER)}
+    # A summary read back from JSON has its keys sorted: order them as the run goes.
+    for name, p in sorted(timings["phases"].items(),
+                          key=lambda kv: (order.get(kv[0], len(order)), kv[1]["start_s"])):
         lines.append(f"{name:24}{p['start_s']:12.2f}{p['seconds']:10.2f}")
     for g in timings["gaps"]:
         lines.append(f"{'  idle after ' + g['after']:24}{g['start_s']:12.2f}{g['seconds']:10.2f}"

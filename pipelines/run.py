@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from apache_beam.pvalue import AsList, AsSingleton
 
-from gridtsne import evaluate, phases, schema, storage, versions
+from gridtsne import evaluate, phases, progress, schema, storage, versions
 from gridtsne.flagfiles import expand_flags_files
 from gridtsne.labels import LabelsCsv, labels_csv
 from gridtsne.layout import LayoutConfig
@@ -130,6 +130,14 @@ def check_inputs(argv):
         raise ValueError("gridtsne run needs --output URL, the map's root")
 
 
+def version_of(options, version=None):
+    """The id of the version this run writes: ``version``, ``--version_id`` or a new one."""
+    version = version or options.view_as(RunOptions).version_id or versions.new_version_id()
+    if not VERSION_ID.fullmatch(version):
+        raise ValueError(f"--version_id must match [0-9A-Za-z_-]{{1,64}}, got {version!r}")
+    return version
+
+
 def job_from_options(options, labels=None, version=None):
     """Validate every flag into a :class:`RunJob` before any worker starts."""
     o = options.view_as(RunOptions)
@@ -137,9 +145,7 @@ def job_from_options(options, labels=None, version=None):
         raise ValueError(f"--keep_versions must be at least 1, got {o.keep_versions!r}")
     if not 0 <= o.refit_fraction <= 1:
         raise ValueError(f"--refit_fraction must be in [0, 1], got {o.refit_fraction!r}")
-    version = version or o.version_id or versions.new_version_id()
-    if not VERSION_ID.fullmatch(version):
-        raise ValueError(f"--version_id must match [0-9A-Za-z_-]{{1,64}}, got {version!r}")
+    version = version_of(options, version)
     base = embed_stage.config_from_options(options)
     output = base.output
     embed = dataclasses.replace(base, output=versions.version_url(output, version),
@@ -270,14 +276,10 @@ def phase_marks(p, listing, files, embedded, written, rendered):
     any earlier stage) and when the listed files, embedded rows, written vector parts and the
     render's summary passed (see :func:`gridtsne.phases.job_spans`)."""
     start = p | "StartJob" >> beam.Create([None])
-    return (((start, listing) | "FlattenStarts" >> beam.Flatten()
-             | "MarkJobStart" >> MarkTimes(phases.JOB_START),
-             files | "MarkListed" >> MarkTimes(phases.LISTED),
-             embedded | "MarkEmbedded" >> MarkTimes(phases.EMBEDDED),
-             written | "MarkVectorsWritten" >> MarkTimes(phases.VECTORS_WRITTEN),
-             rendered | "MarkRendered" >> MarkTimes(phases.RENDERED))
-            | "FlattenMarks" >> beam.Flatten()
-            | "CollectMarks" >> beam.combiners.ToDict())
+    marks = {phases.JOB_START: (start, listing) | "FlattenStarts" >> beam.Flatten(),
+             phases.LISTED: files, phases.EMBEDDED: embedded,
+             phases.VECTORS_WRITTEN: written, phases.RENDERED: rendered}
+    return marks | "MarkTimes" >> MarkTimes()
 
 
 def _fmt(value, spec=".3f"):
@@ -333,12 +335,17 @@ def run(argv=None):
     check_inputs(argv)
     labels, argv = render_stage.split_labels(argv)
     options = PipelineOptions(argv)
-    job = dataclasses.replace(job_from_options(options, labels),
-                              launched_at=phases.process_started_at())
-    p = new_pipeline(options)
-    build_pipeline(p, job)
-    with watch.watching(options, job.version, versions.progress_url(job.output, job.version),
-                        storage_options=job.storage_options) as w:
+    version = version_of(options)
+    # Progress shows from here: checking the model and building the graph take seconds.
+    with watch.watching(options, version, phase="launch") as w:
+        progress.phase("launch", "checking the model and building the job")
+        job = dataclasses.replace(job_from_options(options, labels, version),
+                                  launched_at=phases.process_started_at())
+        # Only a valid job writes anything under --output.
+        w.write_document_to(versions.progress_url(job.output, job.version), job.storage_options)
+        p = new_pipeline(options)
+        build_pipeline(p, job)
+        progress.phase("listing")
         result = w.run(p)
         if options.view_as(TestOptions).dry_run:
             print(f"dry run: the job graph for version {job.version} was built and validated; "

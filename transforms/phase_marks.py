@@ -1,9 +1,9 @@
 """When elements pass a point of the pipeline: the wall-clock marks the run's phase timings use.
 
-``pcoll | MarkTimes("listed")`` is one element, ``("listed", (first, last))``: the wall-clock
-times (``time.time()``) at which the first and the last element of ``pcoll`` passed, or
-``(None, None)`` when it was empty. The marks travel as data, so the step that writes the
-summary sees them on any runner (see :func:`gridtsne.phases.job_spans`).
+``{"listed": files, ...} | MarkTimes()`` is one element, ``{"listed": (first, last), ...}``:
+the wall-clock times (``time.time()``) at which the first and the last element of each
+PCollection passed. The marks travel as data, so the step that writes the summary sees them
+on any runner (see :func:`gridtsne.phases.job_spans`).
 """
 import time
 
@@ -32,15 +32,17 @@ class _FirstLast(beam.CombineFn):
 
 
 class MarkTimes(beam.PTransform):
-    """``pcoll`` -> one ``(name, (first, last))`` element: when its elements passed."""
+    """``{name: pcoll}`` -> one ``{name: (first, last)}`` dict: when each one's elements passed.
 
-    def __init__(self, name, label=None):
-        super().__init__(label)
-        self._name = name
+    A PCollection that stayed empty has no entry. One grouping for all the marks: each mark
+    costs one ``Map`` in the graph (building a Beam graph costs time at launch).
+    """
 
-    def expand(self, pcoll):
-        name = self._name
-        return (pcoll
-                | "Now" >> beam.Map(lambda _: time.time())
-                | "FirstLast" >> beam.CombineGlobally(_FirstLast())
-                | "Name" >> beam.Map(lambda span: (name, span)))
+    def expand(self, pcolls):
+        stamped = [pcoll | f"Stamp{name.title().replace(' ', '')}" >> beam.Map(
+                       lambda _, name=name: (name, time.time()))
+                   for name, pcoll in pcolls.items()]
+        return (stamped
+                | "FlattenStamps" >> beam.Flatten()
+                | "FirstLast" >> beam.CombinePerKey(_FirstLast())
+                | "ToDict" >> beam.combiners.ToDict())
