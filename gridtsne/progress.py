@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 # The order a run goes through; a phase never goes back (a late listing update during
 # embedding leaves the run "embedding").
-PHASES = ("listing", "embedding", "layout", "rendering", "publishing", "done", "failed")
+PHASES = ("launch", "listing", "embedding", "layout", "rendering", "publishing", "done",
+          "failed")
 _RANK = {name: i for i, name in enumerate(PHASES)}
 # The steps of a phase, in order; a step never goes back either (unknown steps always count).
 STEPS = {"layout": ("reading vectors", "t-SNE", "t-SNE transform", "assignment", "writing")}
@@ -275,7 +276,9 @@ class Reporter:
     def _line(self, now):
         c, phase_name = self._counts, self._phase
         text = f"{phase_name}:"
-        if phase_name == "listing":
+        if phase_name == "launch":
+            text += f" {self._step or 'starting'}"
+        elif phase_name == "listing":
             text += f" {c.get('listed', 0):,} files found"
         elif phase_name == "embedding":
             total, done, rate = self._total(), self._embed_done(), self._rate(now)
@@ -322,6 +325,13 @@ class Reporter:
         tick = min(0.25, self.interval / 4, self.doc_interval / 4)
         while not self._stop.wait(tick):
             self.tick()
+
+    def write_document_to(self, write_document):
+        """Start writing the document through ``write_document(bytes)`` (a launcher that shows
+        progress before its flags are checked names the document once they are)."""
+        with self._lock:
+            self._write_document = write_document
+            self._changed = True
 
     def tick(self, force=False):
         """Draw, print and write whatever is due (called by the thread; ``force`` for the end)."""

@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from apache_beam.pvalue import AsList, AsSingleton
 
-from gridtsne import evaluate, faults, input_policy, schema, storage, versions
+from gridtsne import evaluate, faults, input_policy, phases, progress, schema, storage, versions
 from gridtsne.flagfiles import expand_flags_files
 from gridtsne.labels import LabelsCsv, labels_csv
 from gridtsne.layout import LayoutConfig
@@ -30,13 +30,15 @@ from pipelines import embed as embed_stage
 from pipelines import layout as layout_stage
 from pipelines import render as render_stage
 from pipelines import watch
-from pipelines.beam_runner import new_pipeline
+from pipelines.beam_runner import is_direct, new_pipeline
 from pipelines.options import (StorageOptions, add_flag, refuse_empty_values, stage_help,
                                wants_help)
 from transforms import embed_counters as C
 from transforms.embed import EmbedImages
+from transforms.evaluation import StartEvaluationFn, finish_evaluation
 from transforms.layout import LayOutVectors, LayoutJob
 from transforms.listing import ListFiles
+from transforms.phase_marks import MarkTimes
 from transforms.progress_metrics import counter
 from transforms.reindex import CARRIED, FATES, TO_EMBED, ClassifyFiles, CountFates, ReadPreviousRows
 from transforms.render import RenderConfig, RenderMosaic
@@ -85,6 +87,10 @@ class RunJob:
     full: bool = False
     keep_versions: int = 3
     quality_items: int = 5000
+    # Epoch seconds the launching process started (the launch phase), when known.
+    launched_at: float = None
+    # The stages run in the launching process (DirectRunner): evaluate beside the render.
+    in_process: bool = False
 
     @property
     def storage_options(self):
@@ -126,6 +132,14 @@ def check_inputs(argv):
         raise ValueError("gridtsne run needs --output URL, the map's root")
 
 
+def version_of(options, version=None):
+    """The id of the version this run writes: ``version``, ``--version_id`` or a new one."""
+    version = version or options.view_as(RunOptions).version_id or versions.new_version_id()
+    if not VERSION_ID.fullmatch(version):
+        raise ValueError(f"--version_id must match [0-9A-Za-z_-]{{1,64}}, got {version!r}")
+    return version
+
+
 def job_from_options(options, labels=None, version=None):
     """Validate every flag into a :class:`RunJob` before any worker starts."""
     o = options.view_as(RunOptions)
@@ -133,9 +147,7 @@ def job_from_options(options, labels=None, version=None):
         raise ValueError(f"--keep_versions must be at least 1, got {o.keep_versions!r}")
     if not 0 <= o.refit_fraction <= 1:
         raise ValueError(f"--refit_fraction must be in [0, 1], got {o.refit_fraction!r}")
-    version = version or o.version_id or versions.new_version_id()
-    if not VERSION_ID.fullmatch(version):
-        raise ValueError(f"--version_id must match [0-9A-Za-z_-]{{1,64}}, got {version!r}")
+    version = version_of(options, version)
     base = embed_stage.config_from_options(options)
     output = base.output
     embed = dataclasses.replace(base, output=versions.version_url(output, version),
@@ -151,7 +163,8 @@ def job_from_options(options, labels=None, version=None):
         options, labels, default_title=collection_title(base.inputs + base.manifests))
     return RunJob(output=output, version=version, embed=embed, layout=layout, render=render,
                   labels=labels, stable=o.stable, refit_fraction=o.refit_fraction, full=o.full,
-                  keep_versions=o.keep_versions, quality_items=o.quality_items)
+                  keep_versions=o.keep_versions, quality_items=o.quality_items,
+                  in_process=is_direct(options))
 
 
 def _evaluate(layout_summary, job):
@@ -173,19 +186,23 @@ def _root_page(version):
             f'<a href="{target}">the current map</a>').encode()
 
 
-def commit_version(_, job, render_summary, layout_summary, quality, fates, failed,
-                   errors_written=()):
+def commit_version(_, job, render_summary, layout_summary, evaluation, fates, failed,
+                   errors_written=(), marks=None):
     """Check the new version, write its summary, then move ``latest.json`` to it.
 
     Runs only once ``errors/`` is written (``errors_written``, its files, is a side input).
     Raises (and so leaves the pointer where it was) when the vectors table does not hold
     exactly the new, changed and unchanged images, or ``errors/`` not exactly the failures: a
-    version that lost rows is never published. The pointer moves and the version gets its
-    commit record in :func:`gridtsne.versions.publish`; then old and abandoned versions are
-    pruned.
+    version that lost rows is never published. ``evaluation`` is
+    :func:`transforms.evaluation.timed`'s result; ``marks`` (``{mark: (first, last)}``) and
+    the steps' own timings become the summary's phase ``timings`` (:mod:`gridtsne.phases`).
+    The pointer moves and the version gets its commit record in
+    :func:`gridtsne.versions.publish`; then old and abandoned versions are pruned.
     """
     faults.point("rendered")
+    publish_start = phases.now()
     counter("gridtsne.run", "publishing_started").inc()
+    quality = (evaluation or {}).get("quality", evaluation)
     rows = layout_summary["input_images"]
     expected = fates["new"] + fates["changed"] + fates["unchanged"]
     if rows != expected:
@@ -211,6 +228,9 @@ def commit_version(_, job, render_summary, layout_summary, quality, fates, faile
         "placeholders": render_summary.get("placeholders"),
         "site": f"{versions.VERSIONS_DIR}/{job.version}/{SITE_DIR}/index.html",
     }
+    spans = phases.job_spans(marks or {}, layout_summary, (evaluation or {}).get("span"),
+                             (publish_start, phases.now()), job.launched_at)
+    summary["timings"].update(phases.breakdown(spans))
     storage.write_bytes(storage.url_join(job.version_url, SUMMARY_FILE),
                         json.dumps(summary, indent=2, sort_keys=True, default=str).encode(), opts)
     faults.point("publishing")
@@ -223,8 +243,8 @@ def commit_version(_, job, render_summary, layout_summary, quality, fates, faile
 def build_pipeline(p, job):
     """Wire the whole job into ``p``; returns the PCollection of the committed summary."""
     emb, opts = job.embed, job.storage_options
-    files, list_errors = p | "ListFiles" >> ListFiles(emb.inputs, emb.manifests, opts,
-                                                      emb.embed.input_policy)
+    lister = ListFiles(emb.inputs, emb.manifests, opts, emb.embed.input_policy)
+    files, list_errors = p | "ListFiles" >> lister
     previous = p | "ReadPreviousVersion" >> ReadPreviousRows(job.output, emb.metadata, job.full,
                                                              opts)
     classified = files | "ClassifyFiles" >> ClassifyFiles(previous)
@@ -241,19 +261,52 @@ def build_pipeline(p, job):
                            stable_from=job.output if job.stable else None,
                            refit_fraction=job.refit_fraction, storage_options=opts)
     laid_out = written | "LayOutVectors" >> LayOutVectors(layout_job)
-    quality = laid_out | "EvaluateLayout" >> beam.Map(_evaluate, job)
-    rendered = laid_out | "RenderMosaic" >> RenderMosaic(job.vectors_url, job.layout_url,
-                                                        job.site_url, job.render)
+    # The evaluation starts as soon as the layout exists and runs beside the render.
+    evaluating = laid_out | "StartEvaluation" >> beam.ParDo(
+        StartEvaluationFn(_evaluation_of(job), job.version, job.in_process))
+    rendered = evaluating | "RenderMosaic" >> RenderMosaic(job.vectors_url, job.layout_url,
+                                                           job.site_url, job.render)
+    quality = evaluating | "EvaluateLayout" >> beam.Map(
+        finish_evaluation, _evaluation_of(job), job.version, after=AsSingleton(rendered))
+    marks = phase_marks(p, listing=lister.started, files=files, embedded=new_rows,
+                        written=written, rendered=rendered)
     return (p
             | "StartCommit" >> beam.Create([None])
             | "CommitVersion" >> beam.Map(
                 commit_version, job, AsSingleton(rendered), AsSingleton(laid_out),
                 AsSingleton(quality), AsSingleton(fates), AsSingleton(failed),
-                AsList(errors_written)))
+                AsList(errors_written), marks=AsSingleton(marks)))
+
+
+def _evaluation_of(job):
+    return lambda layout_summary: _evaluate(layout_summary, job)
+
+
+def phase_marks(p, listing, files, embedded, written, rendered):
+    """One ``{mark: (first, last)}`` dict: when the job started (the first listing call, or
+    any earlier stage) and when the listed files, embedded rows, written vector parts and the
+    render's summary passed (see :func:`gridtsne.phases.job_spans`)."""
+    start = p | "StartJob" >> beam.Create([None])
+    marks = {phases.JOB_START: (start, listing) | "FlattenStarts" >> beam.Flatten(),
+             phases.LISTED: files, phases.EMBEDDED: embedded,
+             phases.VECTORS_WRITTEN: written, phases.RENDERED: rendered}
+    return marks | "MarkTimes" >> MarkTimes()
 
 
 def _fmt(value, spec=".3f"):
     return "n/a" if value is None else format(value, spec)
+
+
+def _time_line(timings):
+    """``  time: ...`` with the longest phases and the idle share, or "" without timings."""
+    phases_ = timings.get("phases") or {}
+    wall = timings.get("wall_s")
+    if not phases_ or not wall:
+        return ""
+    top = sorted(phases_.items(), key=lambda kv: -kv[1]["seconds"])[:4]
+    parts = ", ".join(f"{name} {p['seconds']:.1f} s" for name, p in top)
+    return (f"  time: {wall:.1f} s from launch to publish ({parts}; "
+            f"{timings.get('outside_phases_s', 0) / wall:.0%} outside the named phases)\n")
 
 
 def report(output, version, counters=None, storage_options=None):
@@ -291,6 +344,7 @@ def report(output, version, counters=None, storage_options=None):
           f"assignment, positions: {mode}\n"
           f"  quality: DPQ16 {_fmt(q.get('dpq'))} (on {q.get('dpq_items')} images), "
           f"neighbour label agreement {_fmt(q.get('label_agreement'))}{unscored}\n"
+          f"{_time_line(s.get('timings') or {})}"
           f"  page: {page}")
     return s
 
@@ -307,14 +361,21 @@ def run(argv=None):
     check_inputs(argv)
     labels, argv = render_stage.split_labels(argv)
     options = PipelineOptions(argv)
-    job = job_from_options(options, labels)
-    if not options.view_as(TestOptions).dry_run:
-        # Before anything is written: re-using an id would overwrite that version in place.
-        versions.check_unused(job.output, job.version, job.storage_options)
-    p = new_pipeline(options)
-    build_pipeline(p, job)
-    with watch.watching(options, job.version, versions.progress_url(job.output, job.version),
-                        storage_options=job.storage_options) as w:
+    version = version_of(options)
+    dry_run = options.view_as(TestOptions).dry_run
+    # Progress shows from here: checking the model and building the graph take seconds.
+    with watch.watching(options, version, phase="launch") as w:
+        progress.phase("launch", "checking the model and building the job")
+        job = dataclasses.replace(job_from_options(options, labels, version),
+                                  launched_at=phases.process_started_at())
+        if not dry_run:
+            # Before anything is written: re-using an id would overwrite that version in place.
+            versions.check_unused(job.output, job.version, job.storage_options)
+        # Only a valid job writes anything under --output.
+        w.write_document_to(versions.progress_url(job.output, job.version), job.storage_options)
+        p = new_pipeline(options)
+        build_pipeline(p, job)
+        progress.phase("listing")
         result = w.run(p)
         if options.view_as(TestOptions).dry_run:
             print(f"dry run: the job graph for version {job.version} was built and validated; "

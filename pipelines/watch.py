@@ -80,8 +80,14 @@ def document_writer(url, storage_options=None):
 class Watch:
     """A running job's reporter and how the launcher waits for the job (see the module)."""
 
-    def __init__(self, reporter):
+    def __init__(self, reporter, dry_run=False):
         self.reporter = reporter
+        self.dry_run = dry_run
+
+    def write_document_to(self, url, storage_options=None):
+        """Write the progress document to ``url`` from now on (not in a dry run)."""
+        if not self.dry_run:
+            self.reporter.write_document_to(document_writer(url, storage_options))
 
     def run(self, p):
         """``p.run()`` and wait for the end, reading the job's metrics meanwhile.
@@ -131,4 +137,4 @@ def watching(options, version=None, document_url=None, stream=None, phase="listi
     # they print above the bar instead of through it.
     redirect = logging_redirect_tqdm() if mode == "bars" else contextlib.nullcontext()
     with redirect, progress.reporting(reporter):
-        yield Watch(reporter)
+        yield Watch(reporter, dry_run)

@@ -7,7 +7,8 @@ import fsspec
 import pytest
 
 from gridtsne.ingest import read_and_decode
-from gridtsne.listing import expand_pattern, read_manifest, to_epoch_us
+from gridtsne.listing import (FileInfo, NoMatch, expand_pattern, parse_manifest, read_manifest,
+                              resolve_entries, to_epoch_us, walk_local)
 from tests import image_corpus as corpus
 
 
@@ -30,7 +31,8 @@ def test_directory_is_searched_recursively_and_hidden_files_are_skipped(tree):
     hidden = []
     infos = list(expand_pattern(str(tree), on_hidden=hidden.append))
     assert _names(infos, tree) == ["a.jpg", "sub/b.jpg", "sub/deep/c.JPG", "sub/notes.txt"]
-    assert len(hidden) == 2
+    # .hidden.jpg, and the folder sub/.cache once: a hidden folder is not searched.
+    assert sorted(os.path.relpath(h, tree) for h in hidden) == [".hidden.jpg", "sub/.cache"]
     info = next(i for i in infos if i.uri.endswith("a.jpg"))
     assert info.size == os.path.getsize(tree / "a.jpg") and not info.explicit
     assert abs(info.mtime_us / 1e6 - os.path.getmtime(tree / "a.jpg")) < 1e-3
@@ -87,6 +89,82 @@ def test_manifest_entries_resolve_relative_to_the_manifest(tree):
     manifest.write_text(f"# photos\na.jpg\n\n{tree}/sub/b.jpg\nsub/deep/*.JPG\n")
     entries = list(read_manifest(str(manifest)))
     assert entries == [f"{tree}/a.jpg", f"{tree}/sub/b.jpg", f"{tree}/sub/deep/*.JPG"]
+
+
+def test_walk_follows_file_links_keeps_dangling_ones_and_never_loops(tree):
+    os.symlink(tree / "a.jpg", tree / "sub" / "link.jpg")
+    os.symlink(tree / "gone.jpg", tree / "dangling.jpg")
+    os.symlink(tree, tree / "sub" / "loop")  # a folder link back to the root: not followed
+    infos = {os.path.relpath(i.uri, tree): i for i in walk_local(str(tree))}
+    assert sorted(infos) == ["a.jpg", "dangling.jpg", "sub/b.jpg", "sub/deep/c.JPG",
+                             "sub/link.jpg", "sub/notes.txt"]
+    assert infos["sub/link.jpg"].size == os.path.getsize(tree / "a.jpg")
+    # Kept, so that reading it fails into errors/ instead of the file vanishing.
+    assert infos["dangling.jpg"].size is None
+    # The same records as fsspec's own listing gives for the plain files.
+    fs = fsspec.filesystem("file")
+    for rel in ("a.jpg", "sub/deep/c.JPG"):
+        details = fs.info(str(tree / rel))
+        assert infos[rel].size == details["size"]
+        assert infos[rel].mtime_us == to_epoch_us(details["mtime"])
+
+
+def test_parse_manifest_is_pure():
+    assert list(parse_manifest(["# c\n", " a.jpg \n", "\n", "/x/b.jpg\n", "s3://b/c.jpg"],
+                               "/base")) == ["/base/a.jpg", "/x/b.jpg", "s3://b/c.jpg"]
+
+
+def test_resolve_entries_reports_each_bad_entry_and_goes_on(tree):
+    entries = [f"{tree}/a.jpg", f"{tree}/missing.jpg", f"{tree}/sub/deep", f"{tree}/*.png",
+               f"file://{tree}/sub/b.jpg", f"{tree}/sub/notes.txt"]
+    out = list(resolve_entries(entries))
+    found = [(e, f.uri) for e, f in out if isinstance(f, FileInfo)]
+    failed = {e: type(f) for e, f in out if not isinstance(f, FileInfo)}
+    assert found == [(f"{tree}/a.jpg", f"{tree}/a.jpg"),
+                     (f"{tree}/sub/deep", f"{tree}/sub/deep/c.JPG"),
+                     (f"file://{tree}/sub/b.jpg", f"file://{tree}/sub/b.jpg"),
+                     (f"{tree}/sub/notes.txt", f"{tree}/sub/notes.txt")]
+    assert failed == {f"{tree}/missing.jpg": FileNotFoundError, f"{tree}/*.png": NoMatch}
+    named = {f.uri: f.explicit for _, f in out if isinstance(f, FileInfo)}
+    assert named[f"{tree}/a.jpg"] and not named[f"{tree}/sub/deep/c.JPG"]
+
+
+def test_s3_manifest_lines_are_one_paged_listing_not_a_request_each(s3_bucket, tmp_path,
+                                                                     monkeypatch):
+    """Counted by moto's own request recorder on the real loopback S3 server."""
+    import requests
+    import s3fs
+    from moto.moto_api import recorder
+
+    from gridtsne import listing
+
+    fs = s3fs.S3FileSystem()
+    data = corpus.jpeg_bytes(corpus.photo("coffee"))
+    names = [f"{s3_bucket}/photos/{i:03d}.jpg" for i in range(40)]
+    for name in names:
+        fs.pipe(name, data)
+    fs.pipe(f"{s3_bucket}/few/one.jpg", data)
+    entries = [f"s3://{n}" for n in names] + [f"s3://{s3_bucket}/photos/nope.jpg",
+                                             f"s3://{s3_bucket}/few/one.jpg"]
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    monkeypatch.setattr(recorder, "_location", str(tmp_path / "requests.jsonl"))
+    requests.post(f"{endpoint}/moto-api/recorder/reset-recording")
+    requests.post(f"{endpoint}/moto-api/recorder/start-recording")
+    try:
+        fs.invalidate_cache()
+        out = list(resolve_entries(entries))
+    finally:
+        requests.post(f"{endpoint}/moto-api/recorder/stop-recording")
+    recorded = (tmp_path / "requests.jsonl").read_text().splitlines()
+    infos = {e: f for e, f in out}
+    assert all(infos[e].size == len(data) and infos[e].etag and infos[e].explicit
+               for e in entries if "nope" not in e)
+    assert infos[entries[0]].uri == entries[0]
+    assert isinstance(infos[f"s3://{s3_bucket}/photos/nope.jpg"], FileNotFoundError)
+    # One listing of photos/ (40 lines >= LIST_FOLDER_MIN), and a request or two each for the
+    # missing line and the lone line in few/: far fewer than one per line.
+    assert len(entries) >= listing.LIST_FOLDER_MIN * 2
+    assert len(recorded) <= 8, recorded
 
 
 def test_mtime_conversions():

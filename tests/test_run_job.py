@@ -89,6 +89,19 @@ def test_end_to_end_local_with_bad_files(tmp_path, digits):
     pointer = json.loads((out / "latest.json").read_text())
     assert pointer["version"] == summary["version"]
     assert summary["site"] in (out / "index.html").read_text()
+    # The summary's timings: every named phase of the job, on one timeline with its gaps.
+    t = summary["timings"]
+    assert {"launch", "listing", "embedding", "writing vectors", "reading vectors",
+            "neighbours/affinities", "t-SNE", "assignment", "refinement", "writing layout",
+            "evaluation", "render", "publish"} <= set(t["phases"]), t["phases"]
+    starts = [t["phases"][k]["start_s"] for k in ("launch", "listing", "embedding",
+                                                 "reading vectors", "t-SNE", "render", "publish")]
+    assert starts == sorted(starts) and starts[0] == 0
+    assert 0 <= t["outside_phases_s"] <= t["wall_s"]
+    assert t["wall_s"] >= sum(t["phases"][k]["seconds"] for k in ("embedding", "t-SNE", "render"))
+    # The evaluation ran beside the render (in this process): it began before the render ended.
+    ev, render = t["phases"]["evaluation"], t["phases"]["render"]
+    assert ev["start_s"] < render["start_s"] + render["seconds"]
 
 
 def test_reindex_embeds_only_what_changed(tmp_path, digits):
