@@ -3,9 +3,12 @@
     python benchmarks/job_phases.py                                 # 4,096 CIFAR-10 photos
     python benchmarks/job_phases.py --set clothing-small --photos 1000
     python benchmarks/job_phases.py --photos 20480 --tsne_repeat 3 -- --device cuda
+    python benchmarks/job_phases.py --folder /tmp/corpus --photos 20480 -- --device cuda
 
 Runs ``gridtsne run`` as a user does (a fresh process, DirectRunner, default flags plus what
-follows ``--``) on a seeded sample of real photos from ``../shared/data`` and prints:
+follows ``--``) on a seeded sample of real photos from ``../shared/data`` (or of the JPEGs of
+any ``--folder``, such as the corpus ``benchmarks/embed_gpu.py --keep`` makes on a machine
+without ``../shared``) and prints:
 
 * the run's own phase table (its summary's ``timings``: launch, listing, embedding, writing
   vectors, reading vectors, neighbours/affinities, t-SNE, assignment, refinement, writing
@@ -37,8 +40,11 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 def photo_sample(folder, n, seed=0):
-    with open(folder / "labels.csv", newline="") as fh:
-        paths = sorted(r["path"] for r in csv.DictReader(fh))
+    if (folder / "labels.csv").exists():
+        with open(folder / "labels.csv", newline="") as fh:
+            paths = sorted(r["path"] for r in csv.DictReader(fh))
+    else:  # any folder of JPEGs
+        paths = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.jp*g"))
     if n and n < len(paths):
         paths = [paths[i] for i in sorted(np.random.default_rng(seed).choice(len(paths), n,
                                                                            replace=False))]
@@ -91,11 +97,13 @@ def main(argv=None):
     parser.add_argument("--photos", type=int, default=4096)
     parser.add_argument("--tsne_repeat", type=int, default=3,
                         help="runs of t-SNE alone on the job's vectors (0: none)")
+    parser.add_argument("--folder", type=Path, default=None,
+                        help="a folder of JPEGs to sample instead of --set")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args(argv)
-    folder = DATA / args.set
-    if not (folder / "labels.csv").exists():
-        sys.exit(f"no data at {folder} (needs ../shared/data beside the checkout)")
+    folder = args.folder or DATA / args.set
+    if args.folder is None and not (folder / "labels.csv").exists():
+        sys.exit(f"no data at {folder} (needs ../shared/data beside the checkout, or --folder)")
     from gridtsne import phases, storage, versions
 
     work = args.work or Path(tempfile.mkdtemp(prefix="gridtsne-phases-"))
@@ -104,7 +112,8 @@ def main(argv=None):
     manifest = work / "manifest.txt"
     manifest.write_text("".join(p + "\n" for p in paths))
     out = work / "map"
-    print(f"{len(paths):,} photos of {args.set}; gridtsne run {' '.join(extra)}; scratch {work}",
+    print(f"{len(paths):,} photos of {args.folder or args.set}; gridtsne run {' '.join(extra)}; "
+          f"scratch {work}",
           flush=True)
     wall, first_line, stdout = run_job(manifest, out, extra)
     version = versions.current_version_url(str(out))

@@ -430,6 +430,8 @@ class BatchEmbedFn(beam.DoFn):
             if not (self._share_tag and is_lost_connection(exc)):
                 raise
             log.warning("the shared model's process is gone (%r); acquiring it again", exc)
+            # The cached handle still points at the dead process's server: start afresh.
+            _SHARED.pop(self._share_tag, None)
             self._embedder = acquire_embedder(self._embedder_config, self._share_tag)
             return embed_fetched(self._embedder, fetched)
 
