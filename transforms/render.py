@@ -9,19 +9,21 @@ Work items and what each holds:
 * a block of ``tsne.jpg``, a cell-index block, a search-index prefix: only their own rows.
 
 So no worker ever holds the full mosaic. Every file goes through :mod:`gridtsne.storage`.
-The pixels and file formats are in the Beam-free modules :mod:`gridtsne.tiles`,
-:mod:`gridtsne.overview`, :mod:`gridtsne.site` and :mod:`gridtsne.projector`.
+Tiles are drawn by :mod:`gridtsne.tile_workers`, on ``RenderConfig.render_workers`` processes
+per Beam worker process. The pixels and file formats are in the Beam-free modules
+:mod:`gridtsne.tiles`, :mod:`gridtsne.overview`, :mod:`gridtsne.site` and
+:mod:`gridtsne.projector`.
 """
 import dataclasses
 import json
 import logging
-import time
 import typing
 
 import apache_beam as beam
 from apache_beam import typehints
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, TaggedOutput
+from apache_beam.transforms.window import GlobalWindows
 from PIL import Image
 
 from gridtsne import __version__, storage
@@ -35,8 +37,9 @@ from gridtsne.site import (CELL_BLOCK, DEFAULT_OSD_URL, SEARCH_DIRECTORY, SUMMAR
                            cell_block, cell_shard, is_url, read_labels, read_osd_files,
                            search_chunks, search_directory, search_prefix, write_osd_files,
                            write_page)
-from gridtsne.tiles import (DZI_NAME, MosaicGeometry, assemble_parent, decode_image,
-                            encode_tile, half_of_encoded, render_top_tile)
+from gridtsne.tile_workers import (TileJob, TileQueue, acquire_pool, check_workers,
+                                   draw_top_tile, process_local, reduce_tile, release_pool)
+from gridtsne.tiles import DZI_NAME, MosaicGeometry, decode_image
 from transforms import progress_metrics
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,11 @@ class RenderConfig:
     also export a TensorBoard Projector folder to ``<output>/projector``; max_levels: reduction
     stages to build (default: exactly the pyramid's when the layout exists before the pipeline
     runs, else ``DEFAULT_MAX_LEVELS``); storage_options: per-protocol fsspec options for every
-    file read and written (see :func:`gridtsne.storage.filesystem`).
+    file read and written (see :func:`gridtsne.storage.filesystem`); render_workers: processes
+    that draw, encode and write tiles in each Beam worker process (1: the runner's own thread,
+    one tile at a time, as on Dataflow and Flink, where the runner spreads tiles over workers;
+    ``pipelines.render`` defaults to every core on the DirectRunner, see
+    :func:`pipelines.render.default_render_workers`).
     """
 
     cell: int = 128
@@ -80,6 +87,7 @@ class RenderConfig:
     max_levels: typing.Optional[int] = None
     osd_files: typing.Optional[tuple] = None
     storage_options: typing.Optional[dict] = None
+    render_workers: int = 1
 
     def __post_init__(self):
         # Local files are read here, on the launcher: workers cannot see its disk.
@@ -95,6 +103,7 @@ class RenderConfig:
             raise ValueError(f"max_levels must be an integer in 1..40, got {self.max_levels!r}")
         if not self.osd_url:
             raise ValueError(f"osd_url must not be empty, got {self.osd_url!r}")
+        check_workers(self.render_workers)
 
 
 def _timer(name):
@@ -102,7 +111,15 @@ def _timer(name):
 
 
 class _TileFn(beam.DoFn):
-    """Base of the tile DoFns: their main output is ``(parent tile key, child offset)``."""
+    """Base of the tile DoFns: their main output is ``(parent tile key, child offset)``.
+
+    The tiles' work runs in :class:`gridtsne.tile_workers.TileQueue`: inline with
+    ``config.render_workers == 1`` (one tile at a time, in the runner's thread), otherwise
+    on a pool of that many processes shared by every tile DoFn in this worker process; tiles
+    finished by the end of a bundle are emitted from ``finish_bundle``.
+    """
+
+    work = None  # the per-tile function of gridtsne.tile_workers
 
     def __init__(self, output, config):
         self.output = output
@@ -112,49 +129,85 @@ class _TileFn(beam.DoFn):
         # Inference sees the TaggedOutputs too; the main output is always a key-value pair.
         return typehints.Tuple[typehints.Any, typehints.Any]
 
+    def setup(self):
+        self.pool = acquire_pool(self.config.render_workers)
+        self.tiles = progress_metrics.counter(NAMESPACE, self.counter_name)
+        self.queue = None
+
+    def start_bundle(self):
+        self.queue = None  # a bundle that failed half-way leaves nothing behind for a retry
+
+    def teardown(self):
+        release_pool(self.pool)
+        self.pool = None
+
+    def _queue(self, plan):
+        if self.queue is None:
+            # With a pool, workers write their own tiles unless the output lives only in this
+            # process's memory; inline, this thread writes as before.
+            job = TileJob(plan.geometry, plan.tsne, self.output, self.config.quality,
+                          self.config.storage_options,
+                          write=self.pool is None or not process_local(self.output))
+            self.queue = TileQueue(self.work, job, self.pool, self.config.render_workers)
+        return self.queue
+
+    def finish_bundle(self):
+        if self.queue is None:
+            return
+        queue, self.queue = self.queue, None
+        for out in self._emit_all(queue.drain(), queue.job):
+            if isinstance(out, TaggedOutput):
+                yield TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+            else:
+                yield GlobalWindows.windowed_value(out)
+
+    def _emit_all(self, done, job):
+        for tile in done:
+            if tile.data is not None:
+                storage.write_bytes(job.tile_url(tile.level, tile.tx, tile.ty), tile.data,
+                                    self.config.storage_options)
+            self.tiles.inc()
+            yield TaggedOutput(WRITTEN, tile.level)
+            yield from self._emit(tile)
+            if tile.parent is not None:
+                yield tile.parent
+
+    def _emit(self, tile):
+        """The tile's own outputs besides ``written`` and its parent."""
+        return ()
+
 
 class RenderTopTileFn(_TileFn):
     """Draw and write one full-resolution tile; hand its half to the parent level.
 
     Input: ``((tx, ty), {"cells": [(uri, row, col, thumbnail, x, y)], "tile": [...]})``.
     Outputs: main ``((level, ptx, pty), (dx, dy))``; ``written``: the level;
-    ``missing``: URIs drawn as placeholders; ``tsne``: ``(block, point)`` for ``tsne.jpg``.
+    ``missing``: URIs drawn as placeholders; ``tsne``: ``(block, [point, ...])``, the points
+    of this tile's cells for one block of ``tsne.jpg``.
     """
 
+    work = staticmethod(draw_top_tile)
+    counter_name = "top_tiles_written"
+
     def setup(self):
+        super().setup()
         self.cells = Metrics.counter(NAMESPACE, "cells_drawn")
         self.placeholders = Metrics.counter(NAMESPACE, "placeholders")
-        self.tiles = progress_metrics.counter(NAMESPACE, "top_tiles_written")
         self.ms = _timer("top_tile_ms")
 
     def process(self, element, plan):
-        start = time.perf_counter()
         (tx, ty), groups = element
-        cells = list(groups["cells"])
-        g = plan.geometry
-        top = render_top_tile(g, tx, ty, [(c[0], c[1], c[2], c[3]) for c in cells])
-        storage.write_bytes(storage.url_join(self.output, g.tile_path(g.max_level, tx, ty)),
-                            encode_tile(top.image, g.fmt, self.config.quality),
-                            self.config.storage_options)
-        self.tiles.inc()
-        self.cells.inc(len(top.decoded))
-        self.placeholders.inc(len(top.missing))
-        yield TaggedOutput(WRITTEN, g.max_level)
-        for uri in top.missing:
+        queue = self._queue(plan)
+        yield from self._emit_all(queue.put(tx, ty, list(groups["cells"])), queue.job)
+
+    def _emit(self, tile):
+        self.cells.inc(tile.owned)
+        self.placeholders.inc(len(tile.missing))
+        self.ms.update(int(tile.ms))
+        for uri in tile.missing:
             yield TaggedOutput(MISSING, uri)
-        for uri, row, col, _, x, y in cells:
-            source = top.decoded.get((row, col))
-            if source is None:
-                continue  # not owned by this tile, or a placeholder: not drawn in tsne.jpg
-            small = plan.tsne.point_image(source)
-            px, py = plan.tsne.position(x, y)
-            point = ((row, col), px, py, small.width, small.height, small.tobytes())
-            for block in plan.tsne.blocks(px, py, small.width, small.height):
-                yield TaggedOutput(TSNE, (block, point))
-        if g.max_level > 0:
-            level, ptx, pty, dx, dy = g.parent(g.max_level, tx, ty)
-            yield (level, ptx, pty), (dx, dy)
-        self.ms.update(int((time.perf_counter() - start) * 1000))
+        for block, points in tile.points.items():
+            yield TaggedOutput(TSNE, (block, points))
 
 
 class ReduceTileFn(_TileFn):
@@ -165,8 +218,8 @@ class ReduceTileFn(_TileFn):
     does not grow with the collection. Each child is decoded once, by its parent.
     """
 
-    def setup(self):
-        self.tiles = progress_metrics.counter(NAMESPACE, "lower_tiles_written")
+    work = staticmethod(reduce_tile)
+    counter_name = "lower_tiles_written"
 
     def process(self, element, plan):
         (level, tx, ty), children = element
@@ -177,20 +230,14 @@ class ReduceTileFn(_TileFn):
             # A quarter drawn as background would go unnoticed: fail loudly instead.
             raise ValueError(f"tile {(level, tx, ty)!r} got children {got!r}, expected "
                              f"{sorted(expected)!r}: the runner lost or duplicated data")
-        halves = []
-        for dx, dy in got:
-            url = storage.url_join(self.output, g.tile_path(level + 1, 2 * tx + dx, 2 * ty + dy))
-            halves.append((dx, dy, half_of_encoded(
-                storage.read_bytes(url, self.config.storage_options))))
-        img = assemble_parent(g, level, tx, ty, halves)
-        storage.write_bytes(storage.url_join(self.output, g.tile_path(level, tx, ty)),
-                            encode_tile(img, g.fmt, self.config.quality),
-                            self.config.storage_options)
-        self.tiles.inc()
-        yield TaggedOutput(WRITTEN, level)
-        if level > 0:
-            plevel, ptx, pty, dx, dy = g.parent(level, tx, ty)
-            yield (plevel, ptx, pty), (dx, dy)
+        queue = self._queue(plan)
+        if queue.job.write:
+            halves = [(dx, dy, None) for dx, dy in got]
+        else:  # the workers cannot see this process's memory: hand them the children's bytes
+            halves = [(dx, dy, storage.read_bytes(
+                storage.url_join(self.output, g.tile_path(level + 1, 2 * tx + dx, 2 * ty + dy)),
+                self.config.storage_options)) for dx, dy in got]
+        yield from self._emit_all(queue.put(level, tx, ty, halves), queue.job)
 
 
 def join_cells(element):
@@ -230,10 +277,11 @@ def _key_by_tiles(cell, plan):
 
 
 def _paint_tsne_block(element, plan):
-    """``(bx, by, JPEG, points whose top-left pixel lies in this block)``."""
-    (bx, by), points = element
+    """``(bx, by, JPEG, points whose top-left pixel lies in this block)`` from the block's
+    points, grouped by the top-level tile that made them."""
+    (bx, by), groups = element
     decoded = [(order, px, py, Image.frombytes("RGB", (w, h), raw))
-               for order, px, py, w, h, raw in points]
+               for points in groups for order, px, py, w, h, raw in points]
     block = paint_block(plan.tsne, bx, by, decoded)
     x0, y0, x1, y1 = plan.tsne.block_box(bx, by)
     owned = sum(1 for _, px, py, _ in decoded if x0 <= px < x1 and y0 <= py < y1)
