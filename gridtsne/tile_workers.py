@@ -1,8 +1,11 @@
 """Tile work on every core: the per-tile jobs of the pyramid and the process pool that runs them.
 
 Each tile is independent: a top-level tile needs only the thumbnails of its cells, a tile of
-a lower level only its (up to four) children. :func:`draw_top_tile` and :func:`reduce_tile`
-do one tile's whole work (decode, draw, encode, write) and return what the pipeline passes on;
+a lower level only its (up to four) children, a piece of ``mosaic.jpg`` only one tile, a
+block of ``tsne.jpg`` only its points.
+:func:`draw_top_tile` and :func:`reduce_tile` do one tile's whole work (decode, draw,
+encode, write) and return what the pipeline passes on, :func:`mosaic_piece` and
+:func:`paint_tsne_block` one piece of an overview;
 :class:`TileQueue` runs them inline, or in batches on a shared pool of worker processes
 (:func:`acquire_pool`), so one Beam worker process can keep every core of its machine busy.
 
@@ -30,9 +33,11 @@ import typing
 import fsspec
 
 from gridtsne import storage
-from gridtsne.overview import TsneCanvas
-from gridtsne.tiles import (MosaicGeometry, assemble_parent, encode_tile, half_of_encoded,
-                            render_top_tile)
+from PIL import Image
+
+from gridtsne.overview import TsneCanvas, encode_jpeg, fit_piece, paint_block
+from gridtsne.tiles import (MosaicGeometry, assemble_parent, decode_image, encode_tile,
+                            half_of_encoded, render_top_tile)
 
 # Tiles per task sent to a worker process: enough to make the hand-over (pickling, a pipe
 # round trip) small next to the work, few enough that a stage of a hundred tiles still
@@ -160,6 +165,26 @@ def reduce_tile(job, level, tx, ty, children):
         data = None
     return TileDone(level, tx, ty, data, _parent(g, level, tx, ty),
                     ms=(time.perf_counter() - start) * 1000)
+
+
+def mosaic_piece(job, level, tx, ty, box, data=None):
+    """``(box, image)``: tile ``(tx, ty)`` of ``level`` scaled to its ``box`` of ``mosaic.jpg``
+    (:func:`gridtsne.overview.mosaic_pieces`); ``data`` None means read it from the output."""
+    if data is None:
+        data = storage.read_bytes(job.tile_url(level, tx, ty), job.storage_options)
+    return box, fit_piece(job.geometry, level, tx, ty, box, decode_image(data))
+
+
+def paint_tsne_block(job, bx, by, groups):
+    """``(bx, by, JPEG, points owned)``: block ``(bx, by)`` of ``tsne.jpg`` painted from its
+    points, ``groups`` of them as :func:`draw_top_tile` made them; a point is owned by the
+    block holding its top-left pixel."""
+    decoded = [(order, px, py, Image.frombytes("RGB", (w, h), raw))
+               for points in groups for order, px, py, w, h, raw in points]
+    block = paint_block(job.tsne, bx, by, decoded)
+    x0, y0, x1, y1 = job.tsne.block_box(bx, by)
+    owned = sum(1 for _, px, py, _ in decoded if x0 <= px < x1 and y0 <= py < y1)
+    return bx, by, encode_jpeg(block, quality=95), owned
 
 
 def run_batch(fn, job, items):
@@ -316,11 +341,11 @@ def _shutdown_pools():
 
 
 class TileQueue:
-    """Tiles in, :class:`TileDone` out: inline without a pool, in batches on one with a pool.
+    """Tiles in, ``fn(job, *tile)`` out: inline without a pool, in batches on one with a pool.
 
-    ``put`` and ``drain`` return the tiles finished so far (in no particular order with a
-    pool); every put tile comes out of exactly one of them, and an error in a tile's work is
-    raised from the call that would have returned it.
+    ``put`` and ``drain`` return the results finished so far (in no particular order with a
+    pool); every put tile's result comes out of exactly one of them, and an error in a tile's
+    work is raised from the call that would have returned it.
     """
 
     def __init__(self, fn, job, pool=None, workers=1):

@@ -24,11 +24,11 @@ from apache_beam import typehints
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 from apache_beam.transforms.window import GlobalWindows
-from PIL import Image
 
 from gridtsne import __version__, storage
 from gridtsne.overview import (DEFAULT_LONGEST, MOSAIC_OVERVIEW, TSNE_OVERVIEW, check_longest,
-                               compose_mosaic_overview, encode_jpeg, paint_block, stitch_blocks)
+                               compose_mosaic_overview, encode_jpeg, mosaic_pieces, paste_pieces,
+                               stitch_blocks)
 from gridtsne.projector import export_projector
 from gridtsne.render_inputs import (declared_levels, plan_render, read_layout_part,
                                     read_thumbnail_part, table_parts)
@@ -38,7 +38,8 @@ from gridtsne.site import (CELL_BLOCK, DEFAULT_OSD_URL, SEARCH_DIRECTORY, SUMMAR
                            search_chunks, search_directory, search_prefix, write_osd_files,
                            write_page)
 from gridtsne.tile_workers import (TileJob, TileQueue, acquire_pool, check_workers,
-                                   draw_top_tile, process_local, reduce_tile, release_pool)
+                                   draw_top_tile, mosaic_piece, paint_tsne_block,
+                                   process_local, reduce_tile, release_pool)
 from gridtsne.tiles import DZI_NAME, MosaicGeometry, decode_image
 from transforms import progress_metrics
 
@@ -110,28 +111,22 @@ def _timer(name):
     return Metrics.distribution(NAMESPACE, name)
 
 
-class _TileFn(beam.DoFn):
-    """Base of the tile DoFns: their main output is ``(parent tile key, child offset)``.
+class _PoolFn(beam.DoFn):
+    """Base of the DoFns whose work runs in :class:`gridtsne.tile_workers.TileQueue`.
 
-    The tiles' work runs in :class:`gridtsne.tile_workers.TileQueue`: inline with
-    ``config.render_workers == 1`` (one tile at a time, in the runner's thread), otherwise
-    on a pool of that many processes shared by every tile DoFn in this worker process; tiles
-    finished by the end of a bundle are emitted from ``finish_bundle``.
+    Inline with ``config.render_workers == 1`` (one item at a time, in the runner's thread),
+    otherwise on a pool of that many processes shared by every such DoFn in this worker
+    process; items still unfinished at the end of a bundle are emitted from ``finish_bundle``.
     """
 
-    work = None  # the per-tile function of gridtsne.tile_workers
+    work = None  # the per-item function of gridtsne.tile_workers
 
     def __init__(self, output, config):
         self.output = output
         self.config = config
 
-    def infer_output_type(self, input_type):
-        # Inference sees the TaggedOutputs too; the main output is always a key-value pair.
-        return typehints.Tuple[typehints.Any, typehints.Any]
-
     def setup(self):
         self.pool = acquire_pool(self.config.render_workers)
-        self.tiles = progress_metrics.counter(NAMESPACE, self.counter_name)
         self.queue = None
 
     def start_bundle(self):
@@ -155,13 +150,41 @@ class _TileFn(beam.DoFn):
         if self.queue is None:
             return
         queue, self.queue = self.queue, None
-        for out in self._emit_all(queue.drain(), queue.job):
+        for out in self._outputs(queue.drain(), queue.job):
             if isinstance(out, TaggedOutput):
                 yield TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
             else:
                 yield GlobalWindows.windowed_value(out)
 
-    def _emit_all(self, done, job):
+    def _outputs(self, done, job):
+        """The outputs of finished items: by default each result as it is."""
+        return done
+
+
+class PaintTsneBlockFn(_PoolFn):
+    """Paint one 512 px block of ``tsne.jpg`` from its points (grouped by the top-level tile
+    that made them): ``(bx, by, JPEG, points whose top-left pixel lies in this block)``."""
+
+    work = staticmethod(paint_tsne_block)
+
+    def process(self, element, plan):
+        (bx, by), groups = element
+        queue = self._queue(plan)
+        yield from self._outputs(queue.put(bx, by, list(groups)), queue.job)
+
+
+class _TileFn(_PoolFn):
+    """Base of the tile DoFns: their main output is ``(parent tile key, child offset)``."""
+
+    def infer_output_type(self, input_type):
+        # Inference sees the TaggedOutputs too; the main output is always a key-value pair.
+        return typehints.Tuple[typehints.Any, typehints.Any]
+
+    def setup(self):
+        super().setup()
+        self.tiles = progress_metrics.counter(NAMESPACE, self.counter_name)
+
+    def _outputs(self, done, job):
         for tile in done:
             if tile.data is not None:
                 storage.write_bytes(job.tile_url(tile.level, tile.tx, tile.ty), tile.data,
@@ -198,7 +221,7 @@ class RenderTopTileFn(_TileFn):
     def process(self, element, plan):
         (tx, ty), groups = element
         queue = self._queue(plan)
-        yield from self._emit_all(queue.put(tx, ty, list(groups["cells"])), queue.job)
+        yield from self._outputs(queue.put(tx, ty, list(groups["cells"])), queue.job)
 
     def _emit(self, tile):
         self.cells.inc(tile.owned)
@@ -237,7 +260,7 @@ class ReduceTileFn(_TileFn):
             halves = [(dx, dy, storage.read_bytes(
                 storage.url_join(self.output, g.tile_path(level + 1, 2 * tx + dx, 2 * ty + dy)),
                 self.config.storage_options)) for dx, dy in got]
-        yield from self._emit_all(queue.put(level, tx, ty, halves), queue.job)
+        yield from self._outputs(queue.put(level, tx, ty, halves), queue.job)
 
 
 def join_cells(element):
@@ -276,18 +299,6 @@ def _key_by_tiles(cell, plan):
         yield tile, (uri, row, col, thumb, x, y)
 
 
-def _paint_tsne_block(element, plan):
-    """``(bx, by, JPEG, points whose top-left pixel lies in this block)`` from the block's
-    points, grouped by the top-level tile that made them."""
-    (bx, by), groups = element
-    decoded = [(order, px, py, Image.frombytes("RGB", (w, h), raw))
-               for points in groups for order, px, py, w, h, raw in points]
-    block = paint_block(plan.tsne, bx, by, decoded)
-    x0, y0, x1, y1 = plan.tsne.block_box(bx, by)
-    owned = sum(1 for _, px, py, _ in decoded if x0 <= px < x1 and y0 <= py < y1)
-    return bx, by, encode_jpeg(block, quality=95), owned
-
-
 def _write_tsne(blocks, output, plan, storage_options=None):
     images = [(bx, by, decode_image(data)) for bx, by, data, _ in blocks]
     img = stitch_blocks(plan.tsne, images)
@@ -309,7 +320,24 @@ def _write_mosaic_overview(_, output, config, plan, tiles_written):
         url = storage.url_join(output, g.tile_path(level, tx, ty))
         return decode_image(storage.read_bytes(url, config.storage_options))
 
-    img = compose_mosaic_overview(g, read_tile, config.overview)
+    pool = acquire_pool(config.render_workers)
+    if pool is None:
+        img = compose_mosaic_overview(g, read_tile, config.overview)
+    else:  # each piece is a tile read, decoded and scaled: spread them over the pool
+        try:
+            write = not process_local(output)
+            queue = TileQueue(mosaic_piece, TileJob(g, plan.tsne, output, config.quality,
+                                                    config.storage_options, write),
+                              pool, config.render_workers)
+            level, size, pieces = mosaic_pieces(g, config.overview)
+            done = []
+            for tx, ty, box in pieces:
+                data = None if write else storage.read_bytes(
+                    storage.url_join(output, g.tile_path(level, tx, ty)), config.storage_options)
+                done += queue.put(level, tx, ty, box, data)
+            img = paste_pieces(size, done + queue.drain())
+        finally:
+            release_pool(pool)
     storage.write_bytes(storage.url_join(output, MOSAIC_OVERVIEW), encode_jpeg(img),
                         config.storage_options)
     return {"file": MOSAIC_OVERVIEW, "width": img.width, "height": img.height}
@@ -507,7 +535,7 @@ class RenderMosaic(beam.PTransform):
 
         tsne = (top[TSNE]
                 | "GroupTsnePoints" >> beam.GroupByKey()
-                | "PaintTsneBlocks" >> beam.Map(_paint_tsne_block, plan_si)
+                | "PaintTsneBlocks" >> beam.ParDo(PaintTsneBlockFn(out, cfg), plan_si)
                 | "CollectTsneBlocks" >> beam.combiners.ToList()
                 | "WriteTsneOverview" >> beam.Map(_write_tsne, out, plan_si, opts))
 
