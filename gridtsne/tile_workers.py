@@ -241,8 +241,12 @@ class TilePool:
                 proc.stdin.flush()
                 ok, value = pickle.load(proc.stdout)
             except (OSError, EOFError, pickle.UnpicklingError) as exc:
-                self.broken = (f"tile worker {proc.pid} exited (code {proc.poll()}) while "
-                               f"running a task: {exc!r}")
+                try:
+                    code = proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    code = None
+                self.broken = (f"tile worker {proc.pid} exited (code {code}) while running "
+                               f"a task: {exc!r}")
                 future.set_exception(RuntimeError(self.broken))
                 self._fail_queued()
                 break
