@@ -40,11 +40,13 @@ from gridtsne.tiles import (MosaicGeometry, assemble_parent, decode_image, encod
                             half_of_encoded, render_top_tile)
 
 # Tiles per task sent to a worker process: enough to make the hand-over (pickling, a pipe
-# round trip) small next to the work, few enough that a stage of a hundred tiles still
+# round trip) small next to the work, few enough that a stage of a few hundred tiles still
 # spreads over many workers.
-BATCH_TILES = 8
-# Tasks in flight per worker process: keeps every worker busy while the caller emits results,
-# and bounds how many finished tiles wait in memory.
+BATCH_TILES = 16
+# Tasks sent ahead to each worker process: one running, one waiting in its pipe.
+TASKS_AHEAD = 2
+# Tasks in flight per worker process (sent or queued): keeps every worker busy while the
+# caller emits results, and bounds how many finished tiles wait in memory.
 TASKS_PER_WORKER = 3
 
 
@@ -202,22 +204,30 @@ class TilePool:
     (a script without an ``if __name__ == "__main__"`` guard would render again in every
     worker; ``python -m pipelines.run`` would import Beam and torch there), and unlike fork it
     copies none of the caller's threads or GPU state. ``submit`` returns a
-    :class:`concurrent.futures.Future`; a worker that dies fails its task and the pool.
+    :class:`concurrent.futures.Future`; a worker that dies fails its tasks and the pool.
+
+    Each worker has a writer and a reader thread here and up to ``TASKS_AHEAD`` tasks sent:
+    the next task already waits in its pipe when one finishes, so a worker never idles while
+    the caller's busy thread holds the GIL.
     """
 
     def __init__(self, workers):
         self.workers = check_workers(workers)
         self.tasks = queue.SimpleQueue()
         self.broken = None
+        self.closing = False
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
         self.procs = [subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, env=env)
                       for _ in range(workers)]
-        self.threads = [threading.Thread(target=self._feed, args=(proc,), daemon=True,
-                                         name=f"tile-worker-{proc.pid}")
-                        for proc in self.procs]
+        self.threads = []
+        for proc in self.procs:
+            sent, slots = collections.deque(), threading.Semaphore(TASKS_AHEAD)
+            for target in (self._write, self._read):
+                self.threads.append(threading.Thread(target=target, args=(proc, sent, slots),
+                                                     daemon=True, name=f"tile-worker-{proc.pid}"))
         for thread in self.threads:
             thread.start()
 
@@ -228,36 +238,55 @@ class TilePool:
         self.tasks.put((future, fn, args))
         return future
 
-    def _feed(self, proc):
+    def _write(self, proc, sent, slots):
         while True:
+            slots.acquire()
             task = self.tasks.get()
             if task is None:
                 break
             future, fn, args = task
+            if self.broken:
+                future.set_exception(RuntimeError(f"the tile worker pool is broken: "
+                                                  f"{self.broken}"))
+                break
             if not future.set_running_or_notify_cancel():
+                slots.release()
                 continue
+            sent.append(future)
             try:
                 pickle.dump((fn, args), proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
                 proc.stdin.flush()
+            except OSError:
+                break  # the worker is gone: its reader fails what was sent
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+
+    def _read(self, proc, sent, slots):
+        while True:
+            try:
                 ok, value = pickle.load(proc.stdout)
             except (OSError, EOFError, pickle.UnpicklingError) as exc:
+                if not sent and self.closing:
+                    return  # shut down with nothing outstanding
                 try:
                     code = proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     code = None
                 self.broken = (f"tile worker {proc.pid} exited (code {code}) while running "
                                f"a task: {exc!r}")
-                future.set_exception(RuntimeError(self.broken))
+                while sent:
+                    sent.popleft().set_exception(RuntimeError(self.broken))
                 self._fail_queued()
-                break
+                slots.release()  # lets the writer see the pool is broken and stop
+                return
+            future = sent.popleft()
             if ok:
                 future.set_result(value)
             else:
                 future.set_exception(value)
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
+            slots.release()
 
     def _fail_queued(self):
         while True:
@@ -266,13 +295,15 @@ class TilePool:
             except queue.Empty:
                 return
             if task is None:
-                self.tasks.put(None)  # keep the shutdown sentinel for another feeder
+                self.tasks.put(None)  # keep the shutdown sentinel for a writer
                 return
             task[0].set_exception(RuntimeError(f"the tile worker pool is broken: "
                                                f"{self.broken}"))
 
     def shutdown(self):
-        for _ in self.threads:
+        """Let the workers finish what they were sent, then end them."""
+        self.closing = True
+        for _ in self.procs:
             self.tasks.put(None)
         for thread in self.threads:
             thread.join()
