@@ -137,7 +137,10 @@ def child_beam(args, mode="in_memory", direct_workers=1, render_workers=None):
     from transforms.render import NAMESPACE, RenderConfig, RenderMosaic
 
     render_workers = args.render_workers if render_workers is None else render_workers
+    import resource
+
     flags = ["--direct_num_workers", str(direct_workers), "--direct_running_mode", mode]
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     p = new_pipeline(PipelineOptions(flags))
     _ = p | RenderMosaic(args.vectors, args.layout, args.output,
@@ -146,7 +149,6 @@ def child_beam(args, mode="in_memory", direct_workers=1, render_workers=None):
     result = p.run()
     result.wait_until_finish()
     wall = time.perf_counter() - start
-    import resource
     from gridtsne import tile_workers
     pools = len(tile_workers._pools)  # released by the DoFns' teardown: 0
     cpu_self = resource.getrusage(resource.RUSAGE_SELF)
@@ -163,7 +165,8 @@ def child_beam(args, mode="in_memory", direct_workers=1, render_workers=None):
     top_level = str(summary["levels"] - 1)
     return {"wall_s": wall, "cells": summary["images"], "tiles": summary["tiles_total"],
             "top_tiles": summary["tiles"][top_level], "top_tile_ms_sum": top_ms,
-            "cpu_main_s": cpu_self.ru_utime + cpu_self.ru_stime,
+            "cpu_main_s": (cpu_self.ru_utime + cpu_self.ru_stime
+                           - cpu_before.ru_utime - cpu_before.ru_stime),
             "cpu_workers_s": cpu_kids.ru_utime + cpu_kids.ru_stime, "pools_left": pools}
 
 
@@ -405,7 +408,7 @@ def main(argv=None):
                        if r.get("top_level_cells_per_s") else "")
                 walls = "/".join(f"{x:.1f}" for x in r["walls"])
                 if "cpu_main_s" in r:
-                    top += (f"; CPU s: main process {r['cpu_main_s']:.1f}, tile processes "
+                    top += (f"; CPU s: Beam process {r['cpu_main_s']:.1f}, tile processes "
                             f"{r['cpu_workers_s']:.1f}")
                 print(f"  {LABELS[kind].format(w=w):<46} {r['wall_s']:6.1f} s ({walls})  "
                       f"{r['tiles']:>6} tiles {r['cells_per_s']:7,.0f} cells/s  "
