@@ -2,10 +2,9 @@
 
 Each tile is independent: a top-level tile needs only the thumbnails of its cells, a tile of
 a lower level only its (up to four) children, a piece of ``mosaic.jpg`` only one tile, a
-block of ``tsne.jpg`` only its points.
-:func:`draw_top_tile` and :func:`reduce_tile` do one tile's whole work (decode, draw,
-encode, write) and return what the pipeline passes on, :func:`mosaic_piece` and
-:func:`paint_tsne_block` one piece of an overview;
+block of ``tsne.jpg`` only its points. :func:`draw_top_tile` and :func:`reduce_tile` do one
+tile's whole work (decode, draw, encode, write) and return what the pipeline passes on,
+:func:`mosaic_piece` and :func:`paint_tsne_block` one piece of an overview;
 :class:`TileQueue` runs them inline, or in batches on a shared pool of worker processes
 (:func:`acquire_pool`), so one Beam worker process can keep every core of its machine busy.
 
@@ -31,10 +30,9 @@ import traceback
 import typing
 
 import fsspec
-
-from gridtsne import storage
 from PIL import Image
 
+from gridtsne import storage
 from gridtsne.overview import TsneCanvas, encode_jpeg, fit_piece, paint_block
 from gridtsne.tiles import (MosaicGeometry, assemble_parent, decode_image, encode_tile,
                             half_of_encoded, render_top_tile)
