@@ -1,26 +1,34 @@
-"""Render throughput and memory at 10,000 and 60,000 cells, three approaches side by side.
+"""Render throughput and memory: the Beam stage on 1, 2 ... cores, and the ways to split it.
 
-    python benchmarks/render_scale.py [--sizes 10000,60000] [--cell 128] [--tile 256]
-        [--workers 1] [--mode in_memory] [--no-naive]
+    python benchmarks/render_scale.py [--sizes 10000,60000] [--workers 1,2] [--repeat 1]
+        [--thumbnails clothing|cifar] [--kinds beam,core,threads,pool,runner,naive]
+        [--cell 128] [--tile 256]
 
-Inputs: CIFAR-10 photos from ``../shared/data/cifar10`` turned into thumbnails exactly as the
-embedding stage does (``gridtsne.decode.make_thumbnail``), cached once under
-``benchmarks/.cache/``; a row-major layout on the auto grid. Each measurement runs in a fresh
-process whose whole process tree is sampled for resident memory.
+Inputs: thumbnails made exactly as the embedding stage makes them
+(``gridtsne.decode.make_thumbnail``, 128 px, cached once under ``benchmarks/.cache/``) from
+``../shared/data``: ``clothing`` (default; 3,781 real 400x533 photos, so 96x128 px
+thumbnails, reused round-robin up to the size asked for) or ``cifar`` (60,000 photos of
+32x32 px: thumbnails that small decode 10x faster than real ones); a row-major layout on
+the auto grid. Each measurement runs in a fresh process whose whole process tree is sampled
+for resident memory; ``--repeat`` runs each that many times and reports the median.
 
-* ``beam``: the real stage, ``RenderMosaic`` on the DirectRunner (all levels, overviews,
-  indexes, page), ``--workers``/``--mode`` as ``--direct_num_workers``/``--direct_running_mode``
-  (default 1, ``in_memory``: on 2 cores ``multi_processing`` is barely faster and needs 3x the
-  memory; ``multi_threading`` dropped elements in some runs, which the stage's checks catch);
-* ``core``: the top level only, in one process: ``render_top_tile`` + encode + write per
-  tile, thumbnails preloaded; the per-worker speed of the top level;
-* ``core2``: the same split over two processes (its tiles are independent work items), i.e.
-  the top level's speed on both cores;
+* ``beam``: the real stage, ``RenderMosaic`` on the DirectRunner (``in_memory``: all levels,
+  overviews, indexes, page), once per ``--workers`` value as ``RenderConfig.render_workers``
+  (1: tiles drawn in the runner's thread, as before; N: a pool of N tile processes);
+* ``core``: the top level only, in one process: ``draw_top_tile`` (draw, encode, write) per
+  tile, thumbnails preloaded: the per-core speed of the top level;
+* ``threads``: the same top level on a thread pool of the largest ``--workers``;
+* ``pool``: the same top level on a :class:`gridtsne.tile_workers.TilePool` of that many
+  processes, in batches as the stage sends them;
+* ``runner``: the Beam stage with tiles drawn inline (``render_workers`` 1) but the
+  DirectRunner in ``multi_processing`` mode with that many workers: bundles the runner
+  spreads;
 * ``naive``: the top level by drawing the whole mosaic into one image and cutting tiles
   from it, which is what the tile-by-tile design avoids: its memory grows with the grid.
 
-Targets (2 cores): >= 2,000 cells/s at the top level with 128 px cells; peak memory of the
-Beam render < 1 GB at 60,000 cells, and about flat from 10,000 to 60,000.
+Targets: on 2 cores, the Beam stage's cells/s with ``--workers 2`` at least 1.7x that with 1
+(median of 3, a quiet machine); on a 16-core machine, at least 5,000 cells/s; peak memory of
+the Beam render about flat from 10,000 to 60,000 cells.
 """
 import argparse
 import json
@@ -35,14 +43,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-CACHE = HERE / ".cache" / "cifar10_thumbnails.parquet"
-CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
+DATA = ROOT.parent / "shared" / "data"
+SETS = {"clothing": "clothing-small", "cifar": "cifar10"}
 
 
 # ---- inputs ---------------------------------------------------------------------------------
 
-def build_cache():
-    """Thumbnails of all CIFAR-10 photos as the embedding stage makes them (read once)."""
+def cache_path(name):
+    return HERE / ".cache" / f"{SETS[name]}_thumbnails.parquet"
+
+
+def build_cache(name):
+    """Thumbnails of all photos of one set as the embedding stage makes them (read once)."""
     import io
 
     import pyarrow as pa
@@ -51,12 +63,14 @@ def build_cache():
 
     from gridtsne.decode import make_thumbnail
 
-    if CACHE.exists():
+    cache = cache_path(name)
+    if cache.exists():
         return
-    if not CIFAR.is_dir():
-        sys.exit(f"{CIFAR} is missing: the benchmark needs ../shared/data/cifar10")
-    files = sorted(CIFAR.glob("*/*/*.jpg"))
-    print(f"building {CACHE} from {len(files)} CIFAR-10 files (once)...", flush=True)
+    folder = DATA / SETS[name]
+    if not folder.is_dir():
+        sys.exit(f"{folder} is missing: the benchmark needs ../shared/data/{SETS[name]}")
+    files = sorted(folder.glob("*/*/*.jpg"))
+    print(f"building {cache} from {len(files)} files (once)...", flush=True)
     uris, thumbs, sizes = [], [], []
     for f in files:
         data = f.read_bytes()
@@ -64,12 +78,13 @@ def build_cache():
         uris.append(str(f))
         thumbs.append(make_thumbnail(rgb, 128, 85))
         sizes.append(len(data))
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"uri": uris, "thumbnail": thumbs, "bytes": sizes}), CACHE)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"uri": uris, "thumbnail": thumbs, "bytes": sizes}), cache)
 
 
-def write_inputs(n, folder):
-    """A vectors table of ``n`` cached thumbnails and a row-major layout on the auto grid."""
+def write_inputs(n, folder, name):
+    """A vectors table of ``n`` cached thumbnails (reused round-robin, each under its own
+    URI) and a row-major layout on the auto grid."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -77,10 +92,10 @@ def write_inputs(n, folder):
     from gridtsne import schema, storage
     from gridtsne.grid import auto_grid
 
-    cache = pq.read_table(CACHE)
-    if n > cache.num_rows:
-        sys.exit(f"only {cache.num_rows} thumbnails cached, asked for {n}")
-    t = cache.slice(0, n)
+    cache = pq.read_table(cache_path(name))
+    t = cache.take(pa.array(np.arange(n) % cache.num_rows))
+    t = t.set_column(0, "uri", pa.array([f"{u}#{i}" for i, u in enumerate(
+        t["uri"].to_pylist())]))
     dim = 16
     rng = np.random.default_rng(0)
     meta_schema = schema.vectors_schema(dim, {"model": "benchmark"})
@@ -112,23 +127,32 @@ def write_inputs(n, folder):
     return vectors_url, layout_url, (rows, cols)
 
 
-# ---- the three approaches (each run in a child process) --------------------------------------
+# ---- the approaches (each run in a child process) ------------------------------------------
 
-def child_beam(args):
+def child_beam(args, mode="in_memory", direct_workers=1, render_workers=None):
     from apache_beam.metrics.metric import MetricsFilter
 
-    import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
+    from pipelines.beam_runner import new_pipeline
     from transforms.render import NAMESPACE, RenderConfig, RenderMosaic
 
-    flags = ["--direct_num_workers", str(args.workers), "--direct_running_mode", args.mode]
+    render_workers = args.render_workers if render_workers is None else render_workers
+    import resource
+
+    flags = ["--direct_num_workers", str(direct_workers), "--direct_running_mode", mode]
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    p = beam.Pipeline(options=PipelineOptions(flags))
+    p = new_pipeline(PipelineOptions(flags))
     _ = p | RenderMosaic(args.vectors, args.layout, args.output,
-                         RenderConfig(cell=args.cell, tile=args.tile))
+                         RenderConfig(cell=args.cell, tile=args.tile,
+                                      render_workers=render_workers))
     result = p.run()
     result.wait_until_finish()
     wall = time.perf_counter() - start
+    from gridtsne import tile_workers
+    pools = len(tile_workers._pools)  # released by the DoFns' teardown: 0
+    cpu_self = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     summary = json.loads(Path(args.output, "site.json").read_text())
     top_ms = None
     try:
@@ -140,7 +164,15 @@ def child_beam(args):
         pass
     top_level = str(summary["levels"] - 1)
     return {"wall_s": wall, "cells": summary["images"], "tiles": summary["tiles_total"],
-            "top_tiles": summary["tiles"][top_level], "top_tile_ms_sum": top_ms}
+            "top_tiles": summary["tiles"][top_level], "top_tile_ms_sum": top_ms,
+            "cpu_main_s": (cpu_self.ru_utime + cpu_self.ru_stime
+                           - cpu_before.ru_utime - cpu_before.ru_stime),
+            "cpu_workers_s": cpu_kids.ru_utime + cpu_kids.ru_stime, "pools_left": pools}
+
+
+def child_runner(args):
+    """Tiles drawn inline, bundles spread by the DirectRunner over worker processes."""
+    return child_beam(args, "multi_processing", args.render_workers, render_workers=1)
 
 
 def _fitted_thumbnails(vectors):
@@ -157,47 +189,63 @@ def _fitted_thumbnails(vectors):
 
 def _cells(layout):
     import pyarrow.parquet as pq
-    t = pq.read_table(layout, columns=["uri", "row", "col"])
-    return list(zip(t["uri"].to_pylist(), t["row"].to_pylist(), t["col"].to_pylist()))
+    t = pq.read_table(layout, columns=["uri", "row", "col", "x", "y"])
+    return list(zip(*[t[c].to_pylist() for c in t.column_names]))
 
 
-def child_core(args):
-    from gridtsne import storage, tiles
+def _top_level(args, run):
+    """Time ``run(job, items)`` over every top-level tile, inputs loaded beforehand."""
     from gridtsne.render_inputs import plan_render
+    from gridtsne.tile_workers import TileJob
 
     plan = plan_render(args.layout, args.cell, args.tile)
     g = plan.geometry
+    job = TileJob(g, plan.tsne, args.output)
     thumbs = _fitted_thumbnails(args.vectors)
     by_tile = {}
-    for uri, row, col in _cells(args.layout):
+    for uri, row, col, x, y in _cells(args.layout):
         for key in g.tiles_of_cell(row, col):
-            by_tile.setdefault(key, []).append((uri, row, col, thumbs.get(uri)))
+            by_tile.setdefault(key, []).append((uri, row, col, thumbs.get(uri), x, y))
+    items = [(tx, ty, by_tile.get((tx, ty), [])) for tx, ty in g.tile_keys(g.max_level)]
     start = time.perf_counter()
-    n_tiles = 0
-    for i, (tx, ty) in enumerate(g.tile_keys(g.max_level)):
-        if i % args.shards != args.shard:
-            continue
-        top = tiles.render_top_tile(g, tx, ty, by_tile.get((tx, ty), ()))
-        storage.write_bytes(os.path.join(args.output, g.tile_path(g.max_level, tx, ty)),
-                            tiles.encode_tile(top.image, g.fmt, 85))
-        n_tiles += 1
+    done = run(job, items)
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "cells": plan.images, "tiles": n_tiles, "top_tiles": n_tiles}
+    assert len(done) == len(items)
+    return {"wall_s": wall, "cells": plan.images, "tiles": len(items), "top_tiles": len(items)}
 
 
-def child_core2(args):
-    """The top level split over two processes, as two workers would split its tiles."""
-    cmd = [sys.executable, __file__, "--child", "core", "--vectors", args.vectors, "--layout",
-           args.layout, "--output", args.output, "--cell", str(args.cell), "--tile",
-           str(args.tile), "--shards", "2"]
-    procs = [subprocess.Popen(cmd + ["--shard", str(i)], stdout=subprocess.PIPE, text=True)
-             for i in range(2)]
-    outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-    if any(p.returncode for p in procs):
-        raise RuntimeError("a core shard failed")
-    # Both start rendering after loading their inputs; the slower one sets the pace.
-    return {"wall_s": max(o["wall_s"] for o in outs), "cells": outs[0]["cells"],
-            "tiles": sum(o["tiles"] for o in outs), "top_tiles": sum(o["tiles"] for o in outs)}
+def child_core(args):
+    from gridtsne.tile_workers import draw_top_tile
+    return _top_level(args, lambda job, items: [draw_top_tile(job, *i) for i in items])
+
+
+def child_threads(args):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gridtsne.tile_workers import draw_top_tile
+
+    def run(job, items):
+        with ThreadPoolExecutor(args.render_workers) as ex:
+            return list(ex.map(lambda i: draw_top_tile(job, *i), items))
+    return _top_level(args, run)
+
+
+def child_pool(args):
+    from gridtsne.tile_workers import TilePool, TileQueue, draw_top_tile
+
+    pool = TilePool(args.render_workers)
+    try:
+        pool.submit(sum, []).result()  # the workers are up before the clock starts
+
+        def run(job, items):
+            queue = TileQueue(draw_top_tile, job, pool, args.render_workers)
+            done = []
+            for item in items:
+                done += queue.put(*item)
+            return done + queue.drain()
+        return _top_level(args, run)
+    finally:
+        pool.shutdown()
 
 
 def child_naive(args):
@@ -211,7 +259,7 @@ def child_naive(args):
     thumbs = _fitted_thumbnails(args.vectors)
     start = time.perf_counter()
     mosaic = Image.new("RGB", (g.width, g.height), tiles.BACKGROUND)
-    for uri, row, col in _cells(args.layout):
+    for uri, row, col, _, _ in _cells(args.layout):
         img = tiles.fit_thumbnail(thumbs.get(uri), g.inner) or tiles.placeholder(g.inner)
         x0, y0, _, _ = g.cell_box(row, col)
         mosaic.paste(img, (x0 + (g.cell - img.width) // 2, y0 + (g.cell - img.height) // 2))
@@ -225,7 +273,8 @@ def child_naive(args):
     return {"wall_s": wall, "cells": plan.images, "tiles": n_tiles, "top_tiles": n_tiles}
 
 
-CHILDREN = {"beam": child_beam, "core": child_core, "core2": child_core2, "naive": child_naive}
+CHILDREN = {"beam": child_beam, "core": child_core, "threads": child_threads,
+            "pool": child_pool, "runner": child_runner, "naive": child_naive}
 
 
 # ---- measuring a child's process tree -------------------------------------------------------
@@ -260,10 +309,10 @@ def _tree_rss_bytes(pid):
     return total
 
 
-def measure(kind, n, inputs, out, args):
+def measure(kind, workers, inputs, out, args):
     cmd = [sys.executable, __file__, "--child", kind, "--vectors", inputs[0], "--layout",
            inputs[1], "--output", out, "--cell", str(args.cell), "--tile", str(args.tile),
-           "--workers", str(args.workers), "--mode", args.mode]
+           "--render-workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0]
     stop = threading.Event()
@@ -280,14 +329,35 @@ def measure(kind, n, inputs, out, args):
     sampler.join()
     if proc.returncode != 0:
         errors = [line for line in stderr.splitlines() if "Error" in line or "error" in line]
-        sys.exit(f"{kind} at {n} failed:\n{stderr[-3000:]}\n" + "\n".join(errors[-10:]))
+        sys.exit(f"{kind} with {workers} failed:\n{stderr[-3000:]}\n" + "\n".join(errors[-10:]))
     result = json.loads(stdout.strip().splitlines()[-1])
     result["peak_rss_mb"] = peak[0] / 2**20
-    result["cells_per_s"] = result["cells"] / result["wall_s"]
-    result["tiles_per_s"] = result["tiles"] / result["wall_s"]
-    if result.get("top_tile_ms_sum"):
-        result["top_level_cells_per_s"] = result["cells"] / (result["top_tile_ms_sum"] / 1000)
     return result
+
+
+def median_run(kind, workers, inputs, tmp, args):
+    """The run with the median wall time of ``args.repeat``, each into a fresh folder."""
+    import shutil
+
+    runs = []
+    for i in range(args.repeat):
+        out = os.path.join(tmp, f"site-{kind}-{workers}-{i}")
+        runs.append(measure(kind, workers, inputs, out, args))
+        shutil.rmtree(out, ignore_errors=True)
+    runs.sort(key=lambda r: r["wall_s"])
+    r = dict(runs[len(runs) // 2])
+    r["walls"] = [x["wall_s"] for x in runs]
+    r["cells_per_s"] = r["cells"] / r["wall_s"]
+    r["tiles_per_s"] = r["tiles"] / r["wall_s"]
+    if r.get("top_tile_ms_sum"):
+        r["top_level_cells_per_s"] = r["cells"] / (r["top_tile_ms_sum"] / 1000)
+    return r
+
+
+LABELS = {"beam": "Beam stage, {w} tile process(es)", "core": "top level, 1 process",
+          "threads": "top level, {w} threads", "pool": "top level, TilePool of {w}",
+          "runner": "Beam stage, DirectRunner multi_processing x{w}",
+          "naive": "top level, whole mosaic then cut"}
 
 
 def main(argv=None):
@@ -295,16 +365,17 @@ def main(argv=None):
     parser.add_argument("--sizes", default="10000,60000")
     parser.add_argument("--cell", type=int, default=128)
     parser.add_argument("--tile", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=1, help="Beam DirectRunner workers")
-    parser.add_argument("--mode", default="in_memory",
-                        choices=["in_memory", "multi_threading", "multi_processing"],
-                        help="the DirectRunner's --direct_running_mode")
-    parser.add_argument("--no-naive", action="store_true", help="skip the whole-mosaic baseline")
+    parser.add_argument("--workers", default="1,2",
+                        help="comma-separated RenderConfig.render_workers for the Beam stage; "
+                             "the largest is used by threads, pool and runner")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (median)")
+    parser.add_argument("--thumbnails", default="clothing", choices=sorted(SETS))
+    parser.add_argument("--kinds", default="beam,core,threads,pool,naive",
+                        help=f"comma-separated, of {sorted(CHILDREN)}")
     parser.add_argument("--workdir", default=str(HERE / ".cache" / "work"),
                         help="where inputs and sites are written (a local disk; deleted after)")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
-    parser.add_argument("--shard", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--shards", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--render-workers", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--vectors", help=argparse.SUPPRESS)
     parser.add_argument("--layout", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -312,50 +383,63 @@ def main(argv=None):
     if args.child:
         print(json.dumps(CHILDREN[args.child](args)))
         return
-    build_cache()
-    kinds = ["beam", "core", "core2"] + ([] if args.no_naive else ["naive"])
+    kinds = args.kinds.split(",")
+    unknown = sorted(set(kinds) - set(CHILDREN))
+    if unknown:
+        sys.exit(f"unknown --kinds {unknown}, choose from {sorted(CHILDREN)}")
+    workers = [int(w) for w in args.workers.split(",")]
+    most = max(workers)
+    build_cache(args.thumbnails)
+    print(f"{os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} available; "
+          f"{args.thumbnails} thumbnails; median of {args.repeat}", flush=True)
+    plan = [("beam", w) for w in workers if "beam" in kinds]
+    plan += [(k, 1 if k in ("core", "naive") else most) for k in kinds if k != "beam"]
     results = {}
     for n in [int(s) for s in args.sizes.split(",")]:
         os.makedirs(args.workdir, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="render-scale-", dir=args.workdir) as tmp:
-            inputs = write_inputs(n, tmp)
+            inputs = write_inputs(n, tmp, args.thumbnails)
             print(f"\n{n:,} cells on a {inputs[2][0]}x{inputs[2][1]} grid, {args.cell} px cells, "
                   f"{args.tile} px tiles", flush=True)
-            for kind in kinds:
-                out = os.path.join(tmp, f"site-{kind}")
-                r = measure(kind, n, inputs, out, args)
-                results[(kind, n)] = r
-                top = (f", top level {r['top_level_cells_per_s']:,.0f} cells/s of DoFn time"
+            for kind, w in plan:
+                r = median_run(kind, w, inputs, tmp, args)
+                results[(kind, w, n)] = r
+                top = (f", top level {r['top_level_cells_per_s']:,.0f} cells/s of tile time"
                        if r.get("top_level_cells_per_s") else "")
-                print(f"  {kind:<6} {r['wall_s']:7.1f} s  {r['tiles']:>6} tiles "
-                      f"{r['tiles_per_s']:7.0f} tiles/s  {r['cells_per_s']:7.0f} cells/s  "
-                      f"peak {r['peak_rss_mb']:6.0f} MB{top}", flush=True)
-    sizes = sorted({n for _, n in results})
+                walls = "/".join(f"{x:.1f}" for x in r["walls"])
+                if "cpu_main_s" in r:
+                    top += (f"; CPU s: Beam process {r['cpu_main_s']:.1f}, tile processes "
+                            f"{r['cpu_workers_s']:.1f}")
+                print(f"  {LABELS[kind].format(w=w):<46} {r['wall_s']:6.1f} s ({walls})  "
+                      f"{r['tiles']:>6} tiles {r['cells_per_s']:7,.0f} cells/s  "
+                      f"peak {r['peak_rss_mb']:5,.0f} MB{top}", flush=True)
+    sizes = sorted({n for _, _, n in results})
     print("\nratios")
-    for kind in kinds:
-        if len(sizes) > 1:
-            a, b = results[(kind, sizes[0])], results[(kind, sizes[-1])]
-            print(f"  {kind:<6} peak memory {sizes[-1]:,} / {sizes[0]:,} cells: "
-                  f"{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x "
-                  f"(cells x{sizes[-1] / sizes[0]:.0f})")
     for n in sizes:
-        beam_r, core_r = results[("beam", n)], results[("core", n)]
-        line = (f"  {n:,} cells: core top level {core_r['cells_per_s']:,.0f} cells/s; beam "
-                f"end to end {beam_r['cells_per_s']:,.0f} cells/s "
-                f"({beam_r['cells_per_s'] / core_r['cells_per_s']:.2f}x core)")
-        if ("naive", n) in results:
-            nv = results[("naive", n)]
-            line += (f"; naive peak {nv['peak_rss_mb']:,.0f} MB = "
-                     f"{nv['peak_rss_mb'] / beam_r['peak_rss_mb']:.2f}x beam's")
-        print(line)
-    big, core_big = results[("beam", sizes[-1])], results[("core", sizes[-1])]
-    dofn = big.get("top_level_cells_per_s")
-    print(f"\ntargets at {sizes[-1]:,} cells, {args.cell} px cells:")
-    core2 = results[("core2", sizes[-1])]
-    print(f"  top level >= 2,000 cells/s: 1 process {core_big['cells_per_s']:,.0f}, "
-          f"2 processes {core2['cells_per_s']:,.0f}"
-          + (f", Beam top-level DoFn (1 worker) {dofn:,.0f}" if dofn else ""))
-    print(f"  Beam peak memory < 1 GB: {big['peak_rss_mb']:,.0f} MB")
+        base = results.get(("beam", 1, n))
+        for w in workers:
+            if base and w != 1 and ("beam", w, n) in results:
+                r = results[("beam", w, n)]
+                print(f"  {n:,} cells: Beam stage cells/s with {w} tile processes / with 1: "
+                      f"{r['cells_per_s'] / base['cells_per_s']:.2f}x "
+                      f"({r['cells_per_s']:,.0f} vs {base['cells_per_s']:,.0f})")
+        if base and ("runner", most, n) in results:
+            r = results[("runner", most, n)]
+            print(f"  {n:,} cells: Beam stage, DirectRunner multi_processing x{most} / 1 process: "
+                  f"{r['cells_per_s'] / base['cells_per_s']:.2f}x, peak memory "
+                  f"{r['peak_rss_mb'] / base['peak_rss_mb']:.1f}x")
+        core = results.get(("core", 1, n))
+        for kind in ("threads", "pool"):
+            if core and (kind, most, n) in results:
+                r = results[(kind, most, n)]
+                print(f"  {n:,} cells: top level, {LABELS[kind].format(w=most).split(', ')[1]} "
+                      f"/ 1 process: {r['cells_per_s'] / core['cells_per_s']:.2f}x")
+    if len(sizes) > 1:
+        for (kind, w) in plan:
+            a, b = results[(kind, w, sizes[0])], results[(kind, w, sizes[-1])]
+            print(f"  {LABELS[kind].format(w=w)}: peak memory {sizes[-1]:,} / {sizes[0]:,} "
+                  f"cells: {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x "
+                  f"(cells x{sizes[-1] / sizes[0]:.0f})")
 
 
 if __name__ == "__main__":

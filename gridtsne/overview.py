@@ -42,29 +42,56 @@ def mosaic_plan(geometry, longest=DEFAULT_LONGEST):
     return geometry.max_level, geometry.level_size(geometry.max_level)
 
 
-def compose_mosaic_overview(geometry, read_tile, longest=DEFAULT_LONGEST):
-    """``mosaic.jpg`` as an image, from the tiles of one level read one at a time.
+def mosaic_pieces(geometry, longest=DEFAULT_LONGEST):
+    """``(level, (width, height), [(tx, ty, box)])``: what ``mosaic.jpg`` is made of.
 
-    ``read_tile(level, tx, ty)`` returns that tile as a PIL image. Each tile is scaled to its
-    own rectangle of the output (edges rounded consistently, so neighbours meet exactly).
+    Every tile of ``level`` (see :func:`mosaic_plan`) that shows, with ``box`` its own
+    rectangle of the output (edges rounded consistently, so neighbours meet exactly and no
+    two overlap).
     """
     level, (ow, oh) = mosaic_plan(geometry, longest)
     lw, lh = geometry.level_size(level)
     sx, sy = ow / lw, oh / lh
-    out = Image.new("RGB", (ow, oh), BACKGROUND)
+    pieces = []
     for tx, ty in geometry.tile_keys(level):
         x0, y0, x1, y1 = geometry.tile_box(level, tx, ty)
-        ox0, oy0, ox1, oy1 = round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)
-        if ox1 <= ox0 or oy1 <= oy0:
-            continue
-        img = read_tile(level, tx, ty)
-        if img.size != (x1 - x0, y1 - y0):
-            raise ValueError(f"tile {(level, tx, ty)!r} is {img.size!r}, expected "
-                             f"{(x1 - x0, y1 - y0)!r}")
-        if (ox1 - ox0, oy1 - oy0) != img.size:
-            img = img.resize((ox1 - ox0, oy1 - oy0), Image.LANCZOS)
-        out.paste(img, (ox0, oy0))
+        box = round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)
+        if box[2] > box[0] and box[3] > box[1]:
+            pieces.append((tx, ty, box))
+    return level, (ow, oh), pieces
+
+
+def fit_piece(geometry, level, tx, ty, box, img):
+    """Tile ``(tx, ty)`` of ``level`` checked and scaled to its ``box`` of ``mosaic.jpg``."""
+    x0, y0, x1, y1 = geometry.tile_box(level, tx, ty)
+    if img.size != (x1 - x0, y1 - y0):
+        raise ValueError(f"tile {(level, tx, ty)!r} is {img.size!r}, expected "
+                         f"{(x1 - x0, y1 - y0)!r}")
+    ox0, oy0, ox1, oy1 = box
+    if (ox1 - ox0, oy1 - oy0) != img.size:
+        img = img.resize((ox1 - ox0, oy1 - oy0), Image.LANCZOS)
+    return img
+
+
+def paste_pieces(size, pieces):
+    """``mosaic.jpg`` from ``(box, image)`` pieces, in any order (their boxes never overlap)."""
+    out = Image.new("RGB", size, BACKGROUND)
+    for box, img in pieces:
+        out.paste(img, box[:2])
     return out
+
+
+def compose_mosaic_overview(geometry, read_tile, longest=DEFAULT_LONGEST):
+    """``mosaic.jpg`` as an image, from the tiles of one level read one at a time.
+
+    ``read_tile(level, tx, ty)`` returns that tile as a PIL image; each is scaled to its own
+    rectangle of the output (:func:`mosaic_pieces`). The pieces are independent:
+    :func:`gridtsne.tile_workers.mosaic_piece` makes them on a pool instead.
+    """
+    level, size, pieces = mosaic_pieces(geometry, longest)
+    return paste_pieces(size, ((box, fit_piece(geometry, level, tx, ty, box,
+                                               read_tile(level, tx, ty)))
+                               for tx, ty, box in pieces))
 
 
 def encode_jpeg(img, quality=90):

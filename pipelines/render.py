@@ -3,7 +3,8 @@
     python -m pipelines.render --vectors s3://maps/run1/vectors \\
         --layout s3://maps/run1/layout.parquet --output s3://maps/run1/site \\
         [--cell 128] [--tile 256] [--format jpeg|webp] [--labels labels.csv] [--projector] \\
-        [--osd_url URL-or-local-file] [Beam flags: --runner, --direct_num_workers ...]
+        [--osd_url URL-or-local-file] [--render_workers N] \\
+        [Beam flags: --runner, --direct_num_workers ...]
 
 Then open ``<output>/index.html``. ``run()`` parses and validates, ``build_pipeline()`` only
 wires :class:`transforms.render.RenderMosaic`, which a bigger job can also apply itself.
@@ -14,17 +15,18 @@ import json
 import logging
 import sys
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from gridtsne import storage
 from gridtsne.flagfiles import expand_flags_files
 from gridtsne.labels import labels_csv
 from pipelines import watch
-from pipelines.beam_runner import new_pipeline
+from pipelines.beam_runner import is_direct, new_pipeline
 from pipelines.options import (StorageOptions, add_flag, local_abs, refuse_empty_values,
                                stage_help, storage_options_from, wants_help)
 from gridtsne.render_inputs import plan_render
 from gridtsne.site import DEFAULT_OSD_URL, SUMMARY_FILE, is_url
+from gridtsne.tile_workers import available_cores
 from gridtsne.tiles import FORMATS
 from transforms.render import RenderConfig, RenderMosaic
 
@@ -65,6 +67,10 @@ class RenderOptions(PipelineOptions):
                  help="also write a TensorBoard Projector folder under <output>/projector")
         add_flag(parser, "--projector_max_points", type=int, default=None,
                  help="at most this many points in the Projector export (default 16,384)")
+        add_flag(parser, "--render_workers", type=int, default=None,
+                 help="processes drawing tiles in each Beam worker process (default: every "
+                      "core on the DirectRunner, 1 on other runners, which spread tiles over "
+                      "their workers)")
 
 
 def split_labels(argv):
@@ -86,6 +92,20 @@ class RenderJob:
     config: RenderConfig
 
 
+def default_render_workers(options):
+    """Tile-drawing processes when ``--render_workers`` is not given.
+
+    The DirectRunner's default ``in_memory`` mode (and ``multi_threading``) runs every bundle
+    in this one process: a pool of one process per available core draws its tiles. Everywhere
+    else (``multi_processing``, Dataflow, Flink ...) the runner already spreads bundles over
+    worker processes, one or more per core: 1, the runner's own thread.
+    """
+    if is_direct(options) and options.view_as(DirectOptions).direct_running_mode in (
+            "in_memory", "multi_threading"):
+        return available_cores()
+    return 1
+
+
 def render_config_from_options(options, labels=None, default_title=None):
     """Validate the rendering flags into a :class:`RenderConfig` (reads no input, so a job
     that writes the layout itself can call it before the layout exists). ``default_title``
@@ -99,7 +119,9 @@ def render_config_from_options(options, labels=None, default_title=None):
                         title=o.title or default_title or RenderConfig.title,
                         projector=o.projector,
                         projector_max_points=o.projector_max_points,
-                        storage_options=storage_options_from(options))
+                        storage_options=storage_options_from(options),
+                        render_workers=(default_render_workers(options)
+                                        if o.render_workers is None else o.render_workers))
 
 
 def job_from_options(options, labels=None):

@@ -9,24 +9,26 @@ Work items and what each holds:
 * a block of ``tsne.jpg``, a cell-index block, a search-index prefix: only their own rows.
 
 So no worker ever holds the full mosaic. Every file goes through :mod:`gridtsne.storage`.
-The pixels and file formats are in the Beam-free modules :mod:`gridtsne.tiles`,
-:mod:`gridtsne.overview`, :mod:`gridtsne.site` and :mod:`gridtsne.projector`.
+Tiles are drawn by :mod:`gridtsne.tile_workers`, on ``RenderConfig.render_workers`` processes
+per Beam worker process. The pixels and file formats are in the Beam-free modules
+:mod:`gridtsne.tiles`, :mod:`gridtsne.overview`, :mod:`gridtsne.site` and
+:mod:`gridtsne.projector`.
 """
 import dataclasses
 import json
 import logging
-import time
 import typing
 
 import apache_beam as beam
 from apache_beam import typehints
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, TaggedOutput
-from PIL import Image
+from apache_beam.transforms.window import GlobalWindows
 
 from gridtsne import __version__, faults, storage
 from gridtsne.overview import (DEFAULT_LONGEST, MOSAIC_OVERVIEW, TSNE_OVERVIEW, check_longest,
-                               compose_mosaic_overview, encode_jpeg, paint_block, stitch_blocks)
+                               compose_mosaic_overview, encode_jpeg, mosaic_pieces, paste_pieces,
+                               stitch_blocks)
 from gridtsne.projector import export_projector
 from gridtsne.render_inputs import (declared_levels, plan_render, read_layout_part,
                                     read_thumbnail_part, table_parts)
@@ -35,8 +37,10 @@ from gridtsne.site import (CELL_BLOCK, DEFAULT_OSD_URL, SEARCH_DIRECTORY, SUMMAR
                            cell_block, cell_shard, is_url, read_labels, read_osd_files,
                            search_chunks, search_directory, search_prefix, write_osd_files,
                            write_page)
-from gridtsne.tiles import (DZI_NAME, MosaicGeometry, assemble_parent, decode_image,
-                            encode_tile, half_of_encoded, render_top_tile)
+from gridtsne.tile_workers import (TileJob, TileQueue, acquire_pool, check_workers,
+                                   draw_top_tile, mosaic_piece, paint_tsne_block,
+                                   process_local, reduce_tile, release_pool)
+from gridtsne.tiles import DZI_NAME, MosaicGeometry, decode_image
 from transforms import progress_metrics
 
 log = logging.getLogger(__name__)
@@ -63,7 +67,11 @@ class RenderConfig:
     also export a TensorBoard Projector folder to ``<output>/projector``; max_levels: reduction
     stages to build (default: exactly the pyramid's when the layout exists before the pipeline
     runs, else ``DEFAULT_MAX_LEVELS``); storage_options: per-protocol fsspec options for every
-    file read and written (see :func:`gridtsne.storage.filesystem`).
+    file read and written (see :func:`gridtsne.storage.filesystem`); render_workers: processes
+    that draw, encode and write tiles in each Beam worker process (1: the runner's own thread,
+    one tile at a time, as on Dataflow and Flink, where the runner spreads tiles over workers;
+    ``pipelines.render`` defaults to every core on the DirectRunner, see
+    :func:`pipelines.render.default_render_workers`).
     """
 
     cell: int = 128
@@ -80,6 +88,7 @@ class RenderConfig:
     max_levels: typing.Optional[int] = None
     osd_files: typing.Optional[tuple] = None
     storage_options: typing.Optional[dict] = None
+    render_workers: int = 1
 
     def __post_init__(self):
         # Local files are read here, on the launcher: workers cannot see its disk.
@@ -95,22 +104,100 @@ class RenderConfig:
             raise ValueError(f"max_levels must be an integer in 1..40, got {self.max_levels!r}")
         if not self.osd_url:
             raise ValueError(f"osd_url must not be empty, got {self.osd_url!r}")
+        check_workers(self.render_workers)
 
 
 def _timer(name):
     return Metrics.distribution(NAMESPACE, name)
 
 
-class _TileFn(beam.DoFn):
-    """Base of the tile DoFns: their main output is ``(parent tile key, child offset)``."""
+class _PoolFn(beam.DoFn):
+    """Base of the DoFns whose work runs in :class:`gridtsne.tile_workers.TileQueue`.
+
+    Inline with ``config.render_workers == 1`` (one item at a time, in the runner's thread),
+    otherwise on a pool of that many processes shared by every such DoFn in this worker
+    process; items still unfinished at the end of a bundle are emitted from ``finish_bundle``.
+    """
+
+    work = None  # the per-item function of gridtsne.tile_workers
 
     def __init__(self, output, config):
         self.output = output
         self.config = config
 
+    def setup(self):
+        self.pool = acquire_pool(self.config.render_workers)
+        self.queue = None
+
+    def start_bundle(self):
+        self.queue = None  # a bundle that failed half-way leaves nothing behind for a retry
+
+    def teardown(self):
+        release_pool(self.pool)
+        self.pool = None
+
+    def _queue(self, plan):
+        if self.queue is None:
+            # With a pool, workers write their own tiles unless the output lives only in this
+            # process's memory; inline, this thread writes as before.
+            job = TileJob(plan.geometry, plan.tsne, self.output, self.config.quality,
+                          self.config.storage_options,
+                          write=self.pool is None or not process_local(self.output))
+            self.queue = TileQueue(self.work, job, self.pool, self.config.render_workers)
+        return self.queue
+
+    def finish_bundle(self):
+        if self.queue is None:
+            return
+        queue, self.queue = self.queue, None
+        for out in self._outputs(queue.drain(), queue.job):
+            if isinstance(out, TaggedOutput):
+                yield TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+            else:
+                yield GlobalWindows.windowed_value(out)
+
+    def _outputs(self, done, job):
+        """The outputs of finished items: by default each result as it is."""
+        return done
+
+
+class PaintTsneBlockFn(_PoolFn):
+    """Paint one 512 px block of ``tsne.jpg`` from its points (grouped by the top-level tile
+    that made them): ``(bx, by, JPEG, points whose top-left pixel lies in this block)``."""
+
+    work = staticmethod(paint_tsne_block)
+
+    def process(self, element, plan):
+        (bx, by), groups = element
+        queue = self._queue(plan)
+        yield from self._outputs(queue.put(bx, by, list(groups)), queue.job)
+
+
+class _TileFn(_PoolFn):
+    """Base of the tile DoFns: their main output is ``(parent tile key, child offset)``."""
+
     def infer_output_type(self, input_type):
         # Inference sees the TaggedOutputs too; the main output is always a key-value pair.
         return typehints.Tuple[typehints.Any, typehints.Any]
+
+    def setup(self):
+        super().setup()
+        self.tiles = progress_metrics.counter(NAMESPACE, self.counter_name)
+
+    def _outputs(self, done, job):
+        for tile in done:
+            if tile.data is not None:
+                storage.write_bytes(job.tile_url(tile.level, tile.tx, tile.ty), tile.data,
+                                    self.config.storage_options)
+            self.tiles.inc()
+            yield TaggedOutput(WRITTEN, tile.level)
+            yield from self._emit(tile)
+            if tile.parent is not None:
+                yield tile.parent
+
+    def _emit(self, tile):
+        """The tile's own outputs besides ``written`` and its parent."""
+        return ()
 
 
 class RenderTopTileFn(_TileFn):
@@ -118,44 +205,33 @@ class RenderTopTileFn(_TileFn):
 
     Input: ``((tx, ty), {"cells": [(uri, row, col, thumbnail, x, y)], "tile": [...]})``.
     Outputs: main ``((level, ptx, pty), (dx, dy))``; ``written``: the level;
-    ``missing``: URIs drawn as placeholders; ``tsne``: ``(block, point)`` for ``tsne.jpg``.
+    ``missing``: URIs drawn as placeholders; ``tsne``: ``(block, [point, ...])``, the points
+    of this tile's cells for one block of ``tsne.jpg``.
     """
 
+    work = staticmethod(draw_top_tile)
+    counter_name = "top_tiles_written"
+
     def setup(self):
+        super().setup()
         self.cells = Metrics.counter(NAMESPACE, "cells_drawn")
         self.placeholders = Metrics.counter(NAMESPACE, "placeholders")
-        self.tiles = progress_metrics.counter(NAMESPACE, "top_tiles_written")
         self.ms = _timer("top_tile_ms")
 
     def process(self, element, plan):
-        start = time.perf_counter()
         (tx, ty), groups = element
-        cells = list(groups["cells"])
-        g = plan.geometry
-        top = render_top_tile(g, tx, ty, [(c[0], c[1], c[2], c[3]) for c in cells])
-        storage.write_bytes(storage.url_join(self.output, g.tile_path(g.max_level, tx, ty)),
-                            encode_tile(top.image, g.fmt, self.config.quality),
-                            self.config.storage_options)
-        faults.point("rendering")
-        self.tiles.inc()
-        self.cells.inc(len(top.decoded))
-        self.placeholders.inc(len(top.missing))
-        yield TaggedOutput(WRITTEN, g.max_level)
-        for uri in top.missing:
+        queue = self._queue(plan)
+        yield from self._outputs(queue.put(tx, ty, list(groups["cells"])), queue.job)
+
+    def _emit(self, tile):
+        faults.point("rendering")  # a top tile is written
+        self.cells.inc(tile.owned)
+        self.placeholders.inc(len(tile.missing))
+        self.ms.update(int(tile.ms))
+        for uri in tile.missing:
             yield TaggedOutput(MISSING, uri)
-        for uri, row, col, _, x, y in cells:
-            source = top.decoded.get((row, col))
-            if source is None:
-                continue  # not owned by this tile, or a placeholder: not drawn in tsne.jpg
-            small = plan.tsne.point_image(source)
-            px, py = plan.tsne.position(x, y)
-            point = ((row, col), px, py, small.width, small.height, small.tobytes())
-            for block in plan.tsne.blocks(px, py, small.width, small.height):
-                yield TaggedOutput(TSNE, (block, point))
-        if g.max_level > 0:
-            level, ptx, pty, dx, dy = g.parent(g.max_level, tx, ty)
-            yield (level, ptx, pty), (dx, dy)
-        self.ms.update(int((time.perf_counter() - start) * 1000))
+        for block, points in tile.points.items():
+            yield TaggedOutput(TSNE, (block, points))
 
 
 class ReduceTileFn(_TileFn):
@@ -166,8 +242,8 @@ class ReduceTileFn(_TileFn):
     does not grow with the collection. Each child is decoded once, by its parent.
     """
 
-    def setup(self):
-        self.tiles = progress_metrics.counter(NAMESPACE, "lower_tiles_written")
+    work = staticmethod(reduce_tile)
+    counter_name = "lower_tiles_written"
 
     def process(self, element, plan):
         (level, tx, ty), children = element
@@ -178,20 +254,14 @@ class ReduceTileFn(_TileFn):
             # A quarter drawn as background would go unnoticed: fail loudly instead.
             raise ValueError(f"tile {(level, tx, ty)!r} got children {got!r}, expected "
                              f"{sorted(expected)!r}: the runner lost or duplicated data")
-        halves = []
-        for dx, dy in got:
-            url = storage.url_join(self.output, g.tile_path(level + 1, 2 * tx + dx, 2 * ty + dy))
-            halves.append((dx, dy, half_of_encoded(
-                storage.read_bytes(url, self.config.storage_options))))
-        img = assemble_parent(g, level, tx, ty, halves)
-        storage.write_bytes(storage.url_join(self.output, g.tile_path(level, tx, ty)),
-                            encode_tile(img, g.fmt, self.config.quality),
-                            self.config.storage_options)
-        self.tiles.inc()
-        yield TaggedOutput(WRITTEN, level)
-        if level > 0:
-            plevel, ptx, pty, dx, dy = g.parent(level, tx, ty)
-            yield (plevel, ptx, pty), (dx, dy)
+        queue = self._queue(plan)
+        if queue.job.write:
+            halves = [(dx, dy, None) for dx, dy in got]
+        else:  # the workers cannot see this process's memory: hand them the children's bytes
+            halves = [(dx, dy, storage.read_bytes(
+                storage.url_join(self.output, g.tile_path(level + 1, 2 * tx + dx, 2 * ty + dy)),
+                self.config.storage_options)) for dx, dy in got]
+        yield from self._outputs(queue.put(level, tx, ty, halves), queue.job)
 
 
 def join_cells(element):
@@ -230,17 +300,6 @@ def _key_by_tiles(cell, plan):
         yield tile, (uri, row, col, thumb, x, y)
 
 
-def _paint_tsne_block(element, plan):
-    """``(bx, by, JPEG, points whose top-left pixel lies in this block)``."""
-    (bx, by), points = element
-    decoded = [(order, px, py, Image.frombytes("RGB", (w, h), raw))
-               for order, px, py, w, h, raw in points]
-    block = paint_block(plan.tsne, bx, by, decoded)
-    x0, y0, x1, y1 = plan.tsne.block_box(bx, by)
-    owned = sum(1 for _, px, py, _ in decoded if x0 <= px < x1 and y0 <= py < y1)
-    return bx, by, encode_jpeg(block, quality=95), owned
-
-
 def _write_tsne(blocks, output, plan, storage_options=None):
     images = [(bx, by, decode_image(data)) for bx, by, data, _ in blocks]
     img = stitch_blocks(plan.tsne, images)
@@ -262,7 +321,24 @@ def _write_mosaic_overview(_, output, config, plan, tiles_written):
         url = storage.url_join(output, g.tile_path(level, tx, ty))
         return decode_image(storage.read_bytes(url, config.storage_options))
 
-    img = compose_mosaic_overview(g, read_tile, config.overview)
+    pool = acquire_pool(config.render_workers)
+    if pool is None:
+        img = compose_mosaic_overview(g, read_tile, config.overview)
+    else:  # each piece is a tile read, decoded and scaled: spread them over the pool
+        try:
+            write = not process_local(output)
+            queue = TileQueue(mosaic_piece, TileJob(g, plan.tsne, output, config.quality,
+                                                    config.storage_options, write),
+                              pool, config.render_workers)
+            level, size, pieces = mosaic_pieces(g, config.overview)
+            done = []
+            for tx, ty, box in pieces:
+                data = None if write else storage.read_bytes(
+                    storage.url_join(output, g.tile_path(level, tx, ty)), config.storage_options)
+                done += queue.put(level, tx, ty, box, data)
+            img = paste_pieces(size, done + queue.drain())
+        finally:
+            release_pool(pool)
     storage.write_bytes(storage.url_join(output, MOSAIC_OVERVIEW), encode_jpeg(img),
                         config.storage_options)
     return {"file": MOSAIC_OVERVIEW, "width": img.width, "height": img.height}
@@ -460,7 +536,7 @@ class RenderMosaic(beam.PTransform):
 
         tsne = (top[TSNE]
                 | "GroupTsnePoints" >> beam.GroupByKey()
-                | "PaintTsneBlocks" >> beam.Map(_paint_tsne_block, plan_si)
+                | "PaintTsneBlocks" >> beam.ParDo(PaintTsneBlockFn(out, cfg), plan_si)
                 | "CollectTsneBlocks" >> beam.combiners.ToList()
                 | "WriteTsneOverview" >> beam.Map(_write_tsne, out, plan_si, opts))
 

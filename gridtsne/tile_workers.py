@@ -1,0 +1,418 @@
+"""Tile work on every core: the per-tile jobs of the pyramid and the process pool that runs them.
+
+Each tile is independent: a top-level tile needs only the thumbnails of its cells, a tile of
+a lower level only its (up to four) children, a piece of ``mosaic.jpg`` only one tile, a
+block of ``tsne.jpg`` only its points. :func:`draw_top_tile` and :func:`reduce_tile` do one
+tile's whole work (decode, draw, encode, write) and return what the pipeline passes on,
+:func:`mosaic_piece` and :func:`paint_tsne_block` one piece of an overview;
+:class:`TileQueue` runs them inline, or in batches on a shared pool of worker processes
+(:func:`acquire_pool`), so one Beam worker process can keep every core of its machine busy.
+
+Processes, not threads: most of a small tile's time is Python around Pillow (opening each
+thumbnail, parsing its JPEG header, pasting), during which Pillow holds the GIL, so threads
+barely scale (``benchmarks/render_scale.py`` measures both). Workers are fresh interpreters
+(:class:`TilePool`). Where the output lives only in this process's memory (``memory://``) the
+workers hand the encoded bytes back and the caller reads and writes them; anywhere else the
+worker writes its own tiles, so no tile's pixels cross a process boundary twice.
+"""
+import atexit
+import collections
+import concurrent.futures
+import dataclasses
+import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import typing
+
+import fsspec
+from PIL import Image
+
+from gridtsne import storage
+from gridtsne.overview import TsneCanvas, encode_jpeg, fit_piece, paint_block
+from gridtsne.tiles import (MosaicGeometry, assemble_parent, decode_image, encode_tile,
+                            half_of_encoded, render_top_tile)
+
+# Tiles per task sent to a worker process: enough to make the hand-over (pickling, a pipe
+# round trip) small next to the work, few enough that a stage of a few hundred tiles still
+# spreads over many workers.
+BATCH_TILES = 16
+# Tasks sent ahead to each worker process: one running, one waiting in its pipe.
+TASKS_AHEAD = 2
+# Tasks in flight per worker process (sent or queued): keeps every worker busy while the
+# caller emits results, and bounds how many finished tiles wait in memory.
+TASKS_PER_WORKER = 3
+
+
+def available_cores():
+    """The CPU cores this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def check_workers(workers):
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"render workers must be an integer >= 1, got {workers!r}")
+    return workers
+
+
+def process_local(url):
+    """True when ``url`` is storage that another process cannot see (``memory://``)."""
+    return any(fsspec.core.split_protocol(link)[0] == "memory" for link in str(url).split("::"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TileJob:
+    """What every tile of one render shares; small, so it travels with each task.
+
+    ``write``: whether :func:`draw_top_tile` / :func:`reduce_tile` read and write tiles
+    themselves (False: they take the children's bytes and return the tile's bytes).
+    """
+
+    geometry: MosaicGeometry
+    tsne: TsneCanvas
+    output: str
+    quality: int = 85
+    storage_options: typing.Optional[dict] = None
+    write: bool = True
+
+    def tile_url(self, level, tx, ty):
+        return storage.url_join(self.output, self.geometry.tile_path(level, tx, ty))
+
+
+@dataclasses.dataclass
+class TileDone:
+    """A finished tile: what the pipeline emits for it.
+
+    ``data``: the encoded tile when the caller must write it (``TileJob.write`` False), else
+    None; ``parent``: ``((level, ptx, pty), (dx, dy))`` for the level below, or None at level
+    0; for a top-level tile also ``owned`` (cells counted by this tile), ``missing`` (URIs of
+    owned cells drawn as placeholders) and ``points``: ``{tsne.jpg block: [point, ...]}`` with
+    each point ``((row, col), px, py, width, height, RGB bytes)``; ``ms``: the tile's time.
+    """
+
+    level: int
+    tx: int
+    ty: int
+    data: typing.Optional[bytes] = None
+    parent: typing.Optional[tuple] = None
+    owned: int = 0
+    missing: list = dataclasses.field(default_factory=list)
+    points: dict = dataclasses.field(default_factory=dict)
+    ms: float = 0.0
+
+
+def _parent(geometry, level, tx, ty):
+    if level == 0:
+        return None
+    plevel, ptx, pty, dx, dy = geometry.parent(level, tx, ty)
+    return (plevel, ptx, pty), (dx, dy)
+
+
+def draw_top_tile(job, tx, ty, cells):
+    """Draw, encode and (if ``job.write``) write full-resolution tile ``(tx, ty)``.
+
+    ``cells``: ``(uri, row, col, thumbnail bytes or None, x, y)`` of the cells it covers,
+    ``x, y`` their t-SNE coordinates. Each thumbnail is decoded once: the same decoded image
+    gives the cell's pixels here and its point in ``tsne.jpg``; lower levels are made from
+    this tile, never from the thumbnails again.
+    """
+    start = time.perf_counter()
+    g = job.geometry
+    top = render_top_tile(g, tx, ty, [(c[0], c[1], c[2], c[3]) for c in cells])
+    data = encode_tile(top.image, g.fmt, job.quality)
+    if job.write:
+        storage.write_bytes(job.tile_url(g.max_level, tx, ty), data, job.storage_options)
+        data = None
+    points = {}
+    for _, row, col, _, x, y in cells:
+        source = top.decoded.get((row, col))
+        if source is None:
+            continue  # not owned by this tile, or a placeholder: not drawn in tsne.jpg
+        small = job.tsne.point_image(source)
+        px, py = job.tsne.position(x, y)
+        point = ((row, col), px, py, small.width, small.height, small.tobytes())
+        for block in job.tsne.blocks(px, py, small.width, small.height):
+            points.setdefault(block, []).append(point)
+    return TileDone(g.max_level, tx, ty, data, _parent(g, g.max_level, tx, ty),
+                    owned=len(top.decoded), missing=top.missing, points=points,
+                    ms=(time.perf_counter() - start) * 1000)
+
+
+def reduce_tile(job, level, tx, ty, children):
+    """Build tile ``(tx, ty)`` of ``level`` from its children at ``level + 1``.
+
+    ``children``: ``(dx, dy, encoded child or None)``; None means read it from the output
+    (``job.write``). Each child is decoded once, straight at half size where JPEG allows.
+    """
+    start = time.perf_counter()
+    g = job.geometry
+    halves = []
+    for dx, dy, data in children:
+        if data is None:
+            data = storage.read_bytes(job.tile_url(level + 1, 2 * tx + dx, 2 * ty + dy),
+                                      job.storage_options)
+        halves.append((dx, dy, half_of_encoded(data)))
+    data = encode_tile(assemble_parent(g, level, tx, ty, halves), g.fmt, job.quality)
+    if job.write:
+        storage.write_bytes(job.tile_url(level, tx, ty), data, job.storage_options)
+        data = None
+    return TileDone(level, tx, ty, data, _parent(g, level, tx, ty),
+                    ms=(time.perf_counter() - start) * 1000)
+
+
+def mosaic_piece(job, level, tx, ty, box, data=None):
+    """``(box, image)``: tile ``(tx, ty)`` of ``level`` scaled to its ``box`` of ``mosaic.jpg``
+    (:func:`gridtsne.overview.mosaic_pieces`); ``data`` None means read it from the output."""
+    if data is None:
+        data = storage.read_bytes(job.tile_url(level, tx, ty), job.storage_options)
+    return box, fit_piece(job.geometry, level, tx, ty, box, decode_image(data))
+
+
+def paint_tsne_block(job, bx, by, groups):
+    """``(bx, by, JPEG, points owned)``: block ``(bx, by)`` of ``tsne.jpg`` painted from its
+    points, ``groups`` of them as :func:`draw_top_tile` made them; a point is owned by the
+    block holding its top-left pixel."""
+    decoded = [(order, px, py, Image.frombytes("RGB", (w, h), raw))
+               for points in groups for order, px, py, w, h, raw in points]
+    block = paint_block(job.tsne, bx, by, decoded)
+    x0, y0, x1, y1 = job.tsne.block_box(bx, by)
+    owned = sum(1 for _, px, py, _ in decoded if x0 <= px < x1 and y0 <= py < y1)
+    return bx, by, encode_jpeg(block, quality=95), owned
+
+
+def run_batch(fn, job, items):
+    """``[fn(job, *item) for item in items]``: one task of a worker process."""
+    return [fn(job, *item) for item in items]
+
+
+# ---- the pool ---------------------------------------------------------------------------------
+
+class TilePool:
+    """``workers`` fresh Python processes running :func:`run_batch` tasks, fed from one queue.
+
+    Each worker is ``python -m gridtsne.tile_workers``, talking pickles over its stdin and
+    stdout: unlike :mod:`multiprocessing`'s spawn, it never imports the caller's ``__main__``
+    (a script without an ``if __name__ == "__main__"`` guard would render again in every
+    worker; ``python -m pipelines.run`` would import Beam and torch there), and unlike fork it
+    copies none of the caller's threads or GPU state. ``submit`` returns a
+    :class:`concurrent.futures.Future`; a worker that dies fails its tasks and the pool.
+
+    Each worker has a writer and a reader thread here and up to ``TASKS_AHEAD`` tasks sent:
+    the next task already waits in its pipe when one finishes, so a worker never idles while
+    the caller's busy thread holds the GIL.
+    """
+
+    def __init__(self, workers):
+        self.workers = check_workers(workers)
+        self.tasks = queue.SimpleQueue()
+        self.broken = None
+        self.closing = False
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        self.procs = [subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, env=env)
+                      for _ in range(workers)]
+        self.threads = []
+        for proc in self.procs:
+            sent, slots = collections.deque(), threading.Semaphore(TASKS_AHEAD)
+            for target in (self._write, self._read):
+                self.threads.append(threading.Thread(target=target, args=(proc, sent, slots),
+                                                     daemon=True, name=f"tile-worker-{proc.pid}"))
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, fn, *args):
+        if self.broken:
+            raise RuntimeError(f"the tile worker pool is broken: {self.broken}")
+        future = concurrent.futures.Future()
+        self.tasks.put((future, fn, args))
+        return future
+
+    def _write(self, proc, sent, slots):
+        while True:
+            slots.acquire()
+            task = self.tasks.get()
+            if task is None:
+                break
+            future, fn, args = task
+            if self.broken:
+                future.set_exception(RuntimeError(f"the tile worker pool is broken: "
+                                                  f"{self.broken}"))
+                break
+            if not future.set_running_or_notify_cancel():
+                slots.release()
+                continue
+            sent.append(future)
+            try:
+                pickle.dump((fn, args), proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                proc.stdin.flush()
+            except OSError:
+                break  # the worker is gone: its reader fails what was sent
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+
+    def _read(self, proc, sent, slots):
+        while True:
+            try:
+                ok, value = pickle.load(proc.stdout)
+            except (OSError, EOFError, pickle.UnpicklingError) as exc:
+                if not sent and self.closing:
+                    return  # shut down with nothing outstanding
+                try:
+                    code = proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    code = None
+                self.broken = (f"tile worker {proc.pid} exited (code {code}) while running "
+                               f"a task: {exc!r}")
+                while sent:
+                    sent.popleft().set_exception(RuntimeError(self.broken))
+                self._fail_queued()
+                slots.release()  # lets the writer see the pool is broken and stop
+                return
+            future = sent.popleft()
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+            slots.release()
+
+    def _fail_queued(self):
+        while True:
+            try:
+                task = self.tasks.get_nowait()
+            except queue.Empty:
+                return
+            if task is None:
+                self.tasks.put(None)  # keep the shutdown sentinel for a writer
+                return
+            task[0].set_exception(RuntimeError(f"the tile worker pool is broken: "
+                                               f"{self.broken}"))
+
+    def shutdown(self):
+        """Let the workers finish what they were sent, then end them."""
+        self.closing = True
+        for _ in self.procs:
+            self.tasks.put(None)
+        for thread in self.threads:
+            thread.join()
+        for proc in self.procs:
+            proc.wait()
+            proc.stdout.close()
+
+
+def _serve(stdin, stdout):
+    """A worker's loop: ``(fn, args)`` in, ``(True, result)`` or ``(False, exception)`` out."""
+    while True:
+        try:
+            fn, args = pickle.load(stdin)
+        except EOFError:
+            return
+        try:
+            reply = (True, fn(*args))
+        except Exception as exc:  # handed to the caller, raised where it waits for the result
+            exc.add_note("in tile worker %d:\n%s" % (os.getpid(), traceback.format_exc()))
+            reply = (False, exc)
+        try:
+            data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            data = pickle.dumps((False, RuntimeError(f"unpicklable result: {exc!r}")))
+        stdout.write(data)
+        stdout.flush()
+
+
+_pools = {}  # workers -> [pool, users]
+_pools_lock = threading.Lock()
+
+
+def acquire_pool(workers):
+    """A pool of ``workers`` processes shared by every caller in this process (None for 1).
+
+    Every stage of the pyramid (and every DoFn instance a runner makes) shares one pool;
+    release it with :func:`release_pool`, which shuts it down when its last user is done.
+    """
+    if check_workers(workers) == 1:
+        return None
+    with _pools_lock:
+        entry = _pools.get(workers)
+        if entry is None or entry[0].broken:
+            entry = _pools[workers] = [TilePool(workers), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def release_pool(pool):
+    if pool is None:
+        return
+    with _pools_lock:
+        for workers, entry in list(_pools.items()):
+            if entry[0] is pool:
+                entry[1] -= 1
+                if entry[1] > 0:
+                    return
+                del _pools[workers]
+                break
+    pool.shutdown()
+
+
+@atexit.register
+def _shutdown_pools():
+    with _pools_lock:
+        entries = list(_pools.values())
+        _pools.clear()
+    for pool, _ in entries:
+        pool.shutdown()
+
+
+class TileQueue:
+    """Tiles in, ``fn(job, *tile)`` out: inline without a pool, in batches on one with a pool.
+
+    ``put`` and ``drain`` return the results finished so far (in no particular order with a
+    pool); every put tile's result comes out of exactly one of them, and an error in a tile's
+    work is raised from the call that would have returned it.
+    """
+
+    def __init__(self, fn, job, pool=None, workers=1):
+        self.fn, self.job, self.pool = fn, job, pool
+        self.limit = TASKS_PER_WORKER * max(1, workers)
+        self.batch = []
+        self.pending = collections.deque()
+
+    def put(self, *item):
+        if self.pool is None:
+            return [self.fn(self.job, *item)]
+        self.batch.append(item)
+        if len(self.batch) >= BATCH_TILES:
+            self._submit()
+        done = []
+        while self.pending and (len(self.pending) > self.limit or self.pending[0].done()):
+            done += self.pending.popleft().result()
+        return done
+
+    def drain(self):
+        if self.batch:
+            self._submit()
+        done = []
+        while self.pending:
+            done += self.pending.popleft().result()
+        return done
+
+    def _submit(self):
+        self.pending.append(self.pool.submit(run_batch, self.fn, self.job, self.batch))
+        self.batch = []
+
+
+if __name__ == "__main__":
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything printed goes to stderr, never into the replies
+    sys.stdout = sys.stderr
+    _serve(sys.stdin.buffer, replies)
