@@ -18,7 +18,6 @@ import math
 import warnings
 
 import simplejpeg
-import torch
 
 from gridtsne.decode import (STAGE_DECODE, DecodeConfig, DecodeError, check_bytes, check_pixels,
                              decode_image)
@@ -54,7 +53,7 @@ class DecodedBatch:
         that makes it unusable.
     """
 
-    pixels: torch.Tensor
+    pixels: object  # torch.Tensor
     rows: list
     outcomes: list
 
@@ -103,6 +102,7 @@ def resize(images, size):
     Bicubic with antialiasing (a filter widened by the scale factor, as Pillow does), rounded
     to whole levels like Pillow's 8-bit output.
     """
+    import torch
     width, height = size
     x = images.float()
     if x.shape[-2:] != (height, width):
@@ -145,6 +145,7 @@ def submit_thumbnails(images, quality, submit):
 
 
 def _as_tensor(data):
+    import torch
     with warnings.catch_warnings():  # decode_jpeg only reads its input
         warnings.simplefilter("ignore", UserWarning)
         return torch.frombuffer(data, dtype=torch.uint8)
@@ -206,6 +207,7 @@ def decode_batch(datas, config=DecodeConfig(), device="cpu", pool=None):
     -------
     DecodedBatch
     """
+    import torch
     device = torch.device(device)
     size = config.input_size
     outcomes = [None] * len(datas)
@@ -259,6 +261,7 @@ def decode_batch(datas, config=DecodeConfig(), device="cpu", pool=None):
 
 def _resize_groups(upright, config, pixels, thumbs, submit):
     """Resize images of equal shape together: model input into ``pixels``, thumbnails encoded."""
+    import torch
     size = config.input_size
     groups = {}
     for i, image in upright.items():

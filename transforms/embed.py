@@ -3,7 +3,8 @@
 Two paths, chosen by ``EmbedConfig.decoder`` (see :func:`resolve_decoder`):
 
 * ``pillow``: ``ReadAndDecodeFn`` (gridtsne.ingest, one image per element) -> ``RunInference``
-  with a keyed :class:`EmbeddingModelHandler` (gridtsne.models) -> rows (gridtsne.rows);
+  with a keyed :class:`~transforms.embed_inference.EmbeddingModelHandler` (gridtsne.models)
+  -> rows (gridtsne.rows);
 * ``batched``: ``BatchElements`` -> :class:`BatchEmbedFn`, one element per batch of files:
   bytes read ahead by threads, decoded and resized as a batch on the device
   (gridtsne.batch_embed), the model shared by the worker machine's processes.
@@ -21,8 +22,6 @@ import time
 import uuid
 
 import apache_beam as beam
-import numpy as np
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.utils.windowed_value import WindowedValue
 
 from gridtsne import faults, models
@@ -37,6 +36,7 @@ from transforms import embed_counters as C
 log = logging.getLogger(__name__)
 
 ERRORS = "errors"
+FIRST_BATCH = "gridtsne.embed.first_batch"  # logged once per BatchEmbedFn instance
 DECODERS = ("auto", "pillow", "batched")
 
 
@@ -238,47 +238,6 @@ def _windowed(value, where):
     return WindowedValue(value, timestamp, [window])
 
 
-class EmbeddingModelHandler(ModelHandler):
-    """RunInference handler for :mod:`gridtsne.models`: uint8 HWC arrays in, vectors out.
-
-    Our own handler rather than ``PytorchModelHandlerTensor`` because (a) the default model
-    is loaded by mapping another implementation's state dict, which that handler's
-    ``state_dict_path`` + ``model_class`` cannot express; (b) the examples travel as uint8
-    (a quarter of a float tensor) and are normalised once per batch on the device; (c) it runs
-    under ``torch.inference_mode()`` with channels-last activations; (d) ``--device auto`` is
-    resolved on the worker, not on the launcher.
-
-    Only names and numbers are stored here; the model is built in :meth:`load_model`, once
-    per worker process (RunInference shares it between the process's threads).
-    """
-
-    def __init__(self, config):
-        super().__init__(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
-        self._config = config
-
-    def load_model(self):
-        import torch
-
-        if self._config.torch_threads:
-            torch.set_num_threads(self._config.torch_threads)
-        loaded = models.load_model(self._config.model, self._config.weights,
-                                   self._config.device, self._config.channels_last,
-                                   precision=self._config.precision,
-                                   pooling=self._config.pooling)
-        models.check_weights(loaded, self._config.weights_sha256)
-        return loaded
-
-    def run_inference(self, batch, model, inference_args=None):
-        vectors = models.embed_batch(model, np.stack(batch))
-        return list(vectors)
-
-    def get_num_bytes(self, batch):
-        return sum(int(a.nbytes) for a in batch)
-
-    def get_metrics_namespace(self):
-        return "gridtsne.embed.RunInference"
-
-
 class _ToVectorRowFn(beam.DoFn):
     def __init__(self):
         self._vectors = C.counter(C.VECTORS)
@@ -331,6 +290,12 @@ class EmbedImages(beam.PTransform):
                 threads=self._config.decode_threads, in_flight=self._config.batch_size,
                 policy=self._config.input_policy))
             .with_outputs(ERRORS, main="decoded"))
+        # Imported here: apache_beam.ml.inference imports torch, which the batched path's
+        # worker processes that only read files never need (transforms.embed_inference).
+        from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+        from transforms.embed_inference import EmbeddingModelHandler
+
         # A failing forward pass fails the bundle (the machine's problem, never one file's).
         embedded = decoded | "RunInference" >> RunInference(
             KeyedModelHandler(EmbeddingModelHandler(self._config)))
@@ -358,6 +323,7 @@ class BatchEmbedFn(beam.DoFn):
         self._embedder = None
         self._pool = None
         self._pending = None
+        self._first_logged = False
         self._found = C.counter(C.IMAGES_FOUND)
         self._skipped = C.counter(C.NOT_IMAGES)
         self._decode_errors = C.counter(C.DECODE_ERRORS)
@@ -404,6 +370,9 @@ class BatchEmbedFn(beam.DoFn):
         results = self._embed_fetched(fetched)  # raises for the machine: the bundle fails
         faults.point("embedding")
         self._batch_msec.update(int((time.perf_counter() - start) * 1000))
+        if not self._first_logged:  # start-up is visible in the job's log
+            self._first_logged = True
+            log.info("%s: first batch embedded (%d files)", FIRST_BATCH, len(results))
         for f, record, value in results:
             if record is None and value is None:
                 self._skipped.inc()
