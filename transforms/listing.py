@@ -28,12 +28,8 @@ STARTED = "started"
 MANIFEST_CHUNK = 10_000
 
 
-class ExpandPatternsFn(beam.DoFn):
-    """A URL, directory or glob -> its files as :class:`~gridtsne.listing.FileInfo`.
-
-    A pattern that fails to list or matches nothing becomes an ``errors/`` row (stage
-    ``list``) on the ``errors`` output, so a mistyped ``--input`` is reported, not ignored.
-    """
+class _ListingFn(beam.DoFn):
+    """What both listing DoFns hold: storage options, the input policy and the counters."""
 
     def __init__(self, storage_options=None, policy=None):
         self._storage_options = dict(storage_options or {})
@@ -46,6 +42,14 @@ class ExpandPatternsFn(beam.DoFn):
 
     def setup(self):
         self._refusal = _refusal_of(self._policy)
+
+
+class ExpandPatternsFn(_ListingFn):
+    """A URL, directory or glob -> its files as :class:`~gridtsne.listing.FileInfo`.
+
+    A pattern that fails to list or matches nothing becomes an ``errors/`` row (stage
+    ``list``) on the ``errors`` output, so a mistyped ``--input`` is reported, not ignored.
+    """
 
     def process(self, pattern):
         yield beam.pvalue.TaggedOutput(STARTED, pattern)
@@ -138,7 +142,7 @@ class ReadManifestFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS, _list_error(manifest, exc))
 
 
-class ResolveEntriesFn(beam.DoFn):
+class ResolveEntriesFn(_ListingFn):
     """A list of manifest entries -> their files (:func:`gridtsne.listing.resolve_entries`).
 
     An entry that cannot be listed or matches nothing becomes an ``errors/`` row (stage
@@ -146,18 +150,6 @@ class ResolveEntriesFn(beam.DoFn):
     entry is checked before it is listed, and each file it lists before it goes on (a ``Refused``
     row otherwise); a failure of the machine (storage down) fails the bundle instead.
     """
-
-    def __init__(self, storage_options=None, policy=None):
-        self._storage_options = dict(storage_options or {})
-        self._policy = policy
-        self._refusal = None
-        self._patterns = C.counter(C.PATTERNS)
-        self._listed = C.counter(C.FILES_LISTED)
-        self._hidden = C.counter(C.HIDDEN_SKIPPED)
-        self._errors = C.counter(C.LISTING_ERRORS)
-
-    def setup(self):
-        self._refusal = _refusal_of(self._policy)
 
     def process(self, entries):
         self._patterns.inc(len(entries))
