@@ -20,8 +20,7 @@ import threading
 
 from gridtsne import models
 from gridtsne.batch_decode import decode_batch, thread_pool
-from gridtsne.batch_fetch import Fetched, fetch_batch, start_fetch  # noqa: F401 (re-exported)
-from gridtsne.decode import STAGE_EMBED, DecodeConfig, DecodeError
+from gridtsne.decode import DecodeConfig, DecodeError
 from gridtsne.ingest import ImageRecord
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
 from gridtsne import faults, models
-from gridtsne.batch_embed import BatchEmbedder, EmbedderConfig, embed_fetched, start_fetch
+from gridtsne.batch_embed import BatchEmbedder, EmbedderConfig, embed_fetched
+from gridtsne.batch_fetch import start_fetch
 from gridtsne.decode import STAGE_DECODE, STAGE_EMBED, DecodeConfig, DecodeError
 from gridtsne.failures import is_lost_connection, is_machine_failure
 from gridtsne.ingest import read_and_decode

@@ -117,11 +117,15 @@ class ReadManifestFn(beam.DoFn):
         self._storage_options = dict(storage_options or {})
         self._chunk = chunk
         self._policy = policy
+        self._refusal = None
         self._errors = C.counter(C.LISTING_ERRORS)
+
+    def setup(self):
+        self._refusal = _refusal_of(self._policy)
 
     def process(self, manifest):
         yield beam.pvalue.TaggedOutput(STARTED, manifest)
-        refused = _refusal_of(self._policy)(manifest)
+        refused = self._refusal(manifest)
         if refused:
             self._errors.inc()
             yield refused

@@ -356,7 +356,7 @@ def create_app(config, store=None):
     @app.delete("/v2/visualizations/{job_id}", responses=_errors(401, 404, 409, 422, 429),
                 summary="Cancel a pending or running one")
     def delete_visualization(job_id: str, request: Request, key=Depends(caller)):
-        job = owned(job_id, key)
+        owned(job_id, key)  # 404 unless it is this key's
         if store.cancel(job_id) is None:
             raise HTTPException(409, f"visualization {job_id!r} has already ended "
                                      f"({store.get_job(job_id)['status']}); nothing to cancel")
