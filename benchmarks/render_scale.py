@@ -158,7 +158,7 @@ def child_beam(args, mode="in_memory", direct_workers=1, render_workers=None):
     try:
         dists = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["distributions"]
         for d in dists:
-            if d.key.metric.name == "top_tile_ms":
+            if d.key.metric.name == "top_block_ms":
                 top_ms = (d.committed or d.attempted).sum
     except Exception:  # metrics are best effort on the DirectRunner's process mode
         pass

@@ -2,9 +2,11 @@
 
 Each tile is independent: a top-level tile needs only the thumbnails of its cells, a tile of
 a lower level only its (up to four) children, a piece of ``mosaic.jpg`` only one tile, a
-block of ``tsne.jpg`` only its points. :func:`draw_top_tile` and :func:`reduce_tile` do one
-tile's whole work (decode, draw, encode, write) and return what the pipeline passes on,
-:func:`mosaic_piece` and :func:`paint_tsne_block` one piece of an overview;
+block of ``tsne.jpg`` only its points. :func:`draw_block` does a block's whole work: its
+4 x 4 top-level tiles (decode, draw, encode, write) and the two levels below them, from the
+encoded tiles it holds; :func:`reduce_tile` does one lower tile's (read its children, halve,
+encode, write); both return what the pipeline passes on; :func:`mosaic_piece` and
+:func:`paint_tsne_block` do one piece of an overview;
 :class:`TileQueue` runs them inline, or in batches on a shared pool of worker processes
 (:func:`acquire_pool`), so one Beam worker process can keep every core of its machine busy.
 
@@ -37,6 +39,10 @@ from gridtsne.overview import TsneCanvas, encode_jpeg, fit_piece, paint_block
 from gridtsne.tiles import (MosaicGeometry, assemble_parent, decode_image, encode_tile,
                             half_of_encoded, render_top_tile)
 
+# Levels drawn inside one block (:func:`draw_block`): 4 x 4 top-level tiles, the 2 x 2 tiles
+# below them and their root, in one work item, so the runner handles a sixteenth of the
+# top-level items and none of the two levels below.
+BLOCK_LEVELS = 2
 # Tiles per task sent to a worker process: enough to make the hand-over (pickling, a pipe
 # round trip) small next to the work, few enough that a stage of a few hundred tiles still
 # spreads over many workers.
@@ -108,11 +114,72 @@ class TileDone:
     ms: float = 0.0
 
 
+@dataclasses.dataclass
+class BlockDone:
+    """A finished block (:func:`draw_block`): what the pipeline emits for it.
+
+    ``level, tx, ty``: the block's root tile; ``parent``: where the root goes one level down
+    (None at level 0); ``written``: ``{level: tiles}``; ``tiles``: ``(level, tx, ty, bytes)``
+    the caller must write (``TileJob.write`` False), else empty; ``owned``, ``missing``,
+    ``points``, ``ms``: as :class:`TileDone`'s, for all its top-level tiles together.
+    """
+
+    level: int
+    tx: int
+    ty: int
+    parent: typing.Optional[tuple] = None
+    written: dict = dataclasses.field(default_factory=dict)
+    tiles: list = dataclasses.field(default_factory=list)
+    owned: int = 0
+    missing: list = dataclasses.field(default_factory=list)
+    points: dict = dataclasses.field(default_factory=dict)
+    ms: float = 0.0
+
+    def store(self, job, level, tx, ty, data):
+        data = _keep(job, level, tx, ty, data)
+        if data is not None:
+            self.tiles.append((level, tx, ty, data))
+        self.written[level] = self.written.get(level, 0) + 1
+
+
 def _parent(geometry, level, tx, ty):
     if level == 0:
         return None
     plevel, ptx, pty, dx, dy = geometry.parent(level, tx, ty)
     return (plevel, ptx, pty), (dx, dy)
+
+
+def _top_tile(job, tx, ty, cells):
+    """Draw and encode full-resolution tile ``(tx, ty)``: ``(bytes, owned, missing, points)``."""
+    g = job.geometry
+    top = render_top_tile(g, tx, ty, [(c[0], c[1], c[2], c[3]) for c in cells])
+    data = encode_tile(top.image, g.fmt, job.quality)
+    points = {}
+    for _, row, col, _, x, y in cells:
+        source = top.decoded.get((row, col))
+        if source is None:
+            continue  # not owned by this tile, or a placeholder: not drawn in tsne.jpg
+        small = job.tsne.point_image(source)
+        px, py = job.tsne.position(x, y)
+        point = ((row, col), px, py, small.width, small.height, small.tobytes())
+        for block in job.tsne.blocks(px, py, small.width, small.height):
+            points.setdefault(block, []).append(point)
+    return data, len(top.decoded), top.missing, points
+
+
+def _reduced(job, level, tx, ty, children):
+    """Tile ``(tx, ty)`` of ``level``, encoded, from ``(dx, dy, encoded child)``."""
+    g = job.geometry
+    halves = [(dx, dy, half_of_encoded(data)) for dx, dy, data in children]
+    return encode_tile(assemble_parent(g, level, tx, ty, halves), g.fmt, job.quality)
+
+
+def _keep(job, level, tx, ty, data):
+    """Write a finished tile (``job.write``) and return None, or return its bytes."""
+    if not job.write:
+        return data
+    storage.write_bytes(job.tile_url(level, tx, ty), data, job.storage_options)
+    return None
 
 
 def draw_top_tile(job, tx, ty, cells):
@@ -125,24 +192,68 @@ def draw_top_tile(job, tx, ty, cells):
     """
     start = time.perf_counter()
     g = job.geometry
-    top = render_top_tile(g, tx, ty, [(c[0], c[1], c[2], c[3]) for c in cells])
-    data = encode_tile(top.image, g.fmt, job.quality)
-    if job.write:
-        storage.write_bytes(job.tile_url(g.max_level, tx, ty), data, job.storage_options)
-        data = None
-    points = {}
-    for _, row, col, _, x, y in cells:
-        source = top.decoded.get((row, col))
-        if source is None:
-            continue  # not owned by this tile, or a placeholder: not drawn in tsne.jpg
-        small = job.tsne.point_image(source)
-        px, py = job.tsne.position(x, y)
-        point = ((row, col), px, py, small.width, small.height, small.tobytes())
-        for block in job.tsne.blocks(px, py, small.width, small.height):
-            points.setdefault(block, []).append(point)
-    return TileDone(g.max_level, tx, ty, data, _parent(g, g.max_level, tx, ty),
-                    owned=len(top.decoded), missing=top.missing, points=points,
-                    ms=(time.perf_counter() - start) * 1000)
+    data, owned, missing, points = _top_tile(job, tx, ty, cells)
+    return TileDone(g.max_level, tx, ty, _keep(job, g.max_level, tx, ty, data),
+                    _parent(g, g.max_level, tx, ty), owned=owned, missing=missing,
+                    points=points, ms=(time.perf_counter() - start) * 1000)
+
+
+def block_depth(geometry):
+    """Levels below the top drawn inside one block: :data:`BLOCK_LEVELS`, fewer for a small
+    pyramid. A block is the tile ``(bx, by)`` of level ``max_level - depth`` and every tile
+    above it: ``2**depth`` x ``2**depth`` top-level tiles."""
+    return min(BLOCK_LEVELS, geometry.max_level)
+
+
+def draw_block(job, bx, by, cells):
+    """Draw block ``(bx, by)``: its top-level tiles, then each level below down to its root.
+
+    ``cells``: as :func:`draw_top_tile` takes them, those that overlap the block (a cell that
+    straddles two blocks is given to both; the tile holding its top-left pixel counts it).
+    Each tile is made exactly as the per-tile path makes it: top tiles by
+    :func:`draw_top_tile`'s drawing, each lower tile from its children's encoded bytes by
+    :func:`reduce_tile`'s, here held in memory instead of written and read back.
+    Returns a :class:`BlockDone`: its root's parent goes to the per-tile stages below.
+    """
+    start = time.perf_counter()
+    g = job.geometry
+    depth = block_depth(g)
+    top, root = g.max_level, g.max_level - depth
+    span = 1 << depth
+    per_tile = {}
+    for cell in cells:
+        mine = [t for t in g.tiles_of_cell(cell[1], cell[2])
+                if (t[0] >> depth, t[1] >> depth) == (bx, by)]
+        if not mine:
+            raise ValueError(f"cell (row={cell[1]}, col={cell[2]}) of {cell[0]!r} is not in "
+                             f"block {(bx, by)!r}")
+        for tile in mine:
+            per_tile.setdefault(tile, []).append(cell)
+    done = BlockDone(root, bx, by, parent=_parent(g, root, bx, by))
+    encoded = {}
+    nx, ny = g.tile_counts(top)
+    for ty in range(by * span, min((by + 1) * span, ny)):
+        for tx in range(bx * span, min((bx + 1) * span, nx)):
+            data, owned, missing, points = _top_tile(job, tx, ty, per_tile.get((tx, ty), []))
+            encoded[(tx, ty)] = data
+            done.owned += owned
+            done.missing += missing
+            for block, pts in points.items():
+                done.points.setdefault(block, []).extend(pts)
+            done.store(job, top, tx, ty, data)
+    for level in range(top - 1, root - 1, -1):
+        span >>= 1
+        nx, ny = g.tile_counts(level)
+        below, encoded = encoded, {}
+        for ty in range(by * span, min((by + 1) * span, ny)):
+            for tx in range(bx * span, min((bx + 1) * span, nx)):
+                data = _reduced(job, level, tx, ty, [
+                    (dx, dy, below[(2 * tx + dx, 2 * ty + dy)])
+                    for dx, dy in g.children(level, tx, ty)])
+                encoded[(tx, ty)] = data
+                done.store(job, level, tx, ty, data)
+    done.ms = (time.perf_counter() - start) * 1000
+    return done
 
 
 def reduce_tile(job, level, tx, ty, children):
@@ -153,17 +264,11 @@ def reduce_tile(job, level, tx, ty, children):
     """
     start = time.perf_counter()
     g = job.geometry
-    halves = []
-    for dx, dy, data in children:
-        if data is None:
-            data = storage.read_bytes(job.tile_url(level + 1, 2 * tx + dx, 2 * ty + dy),
-                                      job.storage_options)
-        halves.append((dx, dy, half_of_encoded(data)))
-    data = encode_tile(assemble_parent(g, level, tx, ty, halves), g.fmt, job.quality)
-    if job.write:
-        storage.write_bytes(job.tile_url(level, tx, ty), data, job.storage_options)
-        data = None
-    return TileDone(level, tx, ty, data, _parent(g, level, tx, ty),
+    children = [(dx, dy, storage.read_bytes(job.tile_url(level + 1, 2 * tx + dx, 2 * ty + dy),
+                                            job.storage_options) if data is None else data)
+                for dx, dy, data in children]
+    data = _reduced(job, level, tx, ty, children)
+    return TileDone(level, tx, ty, _keep(job, level, tx, ty, data), _parent(g, level, tx, ty),
                     ms=(time.perf_counter() - start) * 1000)
 
 
@@ -374,15 +479,16 @@ def _shutdown_pools():
 
 
 class TileQueue:
-    """Tiles in, ``fn(job, *tile)`` out: inline without a pool, in batches on one with a pool.
+    """Tiles in, ``fn(job, *tile)`` out: inline without a pool, in batches of ``batch`` items
+    on one with a pool (one item per task for blocks, whose work is a tile's times sixteen).
 
     ``put`` and ``drain`` return the results finished so far (in no particular order with a
     pool); every put tile's result comes out of exactly one of them, and an error in a tile's
     work is raised from the call that would have returned it.
     """
 
-    def __init__(self, fn, job, pool=None, workers=1):
-        self.fn, self.job, self.pool = fn, job, pool
+    def __init__(self, fn, job, pool=None, workers=1, batch=BATCH_TILES):
+        self.fn, self.job, self.pool, self.size = fn, job, pool, batch
         self.limit = TASKS_PER_WORKER * max(1, workers)
         self.batch = []
         self.pending = collections.deque()
@@ -391,7 +497,7 @@ class TileQueue:
         if self.pool is None:
             return [self.fn(self.job, *item)]
         self.batch.append(item)
-        if len(self.batch) >= BATCH_TILES:
+        if len(self.batch) >= self.size:
             self._submit()
         done = []
         while self.pending and (len(self.pending) > self.limit or self.pending[0].done()):

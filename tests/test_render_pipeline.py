@@ -282,5 +282,5 @@ def test_too_few_reduction_stages_is_a_clear_error(tmp_path, collection):
     p = BeamTestPipeline()
     _ = p | RenderMosaic(vectors, layout, str(tmp_path / "site"),
                          RenderConfig(cell=64, tile=128, max_levels=3))
-    with pytest.raises(Exception, match=r"RenderConfig\(max_levels=8\) or more"):
+    with pytest.raises(Exception, match=r"RenderConfig\(max_levels=6\) or more"):
         p.run().wait_until_finish()

@@ -2,8 +2,12 @@
 
 Work items and what each holds:
 
-* a top-level tile: the thumbnails of the cells it covers (keyed by tile after joining
-  layout rows with vector rows by URI), drawn once and written;
+* a band of the mosaic (a strip of blocks, about 2,048 cells): the layout rows, thumbnails
+  and labels of its cells, each row routed straight to its band (:mod:`gridtsne.render_join`)
+  and joined there by URI; the band hands its blocks to the tile workers as soon as they are
+  joined, so the next band is joined while they draw;
+* a block of 4 x 4 top-level tiles: the thumbnails of the cells it covers, drawn once, and
+  the two levels below it made from those tiles (:func:`gridtsne.tile_workers.draw_block`);
 * a tile of a lower level: its (up to four) children, keyed by parent and read back from
   the output, one Beam stage per level;
 * a block of ``tsne.jpg``, a cell-index block, a search-index prefix: only their own rows.
@@ -32,13 +36,13 @@ from gridtsne.overview import (DEFAULT_LONGEST, MOSAIC_OVERVIEW, TSNE_OVERVIEW, 
 from gridtsne.projector import export_projector
 from gridtsne.render_inputs import (declared_levels, plan_render, read_layout_part,
                                     read_thumbnail_part, table_parts)
+from gridtsne.render_join import Bands, group_band, join_band, route_table, split_by_band
 from gridtsne.labels import LabelsCsv, labels_csv
 from gridtsne.site import (CELL_BLOCK, DEFAULT_OSD_URL, SEARCH_DIRECTORY, SUMMARY_FILE, PageConfig,
-                           cell_block, cell_shard, is_url, read_labels, read_osd_files,
-                           search_chunks, search_directory, search_prefix, write_osd_files,
-                           write_page)
-from gridtsne.tile_workers import (TileJob, TileQueue, acquire_pool, check_workers,
-                                   draw_top_tile, mosaic_piece, paint_tsne_block,
+                           cell_shard, is_url, read_labels, read_osd_files, search_chunks,
+                           search_directory, write_osd_files, write_page)
+from gridtsne.tile_workers import (BLOCK_LEVELS, TileJob, TileQueue, acquire_pool, block_depth,
+                                   check_workers, draw_block, mosaic_piece, paint_tsne_block,
                                    process_local, reduce_tile, release_pool)
 from gridtsne.tiles import DZI_NAME, MosaicGeometry, decode_image
 from transforms import progress_metrics
@@ -47,10 +51,12 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "gridtsne.render"
 WRITTEN, MISSING, TSNE = "written", "missing", "tsne"
+SHARDS, NAMES, CELLS = "shards", "names", "cells"
 # Reduction stages built into the graph. The grid is only known at run time (the layout may
 # be written by the same job), so the graph carries enough stages for any pyramid of up to
-# 2**24 px a side; stages below level 0 receive nothing and cost little.
-DEFAULT_MAX_LEVELS = 24
+# 2**24 px a side (the blocks make the two levels below the top); stages below level 0
+# receive nothing and cost little.
+DEFAULT_MAX_LEVELS = 24 - BLOCK_LEVELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +71,9 @@ class RenderConfig:
     (``uri``/``path``, ``label``), a URL or a local path read on construction
     (:func:`gridtsne.labels.labels_csv`); title: the page's title; projector:
     also export a TensorBoard Projector folder to ``<output>/projector``; max_levels: reduction
-    stages to build (default: exactly the pyramid's when the layout exists before the pipeline
-    runs, else ``DEFAULT_MAX_LEVELS``); storage_options: per-protocol fsspec options for every
+    stages to build, one per level below the blocks' roots (the blocks draw the top three
+    levels; default: exactly the pyramid's when the layout exists before the pipeline runs,
+    else ``DEFAULT_MAX_LEVELS``); storage_options: per-protocol fsspec options for every
     file read and written (see :func:`gridtsne.storage.filesystem`); render_workers: processes
     that draw, encode and write tiles in each Beam worker process (1: the runner's own thread,
     one tile at a time, as on Dataflow and Flink, where the runner spreads tiles over workers;
@@ -120,6 +127,7 @@ class _PoolFn(beam.DoFn):
     """
 
     work = None  # the per-item function of gridtsne.tile_workers
+    batch = 16  # items per task sent to a worker process
 
     def __init__(self, output, config):
         self.output = output
@@ -143,7 +151,8 @@ class _PoolFn(beam.DoFn):
             job = TileJob(plan.geometry, plan.tsne, self.output, self.config.quality,
                           self.config.storage_options,
                           write=self.pool is None or not process_local(self.output))
-            self.queue = TileQueue(self.work, job, self.pool, self.config.render_workers)
+            self.queue = TileQueue(self.work, job, self.pool, self.config.render_workers,
+                                   self.batch)
         return self.queue
 
     def finish_bundle(self):
@@ -180,58 +189,67 @@ class _TileFn(_PoolFn):
         # Inference sees the TaggedOutputs too; the main output is always a key-value pair.
         return typehints.Tuple[typehints.Any, typehints.Any]
 
-    def setup(self):
-        super().setup()
-        self.tiles = progress_metrics.counter(NAMESPACE, self.counter_name)
 
-    def _outputs(self, done, job):
-        for tile in done:
-            if tile.data is not None:
-                storage.write_bytes(job.tile_url(tile.level, tile.tx, tile.ty), tile.data,
-                                    self.config.storage_options)
-            self.tiles.inc()
-            yield TaggedOutput(WRITTEN, tile.level)
-            yield from self._emit(tile)
-            if tile.parent is not None:
-                yield tile.parent
+class RenderBandFn(_TileFn):
+    """Join one band of the mosaic and draw its blocks: the 4 x 4 top-level tiles of each and
+    the two levels below them.
 
-    def _emit(self, tile):
-        """The tile's own outputs besides ``written`` and its parent."""
-        return ()
-
-
-class RenderTopTileFn(_TileFn):
-    """Draw and write one full-resolution tile; hand its half to the parent level.
-
-    Input: ``((tx, ty), {"cells": [(uri, row, col, thumbnail, x, y)], "tile": [...]})``.
-    Outputs: main ``((level, ptx, pty), (dx, dy))``; ``written``: the level;
-    ``missing``: URIs drawn as placeholders; ``tsne``: ``(block, [point, ...])``, the points
-    of this tile's cells for one block of ``tsne.jpg``.
+    Input: ``(band, {"layout": [[(key, row)], ...], "thumbs": [...], "labels": [...],
+    "band": [...]})``, lists of rows routed to this band. Outputs: main ``((level, ptx, pty),
+    (dx, dy))``, each block root's place in the level below; ``written``: ``(level, tiles)``;
+    ``missing``: URIs drawn as placeholders; ``tsne``: ``(block, [point, ...])``, points for
+    one block of ``tsne.jpg``; ``shards``, ``names``: ``(key, [entry, ...])`` for the cell and
+    search indexes; ``cells``: how many cells the band owns.
     """
 
-    work = staticmethod(draw_top_tile)
-    counter_name = "top_tiles_written"
+    work = staticmethod(draw_block)
+    batch = 1  # a block is sixteen tiles' work
 
     def setup(self):
         super().setup()
+        self.top_tiles = progress_metrics.counter(NAMESPACE, "top_tiles_written")
+        self.lower_tiles = progress_metrics.counter(NAMESPACE, "lower_tiles_written")
         self.cells = Metrics.counter(NAMESPACE, "cells_drawn")
         self.placeholders = Metrics.counter(NAMESPACE, "placeholders")
-        self.ms = _timer("top_tile_ms")
+        self.ms = _timer("top_block_ms")
 
     def process(self, element, plan):
-        (tx, ty), groups = element
+        band, groups = element
+        bands = _bands(plan)
+        cells, counts = join_band(band, bands, groups["layout"], groups["thumbs"],
+                                  groups.get("labels", ()))
+        for name, count in counts.items():
+            Metrics.counter(NAMESPACE, name).inc(count)
+        blocks, shards, names, owned = group_band(band, bands, cells)
+        del cells
         queue = self._queue(plan)
-        yield from self._outputs(queue.put(tx, ty, list(groups["cells"])), queue.job)
+        for (bx, by), batch in blocks.items():
+            yield from self._outputs(queue.put(bx, by, batch), queue.job)
+        for key, batch in shards.items():
+            yield TaggedOutput(SHARDS, (key, batch))
+        for key, batch in names.items():
+            yield TaggedOutput(NAMES, (key, batch))
+        yield TaggedOutput(CELLS, owned)
 
-    def _emit(self, tile):
-        faults.point("rendering")  # a top tile is written
-        self.cells.inc(tile.owned)
-        self.placeholders.inc(len(tile.missing))
-        self.ms.update(int(tile.ms))
-        for uri in tile.missing:
-            yield TaggedOutput(MISSING, uri)
-        for block, points in tile.points.items():
-            yield TaggedOutput(TSNE, (block, points))
+    def _outputs(self, done, job):
+        top = job.geometry.max_level
+        for block in done:
+            for level, tx, ty, data in block.tiles:
+                storage.write_bytes(job.tile_url(level, tx, ty), data,
+                                    self.config.storage_options)
+            for level, count in block.written.items():
+                (self.top_tiles if level == top else self.lower_tiles).inc(count)
+                yield TaggedOutput(WRITTEN, (level, count))
+            faults.point("rendering")  # a block of top tiles is written
+            self.cells.inc(block.owned)
+            self.placeholders.inc(len(block.missing))
+            self.ms.update(int(block.ms))
+            for uri in block.missing:
+                yield TaggedOutput(MISSING, uri)
+            for key, points in block.points.items():
+                yield TaggedOutput(TSNE, (key, points))
+            if block.parent is not None:
+                yield block.parent
 
 
 class ReduceTileFn(_TileFn):
@@ -243,7 +261,20 @@ class ReduceTileFn(_TileFn):
     """
 
     work = staticmethod(reduce_tile)
-    counter_name = "lower_tiles_written"
+
+    def setup(self):
+        super().setup()
+        self.tiles = progress_metrics.counter(NAMESPACE, "lower_tiles_written")
+
+    def _outputs(self, done, job):
+        for tile in done:
+            if tile.data is not None:
+                storage.write_bytes(job.tile_url(tile.level, tile.tx, tile.ty), tile.data,
+                                    self.config.storage_options)
+            self.tiles.inc()
+            yield TaggedOutput(WRITTEN, (tile.level, 1))
+            if tile.parent is not None:
+                yield tile.parent
 
     def process(self, element, plan):
         (level, tx, ty), children = element
@@ -264,27 +295,28 @@ class ReduceTileFn(_TileFn):
         yield from self._outputs(queue.put(level, tx, ty, halves), queue.job)
 
 
-def join_cells(element):
-    """One cell per layout row: ``(uri, row, col, x, y, thumbnail, width, height, bytes, label)``.
+def _bands(plan):
+    return Bands.plan(plan.geometry, block_depth(plan.geometry))
 
-    A layout row without a vectors row gets thumbnail None (drawn as a placeholder); vectors
-    rows without a layout row are counted and skipped.
-    """
-    _, groups = element
-    layout = list(groups["layout"])
-    thumbs = list(groups["thumbs"])
-    labels = list(groups.get("labels", ()))
-    if not layout:
-        Metrics.counter(NAMESPACE, "vectors_not_in_layout").inc(len(thumbs))
-        return
-    if len(thumbs) > 1:
-        Metrics.counter(NAMESPACE, "duplicate_vector_rows").inc(len(thumbs) - 1)
-    thumb, width, height, nbytes = thumbs[0] if thumbs else (None, None, None, None)
-    if not thumbs:
-        Metrics.counter(NAMESPACE, "layout_rows_without_vectors").inc()
-    label = labels[0] if labels else None
-    for uri, row, col, x, y in layout:
-        yield uri, row, col, x, y, thumb, width, height, nbytes, label
+
+def _routes(_, layout_url, plan, storage_options=None):
+    return route_table(layout_url, _bands(plan), storage_options)
+
+
+def _layout_to_bands(part, plan, storage_options=None):
+    """One layout part's rows, one list per band: ``(band, [(key, row), ...])``."""
+    bands = _bands(plan)
+    rows, _ = split_by_band(read_layout_part(part, storage_options),
+                            lambda key, row: bands.bands_of_cell(row[1], row[2]))
+    return rows
+
+
+def _routed(pairs, routes, counter):
+    """Pairs routed to their bands by URI key; those of no band are counted on ``counter``."""
+    rows, unrouted = split_by_band(pairs, lambda key, _: routes.bands_of(key))
+    if unrouted:
+        Metrics.counter(NAMESPACE, counter).inc(unrouted)
+    return rows
 
 
 def _plan(_, layout_url, cfg):
@@ -292,12 +324,6 @@ def _plan(_, layout_url, cfg):
                        cfg.storage_options)
     progress_metrics.counter(NAMESPACE, "tiles_planned").inc(plan.geometry.tile_count())
     return plan
-
-
-def _key_by_tiles(cell, plan):
-    uri, row, col, x, y, thumb = cell[:6]
-    for tile in plan.geometry.tiles_of_cell(row, col):
-        yield tile, (uri, row, col, thumb, x, y)
 
 
 def _write_tsne(blocks, output, plan, storage_options=None):
@@ -314,8 +340,8 @@ def _write_mosaic_overview(_, output, config, plan, tiles_written):
     expected = g.tile_count()
     if tiles_written != expected:
         raise ValueError(f"the pyramid has {tiles_written} tiles, expected {expected}: give "
-                         f"RenderConfig(max_levels={g.max_level}) or more for this "
-                         f"{g.max_level + 1}-level pyramid")
+                         f"RenderConfig(max_levels={g.max_level - block_depth(g)}) or more "
+                         f"for this {g.max_level + 1}-level pyramid")
 
     def read_tile(level, tx, ty):
         url = storage.url_join(output, g.tile_path(level, tx, ty))
@@ -345,9 +371,9 @@ def _write_mosaic_overview(_, output, config, plan, tiles_written):
 
 
 def _write_cell_shard(element, output, storage_options=None):
-    """Write one block's cell index; ``(1 shard, its number of images)``."""
-    (br, bc), entries = element
-    entries = list(entries)
+    """Write one block's cell index (its entries come in lists); ``(1 shard, images)``."""
+    (br, bc), batches = element
+    entries = [entry for batch in batches for entry in batch]
     name, data = cell_shard(br, bc, entries, CELL_BLOCK)
     storage.write_bytes(storage.url_join(output, name), data, storage_options)
     return 1, len(entries)
@@ -362,7 +388,8 @@ def _sum_pairs(pairs):
 
 
 def _write_search_chunks(element, output, storage_options=None):
-    prefix, entries = element
+    prefix, batches = element
+    entries = [entry for batch in batches for entry in batch]
     for name, data, entry in search_chunks(prefix, entries):
         storage.write_bytes(storage.url_join(output, name), data, storage_options)
         yield entry
@@ -471,7 +498,7 @@ class RenderMosaic(beam.PTransform):
         self.config = config
 
     def _stages(self, pcoll):
-        """How many reduction stages to build (one per level below the top)."""
+        """How many reduction stages to build (one per level below the blocks' roots)."""
         if self.config.max_levels is not None:
             return self.config.max_levels
         if isinstance(pcoll, beam.pvalue.PBegin):
@@ -479,7 +506,7 @@ class RenderMosaic(beam.PTransform):
             top = declared_levels(self.layout_url, self.config.cell, self.config.tile,
                                   self.config.storage_options)
             if top is not None:
-                return max(1, top)
+                return max(1, top - min(BLOCK_LEVELS, top))
         return DEFAULT_MAX_LEVELS
 
     def expand(self, pcoll):
@@ -490,31 +517,34 @@ class RenderMosaic(beam.PTransform):
         plan = start | "PlanRender" >> beam.Map(_plan, layout_url, cfg)
         plan_si = AsSingleton(plan)
 
+        routes = AsSingleton(start | "RouteUris" >> beam.Map(_routes, layout_url, plan_si, opts))
         layout = (start
                   | "ListLayoutParts" >> beam.FlatMap(lambda _: table_parts(layout_url, opts))
                   | "SpreadLayoutParts" >> beam.Reshuffle()
-                  | "ReadLayout" >> beam.FlatMap(read_layout_part, opts))
+                  | "ReadLayout" >> beam.FlatMap(_layout_to_bands, plan_si, opts))
         thumbs = (start
                   | "ListVectorParts" >> beam.FlatMap(lambda _: table_parts(vectors_url, opts))
                   | "SpreadVectorParts" >> beam.Reshuffle()
-                  | "ReadThumbnails" >> beam.FlatMap(read_thumbnail_part, opts))
-        sources = {"layout": layout, "thumbs": thumbs}
+                  | "ReadThumbnails" >> beam.FlatMap(
+                      lambda part, r: _routed(read_thumbnail_part(part, opts), r,
+                                              "vectors_not_in_layout"), routes))
+        # Every band is a work item, even one of holes only.
+        sources = {"layout": layout, "thumbs": thumbs,
+                   "band": plan | "ListBands" >> beam.FlatMap(
+                       lambda p: ((band, None) for band in range(_bands(p).count)))}
         if cfg.labels:
             labels_url = cfg.labels
-            sources["labels"] = start | "ReadLabels" >> beam.FlatMap(
-                lambda _: read_labels(labels_url, opts))
-        cells = (sources
-                 | "JoinByUri" >> beam.CoGroupByKey()
-                 | "MakeCells" >> beam.FlatMap(join_cells))
-
-        # Top level: every tile is a work item, even one of holes only.
-        by_tile = cells | "KeyCellsByTile" >> beam.FlatMap(_key_by_tiles, plan_si)
-        all_tiles = plan | "ListTopTiles" >> beam.FlatMap(
-            lambda p: ((key, None) for key in p.geometry.tile_keys(p.geometry.max_level)))
-        top = ({"cells": by_tile, "tile": all_tiles}
-               | "GroupCellsByTile" >> beam.CoGroupByKey()
-               | "RenderTopTiles" >> beam.ParDo(RenderTopTileFn(out, cfg), plan_si)
-               .with_outputs(WRITTEN, MISSING, TSNE, main="parents"))
+            # Its own stage (a Reshuffle): fused with Start, the routes it waits for (made from
+            # Start's element) would never be ready.
+            sources["labels"] = (start
+                                 | "SpreadLabels" >> beam.Reshuffle()
+                                 | "ReadLabels" >> beam.FlatMap(
+                                     lambda _, r: _routed(read_labels(labels_url, opts), r,
+                                                          "labels_not_in_layout"), routes))
+        top = (sources
+               | "GroupRowsByBand" >> beam.CoGroupByKey()
+               | "RenderBands" >> beam.ParDo(RenderBandFn(out, cfg), plan_si)
+               .with_outputs(WRITTEN, MISSING, TSNE, SHARDS, NAMES, CELLS, main="parents"))
         written = [top[WRITTEN]]
         parents = top.parents
         for stage in range(1, self._stages(pcoll) + 1):
@@ -528,7 +558,7 @@ class RenderMosaic(beam.PTransform):
 
         tiles = (written
                  | "FlattenWrittenTiles" >> beam.Flatten()
-                 | "CountTilesPerLevel" >> beam.combiners.Count.PerElement()
+                 | "SumTilesPerLevel" >> beam.CombinePerKey(sum)
                  | "CollectTileCounts" >> beam.combiners.ToDict())
         tiles_total = tiles | "SumTiles" >> beam.Map(lambda d: sum(d.values()))
         mosaic = start | "WriteMosaicOverview" >> beam.Map(
@@ -543,18 +573,13 @@ class RenderMosaic(beam.PTransform):
         placeholders = top[MISSING] | "CountPlaceholders" >> beam.combiners.Count.Globally()
         examples = (top[MISSING]
                     | "SamplePlaceholders" >> beam.combiners.Sample.FixedSizeGlobally(20))
-        cell_count = cells | "CountCells" >> beam.combiners.Count.Globally()
+        cell_count = top[CELLS] | "CountCells" >> beam.CombineGlobally(sum)
 
-        shards = (cells
-                  | "KeyCellsByBlock" >> beam.Map(
-                      lambda c: (cell_block(c[1], c[2], CELL_BLOCK),
-                                 (c[1], c[2], c[0], c[9], c[6], c[7], c[8])))
-                  | "GroupCellsByBlock" >> beam.GroupByKey()
+        shards = (top[SHARDS]
+                  | "GroupCellsByIndexBlock" >> beam.GroupByKey()
                   | "WriteCellShards" >> beam.Map(_write_cell_shard, out, opts)
                   | "CountCellShards" >> beam.CombineGlobally(_sum_pairs))
-        search = (cells
-                  | "KeyNamesByPrefix" >> beam.Map(lambda c: (search_prefix(c[0]),
-                                                              (c[0], c[1], c[2])))
+        search = (top[NAMES]
                   | "GroupNamesByPrefix" >> beam.GroupByKey()
                   | "WriteSearchChunks" >> beam.FlatMap(_write_search_chunks, out, opts)
                   | "CollectSearchChunks" >> beam.combiners.ToList()

@@ -1,0 +1,123 @@
+"""Rows routed to bands and joined there; blocks drawn as the tile-by-tile path draws them."""
+import collections
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gridtsne import tile_workers
+from gridtsne.overview import TsneCanvas
+from gridtsne.render_join import (Bands, Routes, group_band, join_band, key_hash,
+                                  split_by_band)
+from gridtsne.site import uri_key
+from gridtsne.tiles import MosaicGeometry
+from tests.render_tables import real_photos, thumbnail_jpeg
+
+ROWS, COLS = 23, 19
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _routes(layout_pairs, bands):
+    hashes, targets = [], []
+    for key, (_, row, col, _, _) in layout_pairs:
+        for band in bands.bands_of_cell(row, col):
+            hashes.append(key_hash(key))
+            targets.append(band)
+    h = np.array(hashes, dtype=np.uint64)
+    order = np.argsort(h, kind="stable")
+    return Routes(h[order], np.array(targets, dtype=np.int32)[order])
+
+
+def test_every_cell_reaches_every_block_it_overlaps_and_is_counted_once():
+    # 100 px cells on 128 px tiles straddle tile, block and band edges; small bands.
+    g = MosaicGeometry(ROWS, COLS, cell=100, tile=128)
+    bands = Bands.plan(g, tile_workers.block_depth(g), cells_per_band=64)
+    assert bands.count > 3
+    rng = np.random.default_rng(0)
+    places = rng.permutation(ROWS * COLS)[:300]
+    layout = [(uri_key(f"/p/{i}.jpg"), (f"/p/{i}.jpg", int(p) // COLS, int(p) % COLS, 0.0, 0.0))
+              for i, p in enumerate(places)]
+    # Thumbnails: none for /p/0, two rows for /p/1, one row for an image not in the layout.
+    thumbs = [(key, (f"t{key}".encode(), 1, 1, 1)) for key, _ in layout[1:]]
+    thumbs += [(layout[1][0], (b"second", 1, 1, 1)), (uri_key("/p/extra.jpg"), (b"x", 1, 1, 1))]
+    routes = _routes(layout, bands)
+    layout_lists, _ = split_by_band(layout, lambda k, v: bands.bands_of_cell(v[1], v[2]))
+    thumb_lists, unrouted = split_by_band(thumbs, lambda k, _: routes.bands_of(k))
+    assert unrouted == 1  # /p/extra.jpg: the read step counts it
+    by_band = collections.defaultdict(lambda: {"layout": [], "thumbs": []})
+    for band, rows in layout_lists:
+        by_band[band]["layout"].append(rows)
+    for band, rows in thumb_lists:
+        by_band[band]["thumbs"].append(rows)
+
+    owned, counts, drawn = [], collections.Counter(), collections.defaultdict(set)
+    for band in range(bands.count):
+        cells, c = join_band(band, bands, by_band[band]["layout"], by_band[band]["thumbs"])
+        counts += c
+        blocks, shards, names, n = group_band(band, bands, cells)
+        assert set(blocks) == set(bands.blocks(band))  # holes-only blocks too
+        for key, batch in blocks.items():
+            drawn[key] |= {(uri, thumb) for uri, _, _, thumb, _, _ in batch}
+        uris = sorted(uri for batch in names.values() for uri, _, _ in batch)
+        assert sorted(e[2] for batch in shards.values() for e in batch) == uris
+        assert n == len(uris)
+        owned += uris
+    assert sorted(owned) == sorted(v[0] for _, v in layout)  # each image indexed exactly once
+    assert counts == {"layout_rows_without_vectors": 1, "duplicate_vector_rows": 1}
+    straddling = 0
+    for key, (uri, row, col, _, _) in layout:
+        wanted = set(bands.blocks_of_cell(row, col))
+        straddling += len(wanted) > 1
+        for block in wanted:  # with its own thumbnail (the first row), or None
+            thumb = None if uri == "/p/0.jpg" else f"t{key}".encode()
+            assert (uri, thumb) in drawn[block]
+    assert straddling > 20
+
+
+def test_the_route_hash_is_the_same_in_another_process():
+    """Python's own hash of a str is salted per process: routes made on one worker would
+    send rows to the wrong band on another."""
+    keys = ["/photos/a.jpg", "s3://b/ü.jpg", ""]
+    code = ("from gridtsne.render_join import key_hash; import sys; "
+            f"print([key_hash(k) for k in {keys!r}])")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env={"PYTHONHASHSEED": "123", "PYTHONPATH": ROOT})
+    assert other.stdout.strip() == str([key_hash(k) for k in keys])
+
+
+@pytest.mark.parametrize("cell,tile,fmt", [(40, 64, "jpeg"), (64, 128, "webp")])
+def test_a_block_is_byte_identical_to_its_tiles_drawn_and_reduced_one_by_one(tmp_path, cell,
+                                                                           tile, fmt):
+    photos = [thumbnail_jpeg(arr) for _, arr in sorted(real_photos().items())]
+    g = MosaicGeometry(13, 11, cell=cell, tile=tile, fmt=fmt)
+    depth = tile_workers.block_depth(g)
+    assert depth == 2
+    tsne = TsneCanvas.plan(0.0, 10.0, 0.0, 10.0, count=13 * 11, cell=cell, longest=256)
+    job = tile_workers.TileJob(g, tsne, str(tmp_path), write=False)
+    cells = [(f"/p/{r}_{c}.jpg", r, c, photos[(r * 11 + c) % len(photos)] if (r + c) % 7 else None,
+              float(c), float(r)) for r in range(13) for c in range(11) if (r * c) % 5 != 1]
+    top = g.max_level
+    # Tile by tile: every top tile drawn from its cells, each lower tile from its children.
+    one = {}
+    for tx, ty in g.tile_keys(top):
+        mine = [c for c in cells if (tx, ty) in g.tiles_of_cell(c[1], c[2])]
+        one[(top, tx, ty)] = tile_workers.draw_top_tile(job, tx, ty, mine).data
+    for level in range(top - 1, top - depth - 1, -1):
+        for tx, ty in g.tile_keys(level):
+            kids = [(dx, dy, one[(level + 1, 2 * tx + dx, 2 * ty + dy)])
+                    for dx, dy in g.children(level, tx, ty)]
+            one[(level, tx, ty)] = tile_workers.reduce_tile(job, level, tx, ty, kids).data
+    # Block by block.
+    bands = Bands.plan(g, depth)
+    blocked, owned = {}, 0
+    for bx, by in g.tile_keys(top - depth):
+        mine = [c for c in cells if (bx, by) in bands.blocks_of_cell(c[1], c[2])]
+        done = tile_workers.draw_block(job, bx, by, mine)
+        assert done.parent == ((top - depth - 1, bx // 2, by // 2), (bx % 2, by % 2))
+        owned += done.owned
+        blocked.update({(level, tx, ty): data for level, tx, ty, data in done.tiles})
+        assert sum(done.written.values()) == len(done.tiles)
+    assert blocked == one
+    assert owned == len(cells)
