@@ -310,6 +310,7 @@ def _tree_rss_bytes(pid):
 
 
 def measure(kind, workers, inputs, out, args):
+    os.sync()  # the last run's tiles reach the disk now, not during this run's clock
     cmd = [sys.executable, __file__, "--child", kind, "--vectors", inputs[0], "--layout",
            inputs[1], "--output", out, "--cell", str(args.cell), "--tile", str(args.tile),
            "--render-workers", str(workers)]

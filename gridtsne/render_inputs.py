@@ -111,8 +111,8 @@ def plan_render(layout_url, cell=128, tile=256, fmt="jpeg", overview=DEFAULT_LON
     return RenderPlan(geometry, tsne, count)
 
 
-def declared_levels(layout_url, cell=128, tile=256, storage_options=None):
-    """The pyramid's full-resolution level from the layout's declared grid, or None.
+def declared_geometry(layout_url, cell=128, tile=256, storage_options=None):
+    """The pyramid's :class:`MosaicGeometry` from the layout's declared grid, or None.
 
     Reads only the file's schema; None when the layout does not exist yet or declares no
     grid shape.
@@ -127,7 +127,7 @@ def declared_levels(layout_url, cell=128, tile=256, storage_options=None):
         shape = grid_shape(schema.read_metadata(pq.ParquetFile(fh).schema_arrow))
     if shape is None:
         return None
-    return MosaicGeometry(shape[0], shape[1], cell=cell, tile=tile).max_level
+    return MosaicGeometry(shape[0], shape[1], cell=cell, tile=tile)
 
 
 def table_parts(url, storage_options=None):

@@ -11,8 +11,9 @@ import mimetypes
 import posixpath
 
 import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+# pyarrow is imported by the Parquet functions that need it: tile worker processes import
+# this module for plain files and start faster without it.
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ def parquet_files(url, storage_options=None):
 
 def read_parquet(url, columns=None, storage_options=None):
     """Read a Parquet file or a directory of Parquet files at ``url`` into one Arrow table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     fs, files = parquet_files(url, storage_options)
     if not files:
         raise FileNotFoundError(f"no Parquet files at {url!r}")
@@ -112,6 +115,7 @@ def read_parquet(url, columns=None, storage_options=None):
 
 def count_parquet_rows(url, storage_options=None):
     """Rows in the Parquet file(s) at ``url``, from their footers alone (0 when none)."""
+    import pyarrow.parquet as pq
     fs, files = parquet_files(url, storage_options)
     total = 0
     for f in files:
@@ -122,6 +126,7 @@ def count_parquet_rows(url, storage_options=None):
 
 def iter_parquet_batches(url, columns=None, batch_size=65536, storage_options=None):
     """Stream record batches of the Parquet file(s) at ``url`` without loading them whole."""
+    import pyarrow.parquet as pq
     fs, files = parquet_files(url, storage_options)
     if not files:
         raise FileNotFoundError(f"no Parquet files at {url!r}")
@@ -132,6 +137,7 @@ def iter_parquet_batches(url, columns=None, batch_size=65536, storage_options=No
 
 def write_parquet(url, table, storage_options=None, **kwargs):
     """Write ``table`` as one Parquet file at ``url`` through fsspec."""
+    import pyarrow.parquet as pq
     fs, path = filesystem(url, storage_options)
     _make_parent(fs, path)
     with fs.open(path, "wb") as fh:

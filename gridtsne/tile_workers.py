@@ -4,8 +4,9 @@ Each tile is independent: a top-level tile needs only the thumbnails of its cell
 a lower level only its (up to four) children, a piece of ``mosaic.jpg`` only one tile, a
 block of ``tsne.jpg`` only its points. :func:`draw_block` does a block's whole work: its
 4 x 4 top-level tiles (decode, draw, encode, write) and the two levels below them, from the
-encoded tiles it holds; :func:`reduce_tile` does one lower tile's (read its children, halve,
-encode, write); both return what the pipeline passes on; :func:`mosaic_piece` and
+encoded tiles it holds; :func:`reduce_block` does one reduction step's (read the tiles of one
+level below a root, halve, paste, encode and write each level down to the root); both return
+what the pipeline passes on; :func:`mosaic_piece` and
 :func:`paint_tsne_block` do one piece of an overview;
 :class:`TileQueue` runs them inline, or in batches on a shared pool of worker processes
 (:func:`acquire_pool`), so one Beam worker process can keep every core of its machine busy.
@@ -35,7 +36,8 @@ import fsspec
 from PIL import Image
 
 from gridtsne import storage
-from gridtsne.overview import TsneCanvas, encode_jpeg, fit_piece, paint_block
+from gridtsne.overview import (TSNE_OVERVIEW, TsneCanvas, encode_jpeg, fit_piece, paint_block,
+                               stitch_blocks)
 from gridtsne.tiles import (MosaicGeometry, assemble_parent, decode_image, encode_tile,
                             half_of_encoded, render_top_tile)
 
@@ -43,6 +45,9 @@ from gridtsne.tiles import (MosaicGeometry, assemble_parent, decode_image, encod
 # below them and their root, in one work item, so the runner handles a sixteenth of the
 # top-level items and none of the two levels below.
 BLOCK_LEVELS = 2
+# Once a level has at most this many tiles, one work item makes every level below it (reading
+# them all back is cheaper than a runner stage per level).
+FINAL_TILES = 64
 # Tiles per task sent to a worker process: enough to make the hand-over (pickling, a pipe
 # round trip) small next to the work, few enough that a stage of a few hundred tiles still
 # spreads over many workers.
@@ -94,11 +99,10 @@ class TileJob:
 
 @dataclasses.dataclass
 class TileDone:
-    """A finished tile: what the pipeline emits for it.
+    """A finished top-level tile (:func:`draw_top_tile`, the block's work one tile at a time).
 
     ``data``: the encoded tile when the caller must write it (``TileJob.write`` False), else
-    None; ``parent``: ``((level, ptx, pty), (dx, dy))`` for the level below, or None at level
-    0; for a top-level tile also ``owned`` (cells counted by this tile), ``missing`` (URIs of
+    None; ``parent``: where it goes in the first reduction step (:func:`step_parent`); also ``owned`` (cells counted by this tile), ``missing`` (URIs of
     owned cells drawn as placeholders) and ``points``: ``{tsne.jpg block: [point, ...]}`` with
     each point ``((row, col), px, py, width, height, RGB bytes)``; ``ms``: the tile's time.
     """
@@ -116,10 +120,11 @@ class TileDone:
 
 @dataclasses.dataclass
 class BlockDone:
-    """A finished block (:func:`draw_block`): what the pipeline emits for it.
+    """A finished block (:func:`draw_block`) or reduction step (:func:`reduce_block`).
 
-    ``level, tx, ty``: the block's root tile; ``parent``: where the root goes one level down
-    (None at level 0); ``written``: ``{level: tiles}``; ``tiles``: ``(level, tx, ty, bytes)``
+    ``level, tx, ty``: the block's root tile; ``parent``: where the root goes in the next
+    reduction step (:func:`step_parent`; None at level 0); ``written``: ``{level: tiles}``;
+    ``tiles``: ``(level, tx, ty, bytes)``
     the caller must write (``TileJob.write`` False), else empty; ``owned``, ``missing``,
     ``points``, ``ms``: as :class:`TileDone`'s, for all its top-level tiles together.
     """
@@ -142,11 +147,37 @@ class BlockDone:
         self.written[level] = self.written.get(level, 0) + 1
 
 
-def _parent(geometry, level, tx, ty):
+def step_depth(geometry, level):
+    """Levels one reduction step makes from the tiles of ``level``: every level below it once
+    ``level`` has at most :data:`FINAL_TILES` tiles, else :data:`BLOCK_LEVELS` (or fewer)."""
+    nx, ny = geometry.tile_counts(level)
+    return level if nx * ny <= FINAL_TILES else min(BLOCK_LEVELS, level)
+
+
+def reduction_steps(geometry):
+    """``[(level, depth), ...]``: the reduction steps below the blocks, one runner stage each."""
+    steps, level = [], geometry.max_level - block_depth(geometry)
+    while level > 0:
+        steps.append((level, step_depth(geometry, level)))
+        level -= steps[-1][1]
+    return steps
+
+
+def step_parent(geometry, level, tx, ty):
+    """Where tile ``(tx, ty)`` of ``level`` goes: ``((root level, rx, ry), (level, tx, ty))``,
+    the root of the reduction step that starts at ``level`` and the tile; None at level 0."""
     if level == 0:
         return None
-    plevel, ptx, pty, dx, dy = geometry.parent(level, tx, ty)
-    return (plevel, ptx, pty), (dx, dy)
+    depth = step_depth(geometry, level)
+    return (level - depth, tx >> depth, ty >> depth), (level, tx, ty)
+
+
+def subtree(geometry, root, rx, ry, level):
+    """The tiles ``(tx, ty)`` of ``level`` below tile ``(rx, ry)`` of level ``root``."""
+    span = 1 << (level - root)
+    nx, ny = geometry.tile_counts(level)
+    return [(tx, ty) for ty in range(ry * span, min((ry + 1) * span, ny))
+            for tx in range(rx * span, min((rx + 1) * span, nx))]
 
 
 def _top_tile(job, tx, ty, cells):
@@ -194,7 +225,7 @@ def draw_top_tile(job, tx, ty, cells):
     g = job.geometry
     data, owned, missing, points = _top_tile(job, tx, ty, cells)
     return TileDone(g.max_level, tx, ty, _keep(job, g.max_level, tx, ty, data),
-                    _parent(g, g.max_level, tx, ty), owned=owned, missing=missing,
+                    step_parent(g, g.max_level, tx, ty), owned=owned, missing=missing,
                     points=points, ms=(time.perf_counter() - start) * 1000)
 
 
@@ -210,16 +241,14 @@ def draw_block(job, bx, by, cells):
 
     ``cells``: as :func:`draw_top_tile` takes them, those that overlap the block (a cell that
     straddles two blocks is given to both; the tile holding its top-left pixel counts it).
-    Each tile is made exactly as the per-tile path makes it: top tiles by
-    :func:`draw_top_tile`'s drawing, each lower tile from its children's encoded bytes by
-    :func:`reduce_tile`'s, here held in memory instead of written and read back.
-    Returns a :class:`BlockDone`: its root's parent goes to the per-tile stages below.
+    Top tiles are drawn as :func:`draw_top_tile` draws them; each lower tile is made from its
+    children's encoded bytes, held in memory, exactly as :func:`reduce_block` makes it from
+    tiles read back. Returns a :class:`BlockDone`: its root goes to the first reduction step.
     """
     start = time.perf_counter()
     g = job.geometry
     depth = block_depth(g)
     top, root = g.max_level, g.max_level - depth
-    span = 1 << depth
     per_tile = {}
     for cell in cells:
         mine = [t for t in g.tiles_of_cell(cell[1], cell[2])
@@ -229,47 +258,50 @@ def draw_block(job, bx, by, cells):
                              f"block {(bx, by)!r}")
         for tile in mine:
             per_tile.setdefault(tile, []).append(cell)
-    done = BlockDone(root, bx, by, parent=_parent(g, root, bx, by))
+    done = BlockDone(root, bx, by, parent=step_parent(g, root, bx, by))
     encoded = {}
-    nx, ny = g.tile_counts(top)
-    for ty in range(by * span, min((by + 1) * span, ny)):
-        for tx in range(bx * span, min((bx + 1) * span, nx)):
-            data, owned, missing, points = _top_tile(job, tx, ty, per_tile.get((tx, ty), []))
-            encoded[(tx, ty)] = data
-            done.owned += owned
-            done.missing += missing
-            for block, pts in points.items():
-                done.points.setdefault(block, []).extend(pts)
-            done.store(job, top, tx, ty, data)
-    for level in range(top - 1, root - 1, -1):
-        span >>= 1
-        nx, ny = g.tile_counts(level)
-        below, encoded = encoded, {}
-        for ty in range(by * span, min((by + 1) * span, ny)):
-            for tx in range(bx * span, min((bx + 1) * span, nx)):
-                data = _reduced(job, level, tx, ty, [
-                    (dx, dy, below[(2 * tx + dx, 2 * ty + dy)])
-                    for dx, dy in g.children(level, tx, ty)])
-                encoded[(tx, ty)] = data
-                done.store(job, level, tx, ty, data)
+    for tx, ty in subtree(g, root, bx, by, top):
+        data, owned, missing, points = _top_tile(job, tx, ty, per_tile.get((tx, ty), []))
+        encoded[(tx, ty)] = data
+        done.owned += owned
+        done.missing += missing
+        for block, pts in points.items():
+            done.points.setdefault(block, []).extend(pts)
+        done.store(job, top, tx, ty, data)
+    _reduce_below(job, done, encoded, top)
     done.ms = (time.perf_counter() - start) * 1000
     return done
 
 
-def reduce_tile(job, level, tx, ty, children):
-    """Build tile ``(tx, ty)`` of ``level`` from its children at ``level + 1``.
+def _reduce_below(job, done, encoded, level):
+    """Make every tile from ``level - 1`` down to ``done``'s root from ``encoded``, the tiles
+    ``{(tx, ty): bytes}`` of ``level`` below the root, and store them in ``done``."""
+    g = job.geometry
+    for level in range(level - 1, done.level - 1, -1):
+        below, encoded = encoded, {}
+        for tx, ty in subtree(g, done.level, done.tx, done.ty, level):
+            data = _reduced(job, level, tx, ty, [
+                (dx, dy, below[(2 * tx + dx, 2 * ty + dy)]) for dx, dy in g.children(level, tx, ty)])
+            encoded[(tx, ty)] = data
+            done.store(job, level, tx, ty, data)
 
-    ``children``: ``(dx, dy, encoded child or None)``; None means read it from the output
-    (``job.write``). Each child is decoded once, straight at half size where JPEG allows.
+
+def reduce_block(job, root, rx, ry, level, children):
+    """Make tile ``(rx, ry)`` of level ``root`` and every tile between it and ``level`` from
+    the tiles of ``level`` below it (one reduction step, :func:`reduction_steps`).
+
+    ``children``: ``(tx, ty, encoded tile or None)`` for every tile of ``level`` below the
+    root; None means read it from the output (``job.write``). Each is decoded once, straight
+    at half size where JPEG allows; each tile made is written (or returned) as
+    :func:`draw_block` does.
     """
     start = time.perf_counter()
-    g = job.geometry
-    children = [(dx, dy, storage.read_bytes(job.tile_url(level + 1, 2 * tx + dx, 2 * ty + dy),
-                                            job.storage_options) if data is None else data)
-                for dx, dy, data in children]
-    data = _reduced(job, level, tx, ty, children)
-    return TileDone(level, tx, ty, _keep(job, level, tx, ty, data), _parent(g, level, tx, ty),
-                    ms=(time.perf_counter() - start) * 1000)
+    encoded = {(tx, ty): storage.read_bytes(job.tile_url(level, tx, ty), job.storage_options)
+               if data is None else data for tx, ty, data in children}
+    done = BlockDone(root, rx, ry, parent=step_parent(job.geometry, root, rx, ry))
+    _reduce_below(job, done, encoded, level)
+    done.ms = (time.perf_counter() - start) * 1000
+    return done
 
 
 def mosaic_piece(job, level, tx, ty, box, data=None):
@@ -290,6 +322,16 @@ def paint_tsne_block(job, bx, by, groups):
     x0, y0, x1, y1 = job.tsne.block_box(bx, by)
     owned = sum(1 for _, px, py, _ in decoded if x0 <= px < x1 and y0 <= py < y1)
     return bx, by, encode_jpeg(block, quality=95), owned
+
+
+def write_tsne_overview(job, blocks):
+    """Stitch ``tsne.jpg`` from its painted ``blocks`` (:func:`paint_tsne_block`'s results),
+    encode and write it; its summary for ``site.json``."""
+    img = stitch_blocks(job.tsne, [(bx, by, decode_image(data)) for bx, by, data, _ in blocks])
+    storage.write_bytes(storage.url_join(job.output, TSNE_OVERVIEW), encode_jpeg(img),
+                        job.storage_options)
+    return {"file": TSNE_OVERVIEW, "width": img.width, "height": img.height,
+            "point": job.tsne.point, "points": sum(b[3] for b in blocks)}
 
 
 def run_batch(fn, job, items):

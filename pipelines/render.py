@@ -28,7 +28,7 @@ from gridtsne.render_inputs import plan_render
 from gridtsne.site import DEFAULT_OSD_URL, SUMMARY_FILE, is_url
 from gridtsne.tile_workers import available_cores
 from gridtsne.tiles import FORMATS
-from transforms.render import RenderConfig, RenderMosaic
+from transforms.render import RenderConfig, RenderMosaic, reduction_stages
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def job_from_options(options, labels=None):
     layout = local_abs(o.layout)
     plan = plan_render(layout, config.cell, config.tile, config.fmt, config.overview,
                        config.pad, config.storage_options)
-    config = dataclasses.replace(config, max_levels=max(1, plan.geometry.max_level))
+    config = dataclasses.replace(config, max_levels=reduction_stages(plan.geometry))
     log.info("rendering %d images on a %dx%d grid: %d levels, %d tiles", plan.images,
              plan.geometry.rows, plan.geometry.cols, plan.geometry.max_level + 1,
              plan.geometry.tile_count())

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from gridtsne import tile_workers
+from gridtsne import tile_workers, tiles
 from gridtsne.overview import TsneCanvas
 from gridtsne.render_join import (Bands, Routes, group_band, join_band, key_hash,
                                   split_by_band)
@@ -87,37 +87,51 @@ def test_the_route_hash_is_the_same_in_another_process():
     assert other.stdout.strip() == str([key_hash(k) for k in keys])
 
 
-@pytest.mark.parametrize("cell,tile,fmt", [(40, 64, "jpeg"), (64, 128, "webp")])
-def test_a_block_is_byte_identical_to_its_tiles_drawn_and_reduced_one_by_one(tmp_path, cell,
-                                                                           tile, fmt):
+@pytest.mark.parametrize("cell,tile,fmt", [(20, 16, "jpeg"), (24, 16, "webp")])
+def test_blocks_and_steps_make_the_bytes_of_tiles_drawn_and_reduced_one_by_one(tmp_path, cell,
+                                                                             tile, fmt):
     photos = [thumbnail_jpeg(arr) for _, arr in sorted(real_photos().items())]
-    g = MosaicGeometry(13, 11, cell=cell, tile=tile, fmt=fmt)
+    g = MosaicGeometry(37, 31, cell=cell, tile=tile, fmt=fmt)
     depth = tile_workers.block_depth(g)
     assert depth == 2
-    tsne = TsneCanvas.plan(0.0, 10.0, 0.0, 10.0, count=13 * 11, cell=cell, longest=256)
+    tsne = TsneCanvas.plan(0.0, 10.0, 0.0, 10.0, count=37 * 31, cell=cell, longest=256)
     job = tile_workers.TileJob(g, tsne, str(tmp_path), write=False)
-    cells = [(f"/p/{r}_{c}.jpg", r, c, photos[(r * 11 + c) % len(photos)] if (r + c) % 7 else None,
-              float(c), float(r)) for r in range(13) for c in range(11) if (r * c) % 5 != 1]
+    cells = [(f"/p/{r}_{c}.jpg", r, c, photos[(r * 31 + c) % len(photos)] if (r + c) % 7 else None,
+              float(c), float(r)) for r in range(37) for c in range(31) if (r * c) % 5 != 1]
     top = g.max_level
     # Tile by tile: every top tile drawn from its cells, each lower tile from its children.
     one = {}
     for tx, ty in g.tile_keys(top):
         mine = [c for c in cells if (tx, ty) in g.tiles_of_cell(c[1], c[2])]
         one[(top, tx, ty)] = tile_workers.draw_top_tile(job, tx, ty, mine).data
-    for level in range(top - 1, top - depth - 1, -1):
+    for level in range(top - 1, -1, -1):
         for tx, ty in g.tile_keys(level):
-            kids = [(dx, dy, one[(level + 1, 2 * tx + dx, 2 * ty + dy)])
-                    for dx, dy in g.children(level, tx, ty)]
-            one[(level, tx, ty)] = tile_workers.reduce_tile(job, level, tx, ty, kids).data
-    # Block by block.
+            halves = [(dx, dy, tiles.half_of_encoded(one[(level + 1, 2 * tx + dx, 2 * ty + dy)]))
+                      for dx, dy in g.children(level, tx, ty)]
+            one[(level, tx, ty)] = tiles.encode_tile(
+                tiles.assemble_parent(g, level, tx, ty, halves), fmt, job.quality)
+    # Block by block, then step by step.
     bands = Bands.plan(g, depth)
-    blocked, owned = {}, 0
+    made, owned, roots = {}, 0, []
     for bx, by in g.tile_keys(top - depth):
         mine = [c for c in cells if (bx, by) in bands.blocks_of_cell(c[1], c[2])]
         done = tile_workers.draw_block(job, bx, by, mine)
-        assert done.parent == ((top - depth - 1, bx // 2, by // 2), (bx % 2, by % 2))
         owned += done.owned
-        blocked.update({(level, tx, ty): data for level, tx, ty, data in done.tiles})
+        made.update({(level, tx, ty): data for level, tx, ty, data in done.tiles})
         assert sum(done.written.values()) == len(done.tiles)
-    assert blocked == one
+        roots.append(done.parent)
+    steps = tile_workers.reduction_steps(g)
+    assert [s[1] for s in steps] == [2, top - depth - 2]  # a 2-level step, then all the rest
+    for level, step in steps:
+        by_root = collections.defaultdict(list)
+        for key, (_, tx, ty) in roots:
+            by_root[key].append((tx, ty, made[(level, tx, ty)]))
+        assert all(key[0] == level - step for key in by_root)
+        roots = []
+        for (root, rx, ry), children in sorted(by_root.items()):
+            done = tile_workers.reduce_block(job, root, rx, ry, level, children)
+            made.update({(lv, tx, ty): data for lv, tx, ty, data in done.tiles})
+            if done.parent:
+                roots.append(done.parent)
+    assert roots == [] and made == one
     assert owned == len(cells)

@@ -251,25 +251,26 @@ def test_bad_flags_and_tables_fail_before_the_pipeline(tmp_path, collection):
 
 def test_lost_data_fails_loudly_instead_of_leaving_holes(tmp_path, collection):
     """A runner that drops elements must not yield a site that silently lacks images."""
-    from gridtsne.render_inputs import plan_render
-    from transforms.render import ReduceTileFn, check_counts
+    from gridtsne.overview import TsneCanvas
+    from gridtsne.render_inputs import RenderPlan
+    from transforms.render import ReduceStepFn, check_counts
 
-    records, cells = collection
-    _, layout = write_tables(str(tmp_path), records, cells, ROWS, COLS)
-    plan = plan_render(layout, cell=64, tile=128)  # 256x256 px: level 8 has 2x2 tiles
+    g = tiles.MosaicGeometry(16, 16, cell=64, tile=128)  # 1,024 px: level 8 has 2x2 tiles
+    plan = RenderPlan(g, TsneCanvas.plan(0, 1, 0, 1, count=1, cell=64), 1)
     site = tmp_path / "site"
-    fn = ReduceTileFn(str(site), RenderConfig(cell=64, tile=128))
+    fn = ReduceStepFn(str(site), RenderConfig(cell=64, tile=128))
     fn.setup()
-    g = plan.geometry
     for tx, ty in g.tile_keys(8):
         storage.write_bytes(str(site / g.tile_path(8, tx, ty)),
                             tiles.encode_tile(Image.new("RGB", (128, 128), (9, 9, 9)), "jpeg"))
-    three = [(0, 0), (1, 0), (0, 1)]
-    with pytest.raises(ValueError, match=r"expected \[\(0, 0\), \(0, 1\), \(1, 0\), "
-                                         r"\(1, 1\)\]: the runner lost"):
-        list(fn.process(((7, 0, 0), three), plan))
-    assert len(list(fn.process(((7, 0, 0), three + [(1, 1)]), plan))) == 2
-    assert Image.open(site / g.tile_path(7, 0, 0)).size == (128, 128)
+    three = [(8, 0, 0), (8, 1, 0), (8, 0, 1)]
+    with pytest.raises(ValueError, match=r"expected \[\(8, 0, 0\), \(8, 0, 1\), \(8, 1, 0\), "
+                                         r"\(8, 1, 1\)\]: the runner lost"):
+        list(fn.process(((0, 0, 0), three), plan))
+    out = list(fn.process(((0, 0, 0), three + [(8, 1, 1)]), plan))
+    assert [o.value for o in out] == [(level, 1) for level in range(7, -1, -1)]  # written
+    for level in range(8):  # the one step made every level below 8
+        assert Image.open(site / g.tile_path(level, 0, 0)).size == g.level_size(level)
     tsne = {"points": 9}
     check_counts(11, 2, (1, 11), (3, 11), tsne)
     with pytest.raises(ValueError, match="the search index holds 10 of 11 images"):
@@ -278,9 +279,11 @@ def test_lost_data_fails_loudly_instead_of_leaving_holes(tmp_path, collection):
 
 def test_too_few_reduction_stages_is_a_clear_error(tmp_path, collection):
     records, cells = collection
-    vectors, layout = write_tables(str(tmp_path / "in"), records, cells, ROWS, COLS)
+    # An 80 x 80 grid of 64 px tiles: the blocks' roots have 20 x 20 tiles, too many for one
+    # step, so the pyramid needs two reduction stages.
+    vectors, layout = write_tables(str(tmp_path / "in"), records, cells, 80, 80)
     p = BeamTestPipeline()
     _ = p | RenderMosaic(vectors, layout, str(tmp_path / "site"),
-                         RenderConfig(cell=64, tile=128, max_levels=3))
-    with pytest.raises(Exception, match=r"RenderConfig\(max_levels=6\) or more"):
+                         RenderConfig(cell=64, tile=64, max_levels=1))
+    with pytest.raises(Exception, match=r"RenderConfig\(max_levels=2\) or more"):
         p.run().wait_until_finish()

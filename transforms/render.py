@@ -31,19 +31,19 @@ from apache_beam.transforms.window import GlobalWindows
 
 from gridtsne import __version__, faults, storage
 from gridtsne.overview import (DEFAULT_LONGEST, MOSAIC_OVERVIEW, TSNE_OVERVIEW, check_longest,
-                               compose_mosaic_overview, encode_jpeg, mosaic_pieces, paste_pieces,
-                               stitch_blocks)
+                               compose_mosaic_overview, encode_jpeg, mosaic_pieces, paste_pieces)
 from gridtsne.projector import export_projector
-from gridtsne.render_inputs import (declared_levels, plan_render, read_layout_part,
+from gridtsne.render_inputs import (declared_geometry, plan_render, read_layout_part,
                                     read_thumbnail_part, table_parts)
 from gridtsne.render_join import Bands, group_band, join_band, route_table, split_by_band
 from gridtsne.labels import LabelsCsv, labels_csv
 from gridtsne.site import (CELL_BLOCK, DEFAULT_OSD_URL, SEARCH_DIRECTORY, SUMMARY_FILE, PageConfig,
                            cell_shard, is_url, read_labels, read_osd_files, search_chunks,
                            search_directory, write_osd_files, write_page)
-from gridtsne.tile_workers import (BLOCK_LEVELS, TileJob, TileQueue, acquire_pool, block_depth,
-                                   check_workers, draw_block, mosaic_piece, paint_tsne_block,
-                                   process_local, reduce_tile, release_pool)
+from gridtsne.tile_workers import (TileJob, TileQueue, acquire_pool, block_depth, check_workers,
+                                   draw_block, mosaic_piece, paint_tsne_block, process_local,
+                                   reduce_block, reduction_steps, release_pool, step_depth,
+                                   subtree, write_tsne_overview)
 from gridtsne.tiles import DZI_NAME, MosaicGeometry, decode_image
 from transforms import progress_metrics
 
@@ -54,9 +54,9 @@ WRITTEN, MISSING, TSNE = "written", "missing", "tsne"
 SHARDS, NAMES, CELLS = "shards", "names", "cells"
 # Reduction stages built into the graph. The grid is only known at run time (the layout may
 # be written by the same job), so the graph carries enough stages for any pyramid of up to
-# 2**24 px a side (the blocks make the two levels below the top); stages below level 0
-# receive nothing and cost little.
-DEFAULT_MAX_LEVELS = 24 - BLOCK_LEVELS
+# 2**24 px a side with tiles of 64 px or more (reduction_steps: 7 for 256 px tiles);
+# stages past the last step receive nothing and cost little.
+DEFAULT_MAX_LEVELS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +71,9 @@ class RenderConfig:
     (``uri``/``path``, ``label``), a URL or a local path read on construction
     (:func:`gridtsne.labels.labels_csv`); title: the page's title; projector:
     also export a TensorBoard Projector folder to ``<output>/projector``; max_levels: reduction
-    stages to build, one per level below the blocks' roots (the blocks draw the top three
-    levels; default: exactly the pyramid's when the layout exists before the pipeline runs,
-    else ``DEFAULT_MAX_LEVELS``); storage_options: per-protocol fsspec options for every
+    stages to build, one per step of :func:`gridtsne.tile_workers.reduction_steps` (the
+    blocks draw the top three levels; default: exactly the pyramid's when the layout exists
+    before the pipeline runs, else ``DEFAULT_MAX_LEVELS``); storage_options: per-protocol fsspec options for every
     file read and written (see :func:`gridtsne.storage.filesystem`); render_workers: processes
     that draw, encode and write tiles in each Beam worker process (1: the runner's own thread,
     one tile at a time, as on Dataflow and Flink, where the runner spreads tiles over workers;
@@ -190,7 +190,65 @@ class _TileFn(_PoolFn):
         return typehints.Tuple[typehints.Any, typehints.Any]
 
 
-class RenderBandFn(_TileFn):
+class _BlockOutputs:
+    """What a finished :class:`gridtsne.tile_workers.BlockDone` emits: tiles the workers could
+    not write, ``written`` counts per level, and its root's place in the next step."""
+
+    def _outputs(self, done, job):
+        top = job.geometry.max_level
+        for block in done:
+            for level, tx, ty, data in block.tiles:
+                storage.write_bytes(job.tile_url(level, tx, ty), data,
+                                    self.config.storage_options)
+            for level, count in block.written.items():
+                (self.top_tiles if level == top else self.lower_tiles).inc(count)
+                yield TaggedOutput(WRITTEN, (level, count))
+            yield from self._emit(block)
+            if block.parent is not None:
+                yield block.parent
+
+    def _emit(self, block):
+        return ()
+
+
+class ReduceStepFn(_BlockOutputs, _TileFn):
+    """One reduction step below a root tile: the tiles of one level below it, written one
+    stage earlier, made into every level down to the root (one level per step, or all the
+    levels left once they are few: :func:`gridtsne.tile_workers.reduction_steps`).
+
+    Input: ``((root level, rx, ry), [(level, tx, ty), ...])``: only which tiles exist; their
+    pixels are read back from the output, so the runner never carries pyramid pixels and its
+    memory does not grow with the collection. Each is decoded once.
+    """
+
+    work = staticmethod(reduce_block)
+
+    def setup(self):
+        super().setup()
+        self.top_tiles = self.lower_tiles = progress_metrics.counter(NAMESPACE,
+                                                                     "lower_tiles_written")
+
+    def process(self, element, plan):
+        (root, rx, ry), tiles = element
+        g = plan.geometry
+        got = sorted(tiles)
+        level = got[0][0] if got else root + 1
+        expected = [(level, tx, ty) for tx, ty in sorted(subtree(g, root, rx, ry, level))]
+        if got != expected or level != root + step_depth(g, level):
+            # A quarter drawn as background would go unnoticed: fail loudly instead.
+            raise ValueError(f"tile {(root, rx, ry)!r} got tiles {got!r}, expected "
+                             f"{expected!r}: the runner lost or duplicated data")
+        queue = self._queue(plan)
+        if queue.job.write:
+            children = [(tx, ty, None) for _, tx, ty in got]
+        else:  # the workers cannot see this process's memory: hand them the tiles' bytes
+            children = [(tx, ty, storage.read_bytes(
+                storage.url_join(self.output, g.tile_path(level, tx, ty)),
+                self.config.storage_options)) for _, tx, ty in got]
+        yield from self._outputs(queue.put(root, rx, ry, level, children), queue.job)
+
+
+class RenderBandFn(_BlockOutputs, _TileFn):
     """Join one band of the mosaic and draw its blocks: the 4 x 4 top-level tiles of each and
     the two levels below them.
 
@@ -231,68 +289,20 @@ class RenderBandFn(_TileFn):
             yield TaggedOutput(NAMES, (key, batch))
         yield TaggedOutput(CELLS, owned)
 
-    def _outputs(self, done, job):
-        top = job.geometry.max_level
-        for block in done:
-            for level, tx, ty, data in block.tiles:
-                storage.write_bytes(job.tile_url(level, tx, ty), data,
-                                    self.config.storage_options)
-            for level, count in block.written.items():
-                (self.top_tiles if level == top else self.lower_tiles).inc(count)
-                yield TaggedOutput(WRITTEN, (level, count))
-            faults.point("rendering")  # a block of top tiles is written
-            self.cells.inc(block.owned)
-            self.placeholders.inc(len(block.missing))
-            self.ms.update(int(block.ms))
-            for uri in block.missing:
-                yield TaggedOutput(MISSING, uri)
-            for key, points in block.points.items():
-                yield TaggedOutput(TSNE, (key, points))
-            if block.parent is not None:
-                yield block.parent
+    def _emit(self, block):
+        faults.point("rendering")  # a block of top tiles is written
+        self.cells.inc(block.owned)
+        self.placeholders.inc(len(block.missing))
+        self.ms.update(int(block.ms))
+        for uri in block.missing:
+            yield TaggedOutput(MISSING, uri)
+        for key, points in block.points.items():
+            yield TaggedOutput(TSNE, (key, points))
 
 
-class ReduceTileFn(_TileFn):
-    """Build one lower-level tile from its (up to four) children, written one stage earlier.
-
-    Input: ``((level, tx, ty), [(dx, dy), ...])``: only which children exist; their pixels
-    are read back from the output, so the runner never carries pyramid pixels and its memory
-    does not grow with the collection. Each child is decoded once, by its parent.
-    """
-
-    work = staticmethod(reduce_tile)
-
-    def setup(self):
-        super().setup()
-        self.tiles = progress_metrics.counter(NAMESPACE, "lower_tiles_written")
-
-    def _outputs(self, done, job):
-        for tile in done:
-            if tile.data is not None:
-                storage.write_bytes(job.tile_url(tile.level, tile.tx, tile.ty), tile.data,
-                                    self.config.storage_options)
-            self.tiles.inc()
-            yield TaggedOutput(WRITTEN, (tile.level, 1))
-            if tile.parent is not None:
-                yield tile.parent
-
-    def process(self, element, plan):
-        (level, tx, ty), children = element
-        g = plan.geometry
-        got = sorted(children)
-        expected = g.children(level, tx, ty)
-        if got != sorted(expected):
-            # A quarter drawn as background would go unnoticed: fail loudly instead.
-            raise ValueError(f"tile {(level, tx, ty)!r} got children {got!r}, expected "
-                             f"{sorted(expected)!r}: the runner lost or duplicated data")
-        queue = self._queue(plan)
-        if queue.job.write:
-            halves = [(dx, dy, None) for dx, dy in got]
-        else:  # the workers cannot see this process's memory: hand them the children's bytes
-            halves = [(dx, dy, storage.read_bytes(
-                storage.url_join(self.output, g.tile_path(level + 1, 2 * tx + dx, 2 * ty + dy)),
-                self.config.storage_options)) for dx, dy in got]
-        yield from self._outputs(queue.put(level, tx, ty, halves), queue.job)
+def reduction_stages(geometry):
+    """Runner stages the pyramid's reduction steps need (at least 1)."""
+    return max(1, len(reduction_steps(geometry)))
 
 
 def _bands(plan):
@@ -326,45 +336,48 @@ def _plan(_, layout_url, cfg):
     return plan
 
 
-def _write_tsne(blocks, output, plan, storage_options=None):
-    images = [(bx, by, decode_image(data)) for bx, by, data, _ in blocks]
-    img = stitch_blocks(plan.tsne, images)
-    storage.write_bytes(storage.url_join(output, TSNE_OVERVIEW), encode_jpeg(img),
-                        storage_options)
-    return {"file": TSNE_OVERVIEW, "width": img.width, "height": img.height,
-            "point": plan.tsne.point, "points": sum(b[3] for b in blocks)}
+def _write_overviews(_, output, config, plan, tiles_written, tsne_blocks):
+    """Write ``mosaic.jpg`` and ``tsne.jpg``: ``(mosaic summary, tsne summary)``.
 
-
-def _write_mosaic_overview(_, output, config, plan, tiles_written):
+    With a tile pool, ``tsne.jpg`` is stitched and encoded by one worker while the pool's
+    others and this process make ``mosaic.jpg``.
+    """
     g = plan.geometry
     expected = g.tile_count()
     if tiles_written != expected:
         raise ValueError(f"the pyramid has {tiles_written} tiles, expected {expected}: give "
-                         f"RenderConfig(max_levels={g.max_level - block_depth(g)}) or more "
+                         f"RenderConfig(max_levels={reduction_stages(g)}) or more "
                          f"for this {g.max_level + 1}-level pyramid")
+    pool = acquire_pool(config.render_workers)
+    try:
+        write = pool is not None and not process_local(output)
+        job = TileJob(g, plan.tsne, output, config.quality, config.storage_options, write)
+        tsne = pool.submit(write_tsne_overview, job, tsne_blocks) if write else None
+        mosaic = _write_mosaic_overview(job, config, pool)
+        tsne = tsne.result() if tsne else write_tsne_overview(job, tsne_blocks)
+    finally:
+        release_pool(pool)
+    return mosaic, tsne
+
+
+def _write_mosaic_overview(job, config, pool):
+    g, output = job.geometry, job.output
 
     def read_tile(level, tx, ty):
         url = storage.url_join(output, g.tile_path(level, tx, ty))
         return decode_image(storage.read_bytes(url, config.storage_options))
 
-    pool = acquire_pool(config.render_workers)
     if pool is None:
         img = compose_mosaic_overview(g, read_tile, config.overview)
     else:  # each piece is a tile read, decoded and scaled: spread them over the pool
-        try:
-            write = not process_local(output)
-            queue = TileQueue(mosaic_piece, TileJob(g, plan.tsne, output, config.quality,
-                                                    config.storage_options, write),
-                              pool, config.render_workers)
-            level, size, pieces = mosaic_pieces(g, config.overview)
-            done = []
-            for tx, ty, box in pieces:
-                data = None if write else storage.read_bytes(
-                    storage.url_join(output, g.tile_path(level, tx, ty)), config.storage_options)
-                done += queue.put(level, tx, ty, box, data)
-            img = paste_pieces(size, done + queue.drain())
-        finally:
-            release_pool(pool)
+        queue = TileQueue(mosaic_piece, job, pool, config.render_workers)
+        level, size, pieces = mosaic_pieces(g, config.overview)
+        done = []
+        for tx, ty, box in pieces:
+            data = None if job.write else storage.read_bytes(
+                storage.url_join(output, g.tile_path(level, tx, ty)), config.storage_options)
+            done += queue.put(level, tx, ty, box, data)
+        img = paste_pieces(size, done + queue.drain())
     storage.write_bytes(storage.url_join(output, MOSAIC_OVERVIEW), encode_jpeg(img),
                         config.storage_options)
     return {"file": MOSAIC_OVERVIEW, "width": img.width, "height": img.height}
@@ -419,8 +432,9 @@ def check_counts(cells, placeholders, shards, search, tsne):
 
 
 def _write_site(_, output, config, plan, tiles, placeholders, examples, cells, shards,
-                search, mosaic, tsne, projector):
+                search, overviews, projector):
     """Last step: ``mosaic.dzi``, the page and ``site.json``, once everything else exists."""
+    mosaic, tsne = overviews
     check_counts(cells, placeholders, shards, search, tsne)
     g = plan.geometry
     opts = config.storage_options
@@ -498,15 +512,15 @@ class RenderMosaic(beam.PTransform):
         self.config = config
 
     def _stages(self, pcoll):
-        """How many reduction stages to build (one per level below the blocks' roots)."""
+        """How many reduction stages to build (one per reduction step)."""
         if self.config.max_levels is not None:
             return self.config.max_levels
         if isinstance(pcoll, beam.pvalue.PBegin):
             # The layout exists already (nothing upstream writes it): build exactly enough.
-            top = declared_levels(self.layout_url, self.config.cell, self.config.tile,
+            g = declared_geometry(self.layout_url, self.config.cell, self.config.tile,
                                   self.config.storage_options)
-            if top is not None:
-                return max(1, top - min(BLOCK_LEVELS, top))
+            if g is not None:
+                return reduction_stages(g)
         return DEFAULT_MAX_LEVELS
 
     def expand(self, pcoll):
@@ -548,7 +562,7 @@ class RenderMosaic(beam.PTransform):
         written = [top[WRITTEN]]
         parents = top.parents
         for stage in range(1, self._stages(pcoll) + 1):
-            reduce_fn = ReduceTileFn(out, cfg)
+            reduce_fn = ReduceStepFn(out, cfg)
             lower = (parents
                      | f"GroupTilesStage{stage:02d}" >> beam.GroupByKey()
                      | f"ReduceTilesStage{stage:02d}" >> beam.ParDo(reduce_fn, plan_si)
@@ -561,14 +575,13 @@ class RenderMosaic(beam.PTransform):
                  | "SumTilesPerLevel" >> beam.CombinePerKey(sum)
                  | "CollectTileCounts" >> beam.combiners.ToDict())
         tiles_total = tiles | "SumTiles" >> beam.Map(lambda d: sum(d.values()))
-        mosaic = start | "WriteMosaicOverview" >> beam.Map(
-            _write_mosaic_overview, out, cfg, plan_si, AsSingleton(tiles_total))
 
         tsne = (top[TSNE]
                 | "GroupTsnePoints" >> beam.GroupByKey()
                 | "PaintTsneBlocks" >> beam.ParDo(PaintTsneBlockFn(out, cfg), plan_si)
-                | "CollectTsneBlocks" >> beam.combiners.ToList()
-                | "WriteTsneOverview" >> beam.Map(_write_tsne, out, plan_si, opts))
+                | "CollectTsneBlocks" >> beam.combiners.ToList())
+        overviews = start | "WriteOverviews" >> beam.Map(
+            _write_overviews, out, cfg, plan_si, AsSingleton(tiles_total), AsSingleton(tsne))
 
         placeholders = top[MISSING] | "CountPlaceholders" >> beam.combiners.Count.Globally()
         examples = (top[MISSING]
@@ -597,4 +610,4 @@ class RenderMosaic(beam.PTransform):
         return start | "WriteSite" >> beam.Map(
             _write_site, out, cfg, plan_si, AsSingleton(tiles), AsSingleton(placeholders),
             AsSingleton(examples), AsSingleton(cell_count), AsSingleton(shards),
-            AsSingleton(search), AsSingleton(mosaic), AsSingleton(tsne), AsSingleton(projector))
+            AsSingleton(search), AsSingleton(overviews), AsSingleton(projector))
