@@ -2,7 +2,7 @@
 
     python benchmarks/render_scale.py [--sizes 10000,60000] [--workers 1,2] [--repeat 1]
         [--thumbnails clothing|cifar] [--kinds beam,core,threads,pool,runner,naive]
-        [--cell 128] [--tile 256]
+        [--cell 128] [--tile 256] [--stages]
 
 Inputs: thumbnails made exactly as the embedding stage makes them
 (``gridtsne.decode.make_thumbnail``, 128 px, cached once under ``benchmarks/.cache/``) from
@@ -25,6 +25,10 @@ for resident memory; ``--repeat`` runs each that many times and reports the medi
   spreads;
 * ``naive``: the top level by drawing the whole mosaic into one image and cutting tiles
   from it, which is what the tile-by-tile design avoids: its memory grows with the grid.
+
+``--stages`` also prints, for each Beam run, the seconds of every runner stage over 0.05 s
+(a timer around the in-memory runner's bundles), from the clock's start: where the tile
+processes wait for the Beam process.
 
 Targets: on 2 cores, the Beam stage's cells/s with ``--workers 2`` at least 1.7x that with 1
 (median of 3, a quiet machine); on a 16-core machine, at least 5,000 cells/s; peak memory of
@@ -140,6 +144,7 @@ def child_beam(args, mode="in_memory", direct_workers=1, render_workers=None):
     import resource
 
     flags = ["--direct_num_workers", str(direct_workers), "--direct_running_mode", mode]
+    stages = _time_stages() if args.stages and mode == "in_memory" else None
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     p = new_pipeline(PipelineOptions(flags))
@@ -163,11 +168,35 @@ def child_beam(args, mode="in_memory", direct_workers=1, render_workers=None):
     except Exception:  # metrics are best effort on the DirectRunner's process mode
         pass
     top_level = str(summary["levels"] - 1)
-    return {"wall_s": wall, "cells": summary["images"], "tiles": summary["tiles_total"],
+    if stages is not None:  # seconds from the clock's start, per stage of the runner
+        stages = [(round(t - start, 2), round(d, 2), name) for t, d, name in stages]
+    return {"wall_s": wall, "stages": stages,
+            "cells": summary["images"], "tiles": summary["tiles_total"],
             "top_tiles": summary["tiles"][top_level], "top_tile_ms_sum": top_ms,
             "cpu_main_s": (cpu_self.ru_utime + cpu_self.ru_stime
                            - cpu_before.ru_utime - cpu_before.ru_stime),
             "cpu_workers_s": cpu_kids.ru_utime + cpu_kids.ru_stime, "pools_left": pools}
+
+
+def _time_stages():
+    """Time every bundle the in-memory runner executes: ``[(start, seconds, stage), ...]``,
+    the stage named by its transforms (``RenderMosaic/<name>``, runner plumbing left out)."""
+    import re
+
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    timed, run = [], fn_runner.FnApiRunner._execute_bundle
+
+    def execute(self, context, bundle, data):
+        t = time.perf_counter()
+        try:
+            return run(self, context, bundle, data)
+        finally:
+            names = sorted(set(re.findall(r"RenderMosaic[/-]([A-Za-z]+)", bundle.stage.name)))
+            timed.append((t, time.perf_counter() - t, "+".join(names)))
+
+    fn_runner.FnApiRunner._execute_bundle = execute
+    return timed
 
 
 def child_runner(args):
@@ -313,7 +342,7 @@ def measure(kind, workers, inputs, out, args):
     os.sync()  # the last run's tiles reach the disk now, not during this run's clock
     cmd = [sys.executable, __file__, "--child", kind, "--vectors", inputs[0], "--layout",
            inputs[1], "--output", out, "--cell", str(args.cell), "--tile", str(args.tile),
-           "--render-workers", str(workers)]
+           "--render-workers", str(workers)] + (["--stages"] if args.stages else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0]
     stop = threading.Event()
@@ -375,6 +404,8 @@ def main(argv=None):
                         help=f"comma-separated, of {sorted(CHILDREN)}")
     parser.add_argument("--workdir", default=str(HERE / ".cache" / "work"),
                         help="where inputs and sites are written (a local disk; deleted after)")
+    parser.add_argument("--stages", action="store_true",
+                        help="also print where each Beam run's time goes, stage by stage")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--render-workers", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--vectors", help=argparse.SUPPRESS)
@@ -414,6 +445,9 @@ def main(argv=None):
                 print(f"  {LABELS[kind].format(w=w):<46} {r['wall_s']:6.1f} s ({walls})  "
                       f"{r['tiles']:>6} tiles {r['cells_per_s']:7,.0f} cells/s  "
                       f"peak {r['peak_rss_mb']:5,.0f} MB{top}", flush=True)
+                for t, d, name in (r.get("stages") or []):
+                    if d >= 0.05:
+                        print(f"      at {t:5.2f} s  {d:5.2f} s  {name}")
     sizes = sorted({n for _, _, n in results})
     print("\nratios")
     for n in sizes:
