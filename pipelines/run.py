@@ -287,8 +287,7 @@ def phase_marks(p, listing, files, embedded, written, rendered):
     any earlier stage) and when the listed files, embedded rows, written vector parts and the
     render's summary passed (see :func:`gridtsne.phases.job_spans`)."""
     start = p | "StartJob" >> beam.Create([None])
-    marks = {phases.JOB_START: (start, listing) | "FlattenStarts" >> beam.Flatten(),
-             phases.LISTED: files, phases.EMBEDDED: embedded,
+    marks = {phases.JOB_START: (start, *listing), phases.LISTED: files, phases.EMBEDDED: embedded,
              phases.VECTORS_WRITTEN: written, phases.RENDERED: rendered}
     return marks | "MarkTimes" >> MarkTimes()
 
