@@ -1,4 +1,4 @@
-"""Listing speed: local files/s of the job's Beam listing against gridtsne's walk, `find` and fsspec.
+"""Listing speed: files/s of the job's Beam listing beside gridtsne's walk, `find` and fsspec.
 
     python benchmarks/listing_speed.py                       # 200,000 files, 1,000,000 lines
     python benchmarks/listing_speed.py --files 50000 --manifest_lines 200000

@@ -563,7 +563,8 @@ register_model(ModelSpec(
     name="efficientnet_lite0", dim=1280, input_size=224, mean=(0.5, 0.5, 0.5),
     std=(0.5, 0.5, 0.5), build=build_efficientnet_lite0,
     description="EfficientNet-Lite0, ImageNet, embedded offline (default)",
-    poolings=("gem", "avg"), default_weights=efficientnet_lite0_weights))  # GeM measured better here (gridtsne/pooling.py)
+    poolings=("gem", "avg"),  # GeM measured better here (gridtsne/pooling.py)
+    default_weights=efficientnet_lite0_weights))
 register_model(ModelSpec(
     name="resnet50", dim=2048, input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     build=build_resnet50, description="torchvision ResNet-50, ImageNet",

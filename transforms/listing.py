@@ -289,8 +289,9 @@ class ListFiles(beam.PTransform):
             | "ExpandPatterns" >> beam.ParDo(ExpandPatternsFn(self._storage_options,
                                                               self._policy))
             .with_outputs(ERRORS, STARTED, main="batches"))
-        # Sharded where they are listed: what crosses stages is then tuples (see _fields).
-        found = [expanded.batches | "ShardListedFiles" >> beam.FlatMap(shard_batch).with_output_types(_SHARD_TYPE)]
+        # Sharded where they are listed: what crosses stages is tuples (see file_fields).
+        found = [expanded.batches | "ShardListedFiles" >> beam.FlatMap(
+            shard_batch).with_output_types(_SHARD_TYPE)]
         errors, started = [expanded[ERRORS]], [expanded[STARTED]]
         if self._manifests:
             read = (
@@ -305,7 +306,8 @@ class ListFiles(beam.PTransform):
                 | "ResolveManifestEntries" >> beam.ParDo(ResolveEntriesFn(self._storage_options,
                                                                           self._policy))
                 .with_outputs(ERRORS, main="batches"))
-            found.append(listed | "ShardManifestFiles" >> beam.FlatMap(shard_batch).with_output_types(_SHARD_TYPE))
+            found.append(listed | "ShardManifestFiles" >> beam.FlatMap(
+                shard_batch).with_output_types(_SHARD_TYPE))
             errors += [read[ERRORS], entry_errors]
             started.append(read[STARTED])
         self.started = tuple(started)
