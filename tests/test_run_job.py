@@ -325,6 +325,20 @@ def test_dataflow_dry_run_builds_the_graph(monkeypatch, capsys):
     assert "dry run: the job graph" in capsys.readouterr().out
 
 
+def test_a_dry_run_on_the_direct_runner_runs_and_writes_nothing(tmp_path, capsys):
+    """Beam's in-process runner ignores --dry_run: left to it, the "dry run" embedded,
+    rendered and published the map."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(b"not read in a dry run")
+    out = tmp_path / "map"
+    result = job.run(["--dry_run=True", "--input", str(photos), "--output", str(out),
+                      "--model", "tests.tiny_model:TINY"])
+    assert result is None
+    assert "dry run: the job graph" in capsys.readouterr().out
+    assert not out.exists() or not any(out.rglob("*")), list(out.rglob("*"))
+
+
 def test_demo_argv_uses_the_offline_photos(tmp_path):
     from pipelines import demo
 

@@ -292,10 +292,10 @@ class EmbedImages(beam.PTransform):
                 policy=self._config.input_policy))
             .with_outputs(ERRORS, main="decoded"))
         # Imported here: apache_beam.ml.inference imports torch, which the batched path's
-        # worker processes that only read files never need (transforms.embed_inference).
-        from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-
+        # worker processes that only read files never need; transforms.embed_inference (first)
+        # imports it without torch, so building this graph does not load torch either.
         from transforms.embed_inference import EmbeddingModelHandler
+        from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
         # A failing forward pass fails the bundle (the machine's problem, never one file's).
         embedded = decoded | "RunInference" >> RunInference(

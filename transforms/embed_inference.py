@@ -2,12 +2,30 @@
 
 A module of its own because ``apache_beam.ml.inference`` imports torch: :mod:`transforms.embed`
 imports it only when it builds the Pillow path, so worker processes that unpickle the batched
-path's steps (listing, reading, sending bytes to the machine's shared model) start without it.
+path's steps (listing, reading, sending bytes to the machine's shared model) start without it;
+and it imports Beam's module without the part that pulls in torch (below), so a launcher that
+builds the Pillow path's graph does not load torch either.
 """
-import numpy as np
-from apache_beam.ml.inference.base import ModelHandler
+import sys
 
-from gridtsne import models
+import numpy as np
+
+# ``apache_beam.ml.inference.base`` imports torch (~1.2 CPU-s) only for its optional
+# ModelManager, in a ``try: ... except ImportError``, and imports it again itself where a model
+# manager is asked for (gridtsne never asks). Hiding that one module while ``base`` loads keeps
+# torch out of a launcher that only builds the graph: torch is loaded where a model is.
+_MODEL_MANAGER = "apache_beam.ml.inference.model_manager"
+if "apache_beam.ml.inference.base" not in sys.modules and _MODEL_MANAGER not in sys.modules:
+    sys.modules[_MODEL_MANAGER] = None  # importing it raises ImportError meanwhile
+    try:
+        import apache_beam.ml.inference.base  # noqa: F401
+    finally:
+        if sys.modules.get(_MODEL_MANAGER, ()) is None:
+            del sys.modules[_MODEL_MANAGER]
+
+from apache_beam.ml.inference.base import ModelHandler  # noqa: E402
+
+from gridtsne import models  # noqa: E402
 
 
 class EmbeddingModelHandler(ModelHandler):

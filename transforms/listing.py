@@ -1,13 +1,19 @@
 """Beam side of :mod:`gridtsne.listing`: patterns and manifests in, file-info records out.
 
 Globs are expanded by workers (one DoFn call per pattern) and manifests read by workers in
-chunks of lines that a reshuffle spreads, then one grouping by uri drops duplicates and spreads
-the files, so listing millions of objects never happens on the launching machine. Under an
-:class:`~gridtsne.input_policy.InputPolicy` a refused manifest, pattern, manifest line or
-listed file becomes an ``errors/`` row, ``Refused``, and is never read.
+chunks of lines that a reshuffle spreads. Listed files travel in lists of up to
+:data:`LIST_BATCH` records, never one element per file, until the end: one grouping of those
+lists by a shard of the uri (:data:`URI_SHARDS` keys, a stable hash) drops duplicates and
+spreads the files over the workers, then each file leaves as its own element. Listing a million
+objects therefore never happens on the launching machine, and costs Beam a few thousand
+elements instead of several per file. Under an :class:`~gridtsne.input_policy.InputPolicy` a
+refused manifest, pattern, manifest line or listed file becomes an ``errors/`` row,
+``Refused``, and is never read.
 """
 import functools
 import logging
+import typing
+import zlib
 
 import apache_beam as beam
 
@@ -26,6 +32,11 @@ ERRORS = "errors"
 STARTED = "started"
 # Manifest lines per element: few elements to move, and enough lines per folder for one listing.
 MANIFEST_CHUNK = 10_000
+# Listed files per element until the duplicates are dropped: Beam's cost is per element.
+LIST_BATCH = 5_000
+# Keys of the grouping that drops duplicates: the files of one key are merged (and go on) on
+# one worker, so this many keys also bound how widely the listed files are spread.
+URI_SHARDS = 256
 
 
 class _ListingFn(beam.DoFn):
@@ -45,7 +56,8 @@ class _ListingFn(beam.DoFn):
 
 
 class ExpandPatternsFn(_ListingFn):
-    """A URL, directory or glob -> its files as :class:`~gridtsne.listing.FileInfo`.
+    """A URL, directory or glob -> its files as lists of up to :data:`LIST_BATCH`
+    :class:`~gridtsne.listing.FileInfo` records, each as its :func:`file_fields` tuple.
 
     A pattern that fails to list or matches nothing becomes an ``errors/`` row (stage
     ``list``) on the ``errors`` output, so a mistyped ``--input`` is reported, not ignored.
@@ -60,6 +72,7 @@ class ExpandPatternsFn(_ListingFn):
             self._errors.inc()
             yield refused
             return
+        batch = []
         try:
             for info in expand_pattern(pattern, self._storage_options,
                                        on_hidden=lambda _: self._hidden.inc()):
@@ -69,8 +82,11 @@ class ExpandPatternsFn(_ListingFn):
                     self._errors.inc()
                     yield refused
                     continue
-                self._listed.inc()
-                yield info
+                batch.append(file_fields(info))
+                if len(batch) >= LIST_BATCH:
+                    self._listed.inc(len(batch))
+                    yield batch
+                    batch = []
         except Exception as exc:
             # Storage down: retry the bundle, never publish half a listing.
             if is_machine_failure(exc) and not refusal_in(exc):
@@ -79,6 +95,9 @@ class ExpandPatternsFn(_ListingFn):
             log.warning("cannot list %r: %s: %s", pattern, type(exc).__name__, exc)
             yield beam.pvalue.TaggedOutput(ERRORS, _list_error(pattern, exc))
             return
+        if batch:
+            self._listed.inc(len(batch))
+            yield batch
         if count == 0:
             self._errors.inc()
             log.warning("input %r matched no files", pattern)
@@ -147,7 +166,9 @@ class ReadManifestFn(beam.DoFn):
 
 
 class ResolveEntriesFn(_ListingFn):
-    """A list of manifest entries -> their files (:func:`gridtsne.listing.resolve_entries`).
+    """A list of manifest entries -> their files (:func:`gridtsne.listing.resolve_entries`), as
+    lists of up to :data:`LIST_BATCH` :class:`~gridtsne.listing.FileInfo` records, each as its
+    :func:`file_fields` tuple.
 
     An entry that cannot be listed or matches nothing becomes an ``errors/`` row (stage
     ``list``) on the ``errors`` output; the other entries of the list go on. Under a policy each
@@ -165,7 +186,7 @@ class ResolveEntriesFn(_ListingFn):
                 yield refused
             else:
                 allowed.append(entry)
-        listed = 0
+        batch = []
         for entry, found in resolve_entries(allowed, self._storage_options,
                                             on_hidden=lambda _: self._hidden.inc()):
             if isinstance(found, FileInfo):
@@ -174,32 +195,82 @@ class ResolveEntriesFn(_ListingFn):
                     self._errors.inc()
                     yield refused
                     continue
-                listed += 1
-                yield found
+                batch.append(file_fields(found))
+                if len(batch) >= LIST_BATCH:
+                    self._listed.inc(len(batch))
+                    yield batch
+                    batch = []
                 continue
             if is_machine_failure(found) and not refusal_in(found):
                 raise found
             self._errors.inc()
             log.warning("cannot list %r: %s: %s", entry, type(found).__name__, found)
             yield beam.pvalue.TaggedOutput(ERRORS, _list_error(entry, found))
-        self._listed.inc(listed)
+        if batch:
+            self._listed.inc(len(batch))
+            yield batch
 
 
-def _merge_listings(element):
-    uri, infos = element
-    infos = list(infos)
-    if len(infos) > 1:
-        C.counter(C.DUPLICATES_DROPPED).inc(len(infos) - 1)
-    return merge_duplicates(infos)
+# (shard, [file_fields tuples]): declared, so that Beam never infers a coder from FileInfo's
+# annotations (a None size or etag would not encode as the int or str they say).
+_SHARD_TYPE = typing.Tuple[int, typing.Any]
+
+
+def uri_shard(uri, shards=URI_SHARDS):
+    """The shard of ``uri``: a hash that every worker computes alike (not Python's ``hash``,
+    which differs between processes), so the duplicates of a file always meet."""
+    return zlib.crc32(uri.encode("utf-8", "surrogatepass")) % shards
+
+
+def file_fields(info):
+    """``info`` as a tuple, ``FileInfo(*file_fields(info)) == info``.
+
+    A tuple of str, int, None and bool crosses between stages through Beam's compiled coder;
+    a FileInfo itself is pickled there, one call per file (and more for Beam's size samples):
+    the most of what listing cost in Beam before.
+    """
+    return (info.uri, info.size, info.mtime_us, info.etag, info.explicit)
+
+
+def shard_batch(batch, shards=URI_SHARDS):
+    """A list of :func:`file_fields` tuples -> ``(shard, [those of that shard])`` pairs, one
+    per shard used."""
+    by_shard = {}
+    for fields in batch:
+        by_shard.setdefault(uri_shard(fields[0], shards), []).append(fields)
+    return list(by_shard.items())
+
+
+def merge_shard(element):
+    """``(shard, lists of file-info fields)`` -> each uri's :class:`FileInfo` once
+    (:func:`~gridtsne.listing.merge_duplicates`)."""
+    _, lists = element
+    by_uri = {}
+    duplicates = 0
+    for batch in lists:
+        for fields in batch:
+            info = FileInfo(*fields)
+            seen = by_uri.get(info.uri)
+            if seen is None:
+                by_uri[info.uri] = info
+            else:
+                duplicates += 1
+                by_uri[info.uri] = merge_duplicates([seen, info])
+    if duplicates:
+        C.counter(C.DUPLICATES_DROPPED).inc(duplicates)
+    return by_uri.values()
 
 
 class ListFiles(beam.PTransform):
     """``--input`` patterns and ``--manifest`` files -> (file infos, listing error rows).
 
     Applied to a pipeline (``p | ListFiles(...)``). Returns a tuple ``(files, errors)``; a
-    file that several inputs match comes out once (grouped by uri, which also spreads reading
-    the files over all workers). Once applied, ``started`` is a PCollection of one marker per
-    pattern and manifest, emitted as its listing begins (a job times its listing with it).
+    file that several inputs match comes out once (the lists of listed files are grouped by a
+    shard of the uri, which also spreads reading the files over the workers). Once applied,
+    ``started`` is a tuple of PCollections (patterns, and manifests if any) of one marker per
+    pattern and manifest, emitted as its listing begins (a job times its listing with them;
+    not flattened, so that a mark taken on them is taken where they are made, see
+    :class:`transforms.phase_marks.MarkTimes`).
     """
 
     def __init__(self, inputs=(), manifests=(), storage_options=None, policy=None):
@@ -217,8 +288,11 @@ class ListFiles(beam.PTransform):
             | "CreatePatterns" >> beam.Create(self._inputs)
             | "ExpandPatterns" >> beam.ParDo(ExpandPatternsFn(self._storage_options,
                                                               self._policy))
-            .with_outputs(ERRORS, STARTED, main="files"))
-        found, errors, started = [expanded.files], [expanded[ERRORS]], [expanded[STARTED]]
+            .with_outputs(ERRORS, STARTED, main="batches"))
+        # Sharded where they are listed: what crosses stages is tuples (see file_fields).
+        found = [expanded.batches | "ShardListedFiles" >> beam.FlatMap(
+            shard_batch).with_output_types(_SHARD_TYPE)]
+        errors, started = [expanded[ERRORS]], [expanded[STARTED]]
         if self._manifests:
             read = (
                 pbegin
@@ -231,14 +305,14 @@ class ListFiles(beam.PTransform):
                 | "ReshuffleManifestEntries" >> beam.Reshuffle()
                 | "ResolveManifestEntries" >> beam.ParDo(ResolveEntriesFn(self._storage_options,
                                                                           self._policy))
-                .with_outputs(ERRORS, main="files"))
-            found.append(listed)
+                .with_outputs(ERRORS, main="batches"))
+            found.append(listed | "ShardManifestFiles" >> beam.FlatMap(
+                shard_batch).with_output_types(_SHARD_TYPE))
             errors += [read[ERRORS], entry_errors]
             started.append(read[STARTED])
-        self.started = started | "FlattenStarted" >> beam.Flatten()
+        self.started = tuple(started)
         files = (found
-                 | "FlattenFiles" >> beam.Flatten()
-                 | "KeyFilesByUri" >> beam.Map(lambda info: (info.uri, info))
-                 | "GroupFilesByUri" >> beam.GroupByKey()
-                 | "MergeDuplicateFiles" >> beam.Map(_merge_listings))
+                 | "FlattenShards" >> beam.Flatten()
+                 | "GroupFilesByShard" >> beam.GroupByKey()
+                 | "MergeDuplicateFiles" >> beam.FlatMap(merge_shard))
         return files, errors | "FlattenListingErrors" >> beam.Flatten()

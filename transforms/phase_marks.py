@@ -32,16 +32,24 @@ class _FirstLast(beam.CombineFn):
 
 
 class MarkTimes(beam.PTransform):
-    """``{name: pcoll}`` -> one ``{name: (first, last)}`` dict: when each one's elements passed.
+    """``{name: pcoll or (pcolls)}`` -> one ``{name: (first, last)}`` dict: when each one's
+    elements passed (several PCollections under one name: the first and last of them all).
 
     A PCollection that stayed empty has no entry. One grouping for all the marks: each mark
-    costs one ``Map`` in the graph (building a Beam graph costs time at launch).
+    costs one ``Map`` in the graph (building a Beam graph costs time at launch). Each
+    PCollection is stamped where it is made, never after a ``Flatten``: the FnApiRunner runs
+    what follows a Flatten of several stages' outputs as a later stage, so a stamp there
+    would tell when that stage ran, not when the element passed.
     """
 
     def expand(self, pcolls):
-        stamped = [pcoll | f"Stamp{name.title().replace(' ', '')}" >> beam.Map(
-                       lambda _, name=name: (name, time.time()))
-                   for name, pcoll in pcolls.items()]
+        stamped = []
+        for name, group in pcolls.items():
+            group = group if isinstance(group, (tuple, list)) else [group]
+            label = name.title().replace(" ", "")
+            for i, pcoll in enumerate(group):
+                stamped.append(pcoll | f"Stamp{label}{i or ''}" >> beam.Map(
+                    lambda _, name=name: (name, time.time())))
         return (stamped
                 | "FlattenStamps" >> beam.Flatten()
                 | "FirstLast" >> beam.CombinePerKey(_FirstLast())

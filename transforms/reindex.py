@@ -6,12 +6,15 @@ their previous row, vector and thumbnail included, unread; new and changed ones 
 Everything runs on workers: the launcher reads nothing from the output.
 """
 import logging
+import typing
 
 import apache_beam as beam
 import pyarrow.parquet as pq
 
 from gridtsne import faults, reindex, schema, storage, versions
+from gridtsne.listing import FileInfo
 from transforms import progress_metrics
+from transforms.listing import file_fields
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +93,9 @@ class ClassifyFilesFn(beam.DoFn):
     def process(self, element):
         faults.point("listed")
         uri, groups = element
-        listed = list(groups["listed"])
+        listed = list(groups["listed"])  # FileInfo fields (transforms.listing.file_fields)
         previous = list(groups["previous"])
-        info = listed[0] if listed else None  # a file named by two inputs is embedded once
+        info = FileInfo(*listed[0]) if listed else None  # a file named twice is embedded once
         row = previous[0] if previous else None
         fate = reindex.classify(None if info is None else reindex.file_fingerprint(info),
                                 None if row is None else reindex.row_fingerprint(row))
@@ -112,7 +115,11 @@ class ClassifyFiles(beam.PTransform):
         self._previous = previous_rows
 
     def expand(self, files):
-        return ({"listed": files | "KeyListedByUri" >> beam.Map(lambda f: (f.uri, f)),
+        # The join moves tuples, not FileInfo objects (pickled one by one between stages);
+        # typed Any: inferred from FileInfo's annotations, a None size or etag would not encode.
+        keyed = files | "KeyListedByUri" >> beam.Map(
+            lambda f: (f.uri, file_fields(f))).with_output_types(typing.Tuple[str, typing.Any])
+        return ({"listed": keyed,
                  "previous": self._previous}
                 | "JoinListedWithPrevious" >> beam.CoGroupByKey()
                 | "ClassifyFiles" >> beam.ParDo(ClassifyFilesFn()).with_outputs(
