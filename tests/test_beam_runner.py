@@ -93,6 +93,8 @@ def test_building_the_whole_job_loads_neither_torch_nor_timm(tmp_path):
             "job = R.job_from_options(o)\n"
             "assert job.embed.metadata['weights_sha256'], job.embed.metadata\n"
             "R.build_pipeline(new_pipeline(o), job)\n"
+            "import transforms.embed_inference, apache_beam.ml.inference.base as B\n"
+            "assert B.resource is not None, 'RunInference lost its memory figures'\n"
             "print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(

@@ -14,14 +14,23 @@ import numpy as np
 # ModelManager, in a ``try: ... except ImportError``, and imports it again itself where a model
 # manager is asked for (gridtsne never asks). Hiding that one module while ``base`` loads keeps
 # torch out of a launcher that only builds the graph: torch is loaded where a model is.
+# The same ``try`` imports ``resource`` (the memory figures RunInference reports); the failed
+# import leaves it None, so it is put back, else every batch logs that memory cannot be read.
 _MODEL_MANAGER = "apache_beam.ml.inference.model_manager"
 if "apache_beam.ml.inference.base" not in sys.modules and _MODEL_MANAGER not in sys.modules:
     sys.modules[_MODEL_MANAGER] = None  # importing it raises ImportError meanwhile
     try:
-        import apache_beam.ml.inference.base  # noqa: F401
+        import apache_beam.ml.inference.base as _base
     finally:
         if sys.modules.get(_MODEL_MANAGER, ()) is None:
             del sys.modules[_MODEL_MANAGER]
+    if _base.resource is None:
+        try:
+            import resource as _resource
+        except ImportError:  # not on this platform: Beam's own answer
+            pass
+        else:
+            _base.resource = _resource
 
 from apache_beam.ml.inference.base import ModelHandler  # noqa: E402
 
