@@ -436,7 +436,7 @@ def main(argv=None):
             for kind, w in plan:
                 r = median_run(kind, w, inputs, tmp, args)
                 results[(kind, w, n)] = r
-                top = (f", top level {r['top_level_cells_per_s']:,.0f} cells/s of tile time"
+                top = (f", blocks {r['top_level_cells_per_s']:,.0f} cells/s of block time"
                        if r.get("top_level_cells_per_s") else "")
                 walls = "/".join(f"{x:.1f}" for x in r["walls"])
                 if "cpu_main_s" in r:

@@ -82,8 +82,9 @@ def process_local(url):
 class TileJob:
     """What every tile of one render shares; small, so it travels with each task.
 
-    ``write``: whether :func:`draw_top_tile` / :func:`reduce_tile` read and write tiles
-    themselves (False: they take the children's bytes and return the tile's bytes).
+    ``write``: whether the work items (:func:`draw_top_tile`, :func:`draw_block`,
+    :func:`reduce_block`) read and write tiles themselves (False: they take the tiles' bytes
+    and return the bytes of those they make).
     """
 
     geometry: MosaicGeometry
