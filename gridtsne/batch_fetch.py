@@ -27,7 +27,8 @@ import os
 from gridtsne.decode import STAGE_DECODE, STAGE_READ, DecodeError
 from gridtsne.failures import is_machine_failure
 from gridtsne.ingest import fetch, is_candidate, too_large
-from gridtsne.input_policy import Refused, refused_message
+from gridtsne.input_policy import refused_message
+from gridtsne.refusals import Refused
 from gridtsne.storage import filesystem
 
 log = logging.getLogger(__name__)

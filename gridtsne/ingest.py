@@ -9,7 +9,8 @@ import logging
 
 from gridtsne.decode import STAGE_READ, DecodeConfig, DecodeError, decode_image
 from gridtsne.failures import is_machine_failure
-from gridtsne.input_policy import Refused, refusal_in, refused_message
+from gridtsne.input_policy import refused_message
+from gridtsne.refusals import Refused, refusal_in
 from gridtsne.storage import filesystem
 from gridtsne.sniff import HEADER_BYTES, has_image_extension, image_format
 

@@ -17,7 +17,7 @@ import aiohttp
 import yarl
 from aiohttp.abc import AbstractResolver
 
-from gridtsne.input_policy import Refused, RefusedConnection, address_refusal
+from gridtsne.refusals import Refused, RefusedConnection, address_refusal
 
 
 class CheckingResolver(AbstractResolver):

@@ -19,7 +19,8 @@ import apache_beam as beam
 
 from gridtsne.decode import STAGE_LIST
 from gridtsne.failures import is_machine_failure
-from gridtsne.input_policy import refusal_in, refused_message, unsafe_address
+from gridtsne.input_policy import refused_message, unsafe_address
+from gridtsne.refusals import refusal_in
 from gridtsne.listing import (FileInfo, expand_pattern, merge_duplicates, read_manifest,
                               resolve_entries)
 from gridtsne.rows import error_row
