@@ -111,3 +111,28 @@ def test_shards_are_the_same_in_every_process_and_keep_duplicates_together():
     merged = list(merge_shard((key, [shards[0][key], shards[1][key]])))
     assert [f for f in merged if f.uri == "/p/x.jpg"] == [b]  # once, the named record
     assert sum(len(v) for v in shards[0].values()) == 51
+
+
+def test_files_listed_before_a_listing_fails_are_kept(tmp_path, monkeypatch):
+    """A pattern whose listing fails half-way (a file's problem, not the machine's) gives its
+    error row and keeps the files it had listed, as when each went on at once. The failure is
+    staged (a listing that raises after three real files): running as root here, no real
+    folder refuses to be read."""
+    files = []
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_bytes(b"x")
+        files.append(FileInfo(str(tmp_path / f"{i}.jpg"), 1, 0, None, True))
+
+    def failing(pattern, storage_options=None, on_hidden=None):
+        yield from files
+        raise PermissionError(13, "Permission denied", str(tmp_path / "locked"))
+
+    monkeypatch.setattr(listing_transforms, "expand_pattern", failing)
+    fn = listing_transforms.ExpandPatternsFn()
+    fn.setup()
+    out = list(fn.process(str(tmp_path)))
+    listed = [FileInfo(*fields) for o in out if isinstance(o, list) for fields in o]
+    errors = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)
+              and o.tag == listing_transforms.ERRORS]
+    assert listed == files
+    assert len(errors) == 1 and "Permission denied" in json.dumps(errors[0])

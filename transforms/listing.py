@@ -55,6 +55,24 @@ class _ListingFn(beam.DoFn):
     def setup(self):
         self._refusal = _refusal_of(self._policy)
 
+    def _take(self, info, batch):
+        """One listed file: its ``Refused`` row, or into ``batch``, which goes out full."""
+        refused = self._refusal(info.uri)
+        if refused:  # a symlink leading outside, a link of a web listing ...
+            self._errors.inc()
+            yield refused
+            return
+        batch.append(file_fields(info))
+        if len(batch) >= LIST_BATCH:
+            yield from self._flush(batch)
+
+    def _flush(self, batch):
+        """``batch`` out as one element (if it holds any file), and emptied."""
+        if batch:
+            self._listed.inc(len(batch))
+            yield list(batch)
+            batch.clear()
+
 
 class ExpandPatternsFn(_ListingFn):
     """A URL, directory or glob -> its files as lists of up to :data:`LIST_BATCH`
@@ -78,27 +96,17 @@ class ExpandPatternsFn(_ListingFn):
             for info in expand_pattern(pattern, self._storage_options,
                                        on_hidden=lambda _: self._hidden.inc()):
                 count += 1
-                refused = self._refusal(info.uri)
-                if refused:  # a symlink leading outside, a link of a web listing ...
-                    self._errors.inc()
-                    yield refused
-                    continue
-                batch.append(file_fields(info))
-                if len(batch) >= LIST_BATCH:
-                    self._listed.inc(len(batch))
-                    yield batch
-                    batch = []
+                yield from self._take(info, batch)
         except Exception as exc:
             # Storage down: retry the bundle, never publish half a listing.
             if is_machine_failure(exc) and not refusal_in(exc):
                 raise
             self._errors.inc()
             log.warning("cannot list %r: %s: %s", pattern, type(exc).__name__, exc)
+            yield from self._flush(batch)  # the files listed before the failure go on
             yield beam.pvalue.TaggedOutput(ERRORS, _list_error(pattern, exc))
             return
-        if batch:
-            self._listed.inc(len(batch))
-            yield batch
+        yield from self._flush(batch)
         if count == 0:
             self._errors.inc()
             log.warning("input %r matched no files", pattern)
@@ -191,25 +199,14 @@ class ResolveEntriesFn(_ListingFn):
         for entry, found in resolve_entries(allowed, self._storage_options,
                                             on_hidden=lambda _: self._hidden.inc()):
             if isinstance(found, FileInfo):
-                refused = self._refusal(found.uri)
-                if refused:  # a symlink leading outside, a link of a web listing ...
-                    self._errors.inc()
-                    yield refused
-                    continue
-                batch.append(file_fields(found))
-                if len(batch) >= LIST_BATCH:
-                    self._listed.inc(len(batch))
-                    yield batch
-                    batch = []
+                yield from self._take(found, batch)
                 continue
             if is_machine_failure(found) and not refusal_in(found):
                 raise found
             self._errors.inc()
             log.warning("cannot list %r: %s: %s", entry, type(found).__name__, found)
             yield beam.pvalue.TaggedOutput(ERRORS, _list_error(entry, found))
-        if batch:
-            self._listed.inc(len(batch))
-            yield batch
+        yield from self._flush(batch)
 
 
 # (shard, [file_fields tuples]): declared, so that Beam never infers a coder from FileInfo's
