@@ -43,7 +43,6 @@ class Bands:
 
     @classmethod
     def plan(cls, geometry, depth, cells_per_band=CELLS_PER_BAND):
-        bx, _ = geometry.tile_counts(geometry.max_level - depth)
         span = geometry.tile << depth  # px a side of a block
         cells_per_block_row = max(1, (span // geometry.cell) * geometry.cols)
         return cls(geometry, depth, max(1, cells_per_band // cells_per_block_row))

@@ -146,12 +146,6 @@ class MosaicGeometry:
         return (range(y0 // self.cell, (y1 - 1) // self.cell + 1),
                 range(x0 // self.cell, (x1 - 1) // self.cell + 1))
 
-    def parent(self, level, tx, ty):
-        """``(parent level, ptx, pty, dx, dy)``: where tile ``(tx, ty)`` goes one level down."""
-        if level <= 0:
-            raise ValueError(f"level {level!r} has no parent level")
-        return level - 1, tx // 2, ty // 2, tx % 2, ty % 2
-
     def children(self, level, tx, ty):
         """The ``(dx, dy)`` offsets of the tiles at ``level + 1`` that tile ``(tx, ty)`` reduces."""
         nx, ny = self.tile_counts(level + 1)

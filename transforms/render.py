@@ -182,17 +182,20 @@ class PaintTsneBlockFn(_PoolFn):
         yield from self._outputs(queue.put(bx, by, list(groups)), queue.job)
 
 
-class _TileFn(_PoolFn):
-    """Base of the tile DoFns: their main output is ``(parent tile key, child offset)``."""
+class _BlockFn(_PoolFn):
+    """Base of the DoFns whose items finish as :class:`gridtsne.tile_workers.BlockDone`: they
+    emit the tiles the workers could not write, ``written`` counts per level, and (main
+    output) the root's place in the next reduction step, ``((root level, rx, ry), (level,
+    tx, ty))`` (:func:`gridtsne.tile_workers.step_parent`)."""
 
     def infer_output_type(self, input_type):
         # Inference sees the TaggedOutputs too; the main output is always a key-value pair.
         return typehints.Tuple[typehints.Any, typehints.Any]
 
-
-class _BlockOutputs:
-    """What a finished :class:`gridtsne.tile_workers.BlockDone` emits: tiles the workers could
-    not write, ``written`` counts per level, and its root's place in the next step."""
+    def setup(self):
+        super().setup()
+        self.top_tiles = progress_metrics.counter(NAMESPACE, "top_tiles_written")
+        self.lower_tiles = progress_metrics.counter(NAMESPACE, "lower_tiles_written")
 
     def _outputs(self, done, job):
         top = job.geometry.max_level
@@ -208,10 +211,11 @@ class _BlockOutputs:
                 yield block.parent
 
     def _emit(self, block):
+        """The block's own outputs besides its tiles and its root."""
         return ()
 
 
-class ReduceStepFn(_BlockOutputs, _TileFn):
+class ReduceStepFn(_BlockFn):
     """One reduction step below a root tile: the tiles of one level below it, written one
     stage earlier, made into every level down to the root (one level per step, or all the
     levels left once they are few: :func:`gridtsne.tile_workers.reduction_steps`).
@@ -222,11 +226,6 @@ class ReduceStepFn(_BlockOutputs, _TileFn):
     """
 
     work = staticmethod(reduce_block)
-
-    def setup(self):
-        super().setup()
-        self.top_tiles = self.lower_tiles = progress_metrics.counter(NAMESPACE,
-                                                                     "lower_tiles_written")
 
     def process(self, element, plan):
         (root, rx, ry), tiles = element
@@ -248,13 +247,13 @@ class ReduceStepFn(_BlockOutputs, _TileFn):
         yield from self._outputs(queue.put(root, rx, ry, level, children), queue.job)
 
 
-class RenderBandFn(_BlockOutputs, _TileFn):
+class RenderBandFn(_BlockFn):
     """Join one band of the mosaic and draw its blocks: the 4 x 4 top-level tiles of each and
     the two levels below them.
 
     Input: ``(band, {"layout": [[(key, row)], ...], "thumbs": [...], "labels": [...],
-    "band": [...]})``, lists of rows routed to this band. Outputs: main ``((level, ptx, pty),
-    (dx, dy))``, each block root's place in the level below; ``written``: ``(level, tiles)``;
+    "band": [...]})``, lists of rows routed to this band. Outputs: main, each block root's
+    place in the first reduction step (:class:`_BlockFn`); ``written``: ``(level, tiles)``;
     ``missing``: URIs drawn as placeholders; ``tsne``: ``(block, [point, ...])``, points for
     one block of ``tsne.jpg``; ``shards``, ``names``: ``(key, [entry, ...])`` for the cell and
     search indexes; ``cells``: how many cells the band owns.
@@ -265,8 +264,6 @@ class RenderBandFn(_BlockOutputs, _TileFn):
 
     def setup(self):
         super().setup()
-        self.top_tiles = progress_metrics.counter(NAMESPACE, "top_tiles_written")
-        self.lower_tiles = progress_metrics.counter(NAMESPACE, "lower_tiles_written")
         self.cells = Metrics.counter(NAMESPACE, "cells_drawn")
         self.placeholders = Metrics.counter(NAMESPACE, "placeholders")
         self.ms = _timer("top_block_ms")
