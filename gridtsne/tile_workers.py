@@ -103,9 +103,10 @@ class TileDone:
     """A finished top-level tile (:func:`draw_top_tile`, the block's work one tile at a time).
 
     ``data``: the encoded tile when the caller must write it (``TileJob.write`` False), else
-    None; ``parent``: where it goes in the first reduction step (:func:`step_parent`); also ``owned`` (cells counted by this tile), ``missing`` (URIs of
-    owned cells drawn as placeholders) and ``points``: ``{tsne.jpg block: [point, ...]}`` with
-    each point ``((row, col), px, py, width, height, RGB bytes)``; ``ms``: the tile's time.
+    None; ``parent``: where it goes in the first reduction step (:func:`step_parent`);
+    ``owned``: cells counted by this tile; ``missing``: URIs of owned cells drawn as
+    placeholders; ``points``: ``{tsne.jpg block: [point, ...]}`` with each point ``((row,
+    col), px, py, width, height, RGB bytes)``; ``ms``: the tile's time.
     """
 
     level: int
@@ -125,9 +126,9 @@ class BlockDone:
 
     ``level, tx, ty``: the block's root tile; ``parent``: where the root goes in the next
     reduction step (:func:`step_parent`; None at level 0); ``written``: ``{level: tiles}``;
-    ``tiles``: ``(level, tx, ty, bytes)``
-    the caller must write (``TileJob.write`` False), else empty; ``owned``, ``missing``,
-    ``points``, ``ms``: as :class:`TileDone`'s, for all its top-level tiles together.
+    ``tiles``: ``(level, tx, ty, bytes)`` the caller must write (``TileJob.write`` False),
+    else empty; ``owned``, ``missing``, ``points``, ``ms``: as :class:`TileDone`'s, for all
+    its top-level tiles together.
     """
 
     level: int
@@ -281,8 +282,8 @@ def _reduce_below(job, done, encoded, level):
     for level in range(level - 1, done.level - 1, -1):
         below, encoded = encoded, {}
         for tx, ty in subtree(g, done.level, done.tx, done.ty, level):
-            data = _reduced(job, level, tx, ty, [
-                (dx, dy, below[(2 * tx + dx, 2 * ty + dy)]) for dx, dy in g.children(level, tx, ty)])
+            data = _reduced(job, level, tx, ty, [(dx, dy, below[(2 * tx + dx, 2 * ty + dy)])
+                                                 for dx, dy in g.children(level, tx, ty)])
             encoded[(tx, ty)] = data
             done.store(job, level, tx, ty, data)
 
