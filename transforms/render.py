@@ -74,11 +74,11 @@ class RenderConfig:
     stages to build, one per step of :func:`gridtsne.tile_workers.reduction_steps` (the
     blocks draw the top three levels; default: exactly the pyramid's when the layout exists
     before the pipeline runs, else ``DEFAULT_MAX_LEVELS``); storage_options: per-protocol
-    fsspec options for every file read and written (see :func:`gridtsne.storage.filesystem`); render_workers: processes
-    that draw, encode and write tiles in each Beam worker process (1: the runner's own thread,
-    one tile at a time, as on Dataflow and Flink, where the runner spreads tiles over workers;
-    ``pipelines.render`` defaults to every core on the DirectRunner, see
-    :func:`pipelines.render.default_render_workers`).
+    fsspec options for every file read and written (see :func:`gridtsne.storage.filesystem`);
+    render_workers: processes that draw, encode and write tiles in each Beam worker process
+    (1: the runner's own thread, one item at a time, as on Dataflow and Flink, where the
+    runner spreads tiles over workers; ``pipelines.render`` defaults to every core on the
+    DirectRunner, see :func:`pipelines.render.default_render_workers`).
     """
 
     cell: int = 128
