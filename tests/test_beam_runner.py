@@ -79,9 +79,7 @@ def test_building_the_whole_job_loads_neither_torch_nor_timm(tmp_path):
     (~1.2 CPU-s) or timm (~1 CPU-s): the default weights are hashed, not built, and Beam's
     RunInference module is imported without its torch part. In a fresh interpreter, as a
     launch is."""
-    import os
-    import subprocess
-    import sys
+    from tests.fresh_python import run_python
 
     (tmp_path / "a.jpg").write_bytes(b"not read")
     code = ("import sys\n"
@@ -96,10 +94,6 @@ def test_building_the_whole_job_loads_neither_torch_nor_timm(tmp_path):
             "import transforms.embed_inference, apache_beam.ml.inference.base as B\n"
             "assert B.resource is not None, 'RunInference lost its memory figures'\n"
             "print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, timeout=120)
+    out = run_python(code)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr[-3000:]

@@ -188,10 +188,9 @@ def test_a_worker_unpickles_the_batched_step_without_importing_torch(tmp_path):
     """A multi-processing worker that only reads files and sends their bytes to the machine's
     shared model never imports torch (about 1.2 CPU-s per process): the step as Beam pickles it
     is loaded in a fresh interpreter, as a worker loads it, and torch must still be absent."""
-    import subprocess
-    import sys
-
     from apache_beam.internal import pickler
+
+    from tests.fresh_python import run_python
 
     from transforms.embed import BatchEmbedFn
 
@@ -204,9 +203,5 @@ def test_a_worker_unpickles_the_batched_step_without_importing_torch(tmp_path):
             f"fn = pickler.loads(open({str(path)!r}, 'rb').read())\n"
             "assert type(fn).__name__ == 'BatchEmbedFn', fn\n"
             "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'scipy') if m in sys.modules))\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, timeout=120, check=True)
+    out = run_python(code, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

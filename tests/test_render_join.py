@@ -1,8 +1,5 @@
 """Rows routed to bands and joined there; blocks drawn as the tile-by-tile path draws them."""
 import collections
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,10 +10,10 @@ from gridtsne.render_join import (Bands, Routes, group_band, join_band, key_hash
                                   split_by_band)
 from gridtsne.site import uri_key
 from gridtsne.tiles import MosaicGeometry
+from tests.fresh_python import run_python
 from tests.render_tables import real_photos, thumbnail_jpeg
 
 ROWS, COLS = 23, 19
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _routes(layout_pairs, bands):
@@ -82,8 +79,7 @@ def test_the_route_hash_is_the_same_in_another_process():
     keys = ["/photos/a.jpg", "s3://b/ü.jpg", ""]
     code = ("from gridtsne.render_join import key_hash; import sys; "
             f"print([key_hash(k) for k in {keys!r}])")
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True, env={"PYTHONHASHSEED": "123", "PYTHONPATH": ROOT})
+    other = run_python(code, env={"PYTHONHASHSEED": "123"}, check=True)
     assert other.stdout.strip() == str([key_hash(k) for k in keys])
 
 
