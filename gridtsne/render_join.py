@@ -59,18 +59,32 @@ class Bands:
         return [(bx, by) for by in range(band * self.rows, min((band + 1) * self.rows, ny))
                 for bx in range(nx)]
 
+    @property
+    def span(self):
+        """Side of a block in full-resolution px."""
+        return self.geometry.tile << self.depth
+
     def blocks_of_cell(self, row, col):
-        """The blocks a cell overlaps (two or four when it straddles block edges)."""
-        d = self.depth
-        return sorted({(tx >> d, ty >> d) for tx, ty in self.geometry.tiles_of_cell(row, col)})
+        """The blocks a cell overlaps (two or four when it straddles block edges), from the
+        cell's pixel box: the same blocks as its top-level tiles' (``tiles_of_cell``)."""
+        self.geometry.check_cell(row, col)
+        cell, span = self.geometry.cell, self.span
+        x0, y0 = col * cell, row * cell
+        return [(bx, by) for bx in range(x0 // span, (x0 + cell - 1) // span + 1)
+                for by in range(y0 // span, (y0 + cell - 1) // span + 1)]
 
     def bands_of_cell(self, row, col):
-        return sorted({by // self.rows for _, by in self.blocks_of_cell(row, col)})
+        """The bands a cell's blocks are in (bands are full-width strips: only its rows
+        matter)."""
+        self.geometry.check_cell(row, col)
+        cell, per_band = self.geometry.cell, self.span * self.rows
+        y0 = row * cell
+        return list(range(y0 // per_band, (y0 + cell - 1) // per_band + 1))
 
     def owner(self, row, col):
-        """The one band that counts and indexes a cell: its owner tile's."""
-        tx, ty = self.geometry.owner_tile(row, col)
-        return (ty >> self.depth) // self.rows
+        """The one band that counts and indexes a cell: its owner tile's (the tile holding its
+        top-left pixel)."""
+        return (row * self.geometry.cell) // (self.span * self.rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +100,28 @@ class Routes:
         lo = int(np.searchsorted(self.hashes, h, "left"))
         hi = int(np.searchsorted(self.hashes, h, "right"))
         return self.bands[lo:hi].tolist()
+
+    def split(self, pairs):
+        """``split_by_band(pairs, lambda key, _: self.bands_of(key))``, looked up for all
+        pairs at once (one search of the table per part, not two per row)."""
+        pairs = list(pairs)
+        if not pairs:
+            return [], 0
+        h = np.fromiter((key_hash(key) for key, _ in pairs), dtype=np.uint64, count=len(pairs))
+        lo = np.searchsorted(self.hashes, h, "left")
+        hi = np.searchsorted(self.hashes, h, "right")
+        first = self.bands[np.minimum(lo, len(self.bands) - 1)].tolist() if len(self.bands) \
+            else [0] * len(pairs)
+        out, unrouted = {}, 0
+        for pair, a, b, band in zip(pairs, lo.tolist(), hi.tolist(), first):
+            if b - a == 1:  # one band: most rows
+                out.setdefault(band, []).append(pair)
+            elif a == b:
+                unrouted += 1
+            else:
+                for band in self.bands[a:b].tolist():
+                    out.setdefault(band, []).append(pair)
+        return list(out.items()), unrouted
 
 
 def route_table(layout_url, bands, storage_options=None):

@@ -6,8 +6,8 @@ block of ``tsne.jpg`` only its points. :func:`draw_block` does a block's whole w
 4 x 4 top-level tiles (decode, draw, encode, write) and the two levels below them, from the
 encoded tiles it holds; :func:`reduce_block` does one reduction step's (read the tiles of one
 level below a root, halve, paste, encode and write each level down to the root); both return
-what the pipeline passes on; :func:`mosaic_piece` and
-:func:`paint_tsne_block` do one piece of an overview;
+what the pipeline passes on; :func:`mosaic_piece`, :func:`mosaic_strip` (a row of pieces)
+and :func:`paint_tsne_block` do one piece of an overview;
 :class:`TileQueue` runs them inline, or in batches on a shared pool of worker processes
 (:func:`acquire_pool`), so one Beam worker process can keep every core of its machine busy.
 
@@ -37,7 +37,7 @@ from PIL import Image
 
 from gridtsne import storage
 from gridtsne.overview import (TSNE_OVERVIEW, TsneCanvas, encode_jpeg, fit_piece, paint_block,
-                               stitch_blocks)
+                               paste_pieces, stitch_blocks)
 from gridtsne.tiles import (MosaicGeometry, assemble_parent, decode_image, encode_tile,
                             half_of_encoded, render_top_tile)
 
@@ -312,6 +312,20 @@ def mosaic_piece(job, level, tx, ty, box, data=None):
     if data is None:
         data = storage.read_bytes(job.tile_url(level, tx, ty), job.storage_options)
     return box, fit_piece(job.geometry, level, tx, ty, box, decode_image(data))
+
+
+def mosaic_strip(job, level, pieces):
+    """``(box, RGB bytes)``: one row of ``mosaic.jpg``'s ``pieces`` (``(tx, ty, box)`` tiles of
+    ``level``, :func:`gridtsne.overview.mosaic_pieces`), each tile read back from the output,
+    scaled to its box and pasted into the strip that spans their boxes (they are one tile row,
+    so it holds nothing else)."""
+    x0, y0 = min(p[2][0] for p in pieces), min(p[2][1] for p in pieces)
+    x1, y1 = max(p[2][2] for p in pieces), max(p[2][3] for p in pieces)
+    placed = []
+    for tx, ty, box in pieces:
+        _, img = mosaic_piece(job, level, tx, ty, box)
+        placed.append(((box[0] - x0, box[1] - y0), img))
+    return (x0, y0, x1, y1), paste_pieces((x1 - x0, y1 - y0), placed).tobytes()
 
 
 def paint_tsne_block(job, bx, by, groups):

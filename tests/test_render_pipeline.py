@@ -268,7 +268,7 @@ def test_lost_data_fails_loudly_instead_of_leaving_holes(tmp_path, collection):
                                          r"\(8, 1, 1\)\]: the runner lost"):
         list(fn.process(((0, 0, 0), three), plan))
     out = list(fn.process(((0, 0, 0), three + [(8, 1, 1)]), plan))
-    assert [o.value for o in out] == [(level, 1) for level in range(7, -1, -1)]  # written
+    assert [o.value for o in out] == [("tiles", (level, 1)) for level in range(7, -1, -1)]
     for level in range(8):  # the one step made every level below 8
         assert Image.open(site / g.tile_path(level, 0, 0)).size == g.level_size(level)
     tsne = {"points": 9}

@@ -19,6 +19,7 @@ per Beam worker process. The pixels and file formats are in the Beam-free module
 :mod:`gridtsne.projector`.
 """
 import dataclasses
+import heapq
 import json
 import logging
 import typing
@@ -26,12 +27,14 @@ import typing
 import apache_beam as beam
 from apache_beam import typehints
 from apache_beam.metrics import Metrics
-from apache_beam.pvalue import AsSingleton, TaggedOutput
+from apache_beam.pvalue import AsList, AsSingleton, TaggedOutput
 from apache_beam.transforms.window import GlobalWindows
+from PIL import Image
 
 from gridtsne import __version__, faults, storage
 from gridtsne.overview import (DEFAULT_LONGEST, MOSAIC_OVERVIEW, TSNE_OVERVIEW, check_longest,
-                               compose_mosaic_overview, encode_jpeg, mosaic_pieces, paste_pieces)
+                               compose_mosaic_overview, encode_jpeg, mosaic_pieces,
+                               paste_pieces)
 from gridtsne.projector import export_projector
 from gridtsne.render_inputs import (declared_geometry, plan_render, read_layout_part,
                                     read_thumbnail_part, table_parts)
@@ -43,15 +46,21 @@ from gridtsne.site import (CELL_BLOCK, DEFAULT_OSD_URL, SEARCH_DIRECTORY, SUMMAR
 from gridtsne.tile_workers import (TileJob, TileQueue, acquire_pool, block_depth, check_workers,
                                    draw_block, mosaic_piece, paint_tsne_block, process_local,
                                    reduce_block, reduction_steps, release_pool, step_depth,
-                                   subtree, write_tsne_overview)
+                                   mosaic_strip, subtree, write_tsne_overview)
 from gridtsne.tiles import DZI_NAME, MosaicGeometry, decode_image
 from transforms import progress_metrics
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "gridtsne.render"
-WRITTEN, MISSING, TSNE = "written", "missing", "tsne"
-SHARDS, NAMES, CELLS = "shards", "names", "cells"
+TALLY, OVERVIEW = "tally", "overview"
+# What a band hands on, keyed by kind (FinishBandsFn): tiles for the first reduction step,
+# points for tsne.jpg, entries of the cell and search indexes.
+TILES, TSNE, SHARDS, NAMES, MOSAIC = "tiles", "tsne", "shards", "names", "mosaic"
+# What is routed to a band: layout rows, vectors rows (thumbnails), labels, and one empty
+# "band" entry per band, so that a band of holes only is a work item too.
+INPUTS = ("layout", "thumbs", "labels", "band")
+EXAMPLES = 20  # placeholders named in site.json
 # Reduction stages built into the graph. The grid is only known at run time (the layout may
 # be written by the same job), so the graph carries enough stages for any pyramid of up to
 # 2**24 px a side with tiles of 64 px or more (reduction_steps: 7 for 256 px tiles);
@@ -118,12 +127,44 @@ def _timer(name):
     return Metrics.distribution(NAMESPACE, name)
 
 
+def _job(plan, output, config, write):
+    return TileJob(plan.geometry, plan.tsne, output, config.quality, config.storage_options,
+                   write)
+
+
+def _mosaic_rows(plan, config):
+    """``(level, size, {tile row: pieces})`` of ``mosaic.jpg`` (:func:`mosaic_pieces`) where
+    the blocks draw every tile it is made of: then each row is made by :class:`FinishBandsFn`
+    beside the first reduction step, once the band that drew it is done. None where the
+    overview's level is made later: then :func:`_write_overviews` makes it."""
+    g = plan.geometry
+    level, size, pieces = mosaic_pieces(g, config.overview)
+    if level < g.max_level - block_depth(g):
+        return None
+    rows = {}
+    for tx, ty, box in pieces:
+        rows.setdefault(ty, []).append((tx, ty, box))
+    return level, size, rows
+
+
+def _band_mosaic_rows(band, plan, config):
+    """The rows of ``mosaic.jpg`` (:func:`_mosaic_rows`) whose tiles band ``band`` draws."""
+    made = _mosaic_rows(plan, config)
+    if made is None:
+        return []
+    bands, g = _bands(plan), plan.geometry
+    shift = made[0] - (g.max_level - bands.depth)  # levels from the blocks' roots down to it
+    first, last = (band * bands.rows) << shift, ((band + 1) * bands.rows) << shift
+    return [ty for ty in sorted(made[2]) if first <= ty < last]
+
+
 class _PoolFn(beam.DoFn):
     """Base of the DoFns whose work runs in :class:`gridtsne.tile_workers.TileQueue`.
 
     Inline with ``config.render_workers == 1`` (one item at a time, in the runner's thread),
     otherwise on a pool of that many processes shared by every such DoFn in this worker
     process; items still unfinished at the end of a bundle are emitted from ``finish_bundle``.
+    A DoFn may queue more than one kind of work (one queue per work function).
     """
 
     work = None  # the per-item function of gridtsne.tile_workers
@@ -135,58 +176,51 @@ class _PoolFn(beam.DoFn):
 
     def setup(self):
         self.pool = acquire_pool(self.config.render_workers)
-        self.queue = None
+        self.queues = {}
 
     def start_bundle(self):
-        self.queue = None  # a bundle that failed half-way leaves nothing behind for a retry
+        self.queues = {}  # a bundle that failed half-way leaves nothing behind for a retry
 
     def teardown(self):
         release_pool(self.pool)
         self.pool = None
 
-    def _queue(self, plan):
-        if self.queue is None:
-            # With a pool, workers write their own tiles unless the output lives only in this
-            # process's memory; inline, this thread writes as before.
-            job = TileJob(plan.geometry, plan.tsne, self.output, self.config.quality,
-                          self.config.storage_options,
-                          write=self.pool is None or not process_local(self.output))
-            self.queue = TileQueue(self.work, job, self.pool, self.config.render_workers,
-                                   self.batch)
-        return self.queue
+    def _writes(self):
+        """Whether the work writes its own tiles: with a pool, unless the output lives only in
+        this process's memory; inline, this thread writes as before."""
+        return self.pool is None or not process_local(self.output)
+
+    def _put(self, plan, item, work=None, batch=None):
+        """Queue ``work(job, *item)`` (default ``self.work``); the outputs of what finished."""
+        work = work or self.work
+        queue = self.queues.get(work)
+        if queue is None:
+            job = _job(plan, self.output, self.config, self._writes())
+            queue = self.queues[work] = TileQueue(work, job, self.pool,
+                                                  self.config.render_workers,
+                                                  batch or self.batch)
+        return self._outputs(queue.put(*item), queue.job, work)
 
     def finish_bundle(self):
-        if self.queue is None:
-            return
-        queue, self.queue = self.queue, None
-        for out in self._outputs(queue.drain(), queue.job):
-            if isinstance(out, TaggedOutput):
-                yield TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
-            else:
-                yield GlobalWindows.windowed_value(out)
+        queues, self.queues = self.queues, {}
+        for work, queue in queues.items():
+            for out in self._outputs(queue.drain(), queue.job, work):
+                if isinstance(out, TaggedOutput):
+                    yield TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+                else:
+                    yield GlobalWindows.windowed_value(out)
 
-    def _outputs(self, done, job):
-        """The outputs of finished items: by default each result as it is."""
+    def _outputs(self, done, job, work):
+        """The outputs of finished items of ``work``: by default each result as it is."""
         return done
-
-
-class PaintTsneBlockFn(_PoolFn):
-    """Paint one 512 px block of ``tsne.jpg`` from its points (grouped by the top-level tile
-    that made them): ``(bx, by, JPEG, points whose top-left pixel lies in this block)``."""
-
-    work = staticmethod(paint_tsne_block)
-
-    def process(self, element, plan):
-        (bx, by), groups = element
-        queue = self._queue(plan)
-        yield from self._outputs(queue.put(bx, by, list(groups)), queue.job)
 
 
 class _BlockFn(_PoolFn):
     """Base of the DoFns whose items finish as :class:`gridtsne.tile_workers.BlockDone`: they
-    emit the tiles the workers could not write, ``written`` counts per level, and (main
-    output) the root's place in the next reduction step, ``((root level, rx, ry), (level,
-    tx, ty))`` (:func:`gridtsne.tile_workers.step_parent`)."""
+    emit the tiles the workers could not write, ``tally`` ``("tiles", (level, n))`` counts
+    (:class:`RenderTally`), and (main output) the root's place in the next reduction step,
+    ``((root level, rx, ry), (level, tx, ty))`` (:func:`gridtsne.tile_workers.step_parent`),
+    as :meth:`_keyed` keys it."""
 
     def infer_output_type(self, input_type):
         # Inference sees the TaggedOutputs too; the main output is always a key-value pair.
@@ -197,7 +231,7 @@ class _BlockFn(_PoolFn):
         self.top_tiles = progress_metrics.counter(NAMESPACE, "top_tiles_written")
         self.lower_tiles = progress_metrics.counter(NAMESPACE, "lower_tiles_written")
 
-    def _outputs(self, done, job):
+    def _outputs(self, done, job, work):
         top = job.geometry.max_level
         for block in done:
             for level, tx, ty, data in block.tiles:
@@ -205,10 +239,14 @@ class _BlockFn(_PoolFn):
                                     self.config.storage_options)
             for level, count in block.written.items():
                 (self.top_tiles if level == top else self.lower_tiles).inc(count)
-                yield TaggedOutput(WRITTEN, (level, count))
+                yield TaggedOutput(TALLY, ("tiles", (level, count)))
             yield from self._emit(block)
             if block.parent is not None:
-                yield block.parent
+                yield self._keyed(TILES, *block.parent)
+
+    def _keyed(self, kind, key, value):
+        """A main output: ``(key, value)``, for the next reduction step."""
+        return key, value
 
     def _emit(self, block):
         """The block's own outputs besides its tiles and its root."""
@@ -226,6 +264,7 @@ class ReduceStepFn(_BlockFn):
     """
 
     work = staticmethod(reduce_block)
+    batch = 1  # an item is up to sixteen tiles' decoding: spread them, the steps are short
 
     def process(self, element, plan):
         (root, rx, ry), tiles = element
@@ -237,26 +276,77 @@ class ReduceStepFn(_BlockFn):
             # A quarter drawn as background would go unnoticed: fail loudly instead.
             raise ValueError(f"tile {(root, rx, ry)!r} got tiles {got!r}, expected "
                              f"{expected!r}: the runner lost or duplicated data")
-        queue = self._queue(plan)
-        if queue.job.write:
+        if self._writes():
             children = [(tx, ty, None) for _, tx, ty in got]
         else:  # the workers cannot see this process's memory: hand them the tiles' bytes
             children = [(tx, ty, storage.read_bytes(
                 storage.url_join(self.output, g.tile_path(level, tx, ty)),
                 self.config.storage_options)) for _, tx, ty in got]
-        yield from self._outputs(queue.put(root, rx, ry, level, children), queue.job)
+        yield from self._put(plan, (root, rx, ry, level, children))
+
+
+class FinishBandsFn(ReduceStepFn):
+    """Everything the bands hand on, in one stage: the first reduction step, the parts of both
+    overviews and both indexes. As stages of their own, each cost the in-memory runner its
+    start and end while the tile workers waited; here the workers paint, scale and reduce
+    while this process writes the indexes.
+
+    Input: ``((kind, key), values)``, as :class:`RenderBandFn` keys them:
+
+    * ``tiles``: a root and its tiles, as :class:`ReduceStepFn` takes them;
+    * ``tsne``: a 512 px block of ``tsne.jpg`` and its points (grouped by the top-level tile
+      that made them), painted into ``("tsne", (bx, by, JPEG, points whose top-left pixel
+      lies in it))`` (output ``overview``);
+    * ``mosaic``: a tile row of ``mosaic.jpg``'s level (:func:`_mosaic_rows`), made into
+      ``("mosaic", (box, RGB bytes))`` (output ``overview``): 50 MB at most in all;
+    * ``shards``: a 32 x 32 block of cells and its cell-index entries, written as one file,
+      ``("shards", (1, images))`` (tally);
+    * ``names``: a search prefix and its entries, written in chunks, ``("chunk", directory
+      entry)`` each (tally).
+    """
+
+    def process(self, element, plan):
+        (kind, key), values = element
+        if kind == TILES:
+            yield from super().process((key, values), plan)
+        elif kind == TSNE:
+            yield from self._put(plan, (key[0], key[1], list(values)), paint_tsne_block, 4)
+        elif kind == MOSAIC:
+            level, _, rows = _mosaic_rows(plan, self.config)
+            if self._writes():
+                yield from self._put(plan, (level, rows[key]), mosaic_strip, 1)
+            else:  # the workers cannot read this process's memory
+                yield TaggedOutput(OVERVIEW, (MOSAIC, mosaic_strip(
+                    _job(plan, self.output, self.config, write=True), level, rows[key])))
+        elif kind == SHARDS:
+            yield TaggedOutput(TALLY, _write_cell_shard((key, values), self.output,
+                                                        self.config.storage_options))
+        elif kind == NAMES:
+            for entry in _write_search_chunks((key, values), self.output,
+                                              self.config.storage_options):
+                yield TaggedOutput(TALLY, entry)
+        else:
+            raise ValueError(f"unknown kind {kind!r} of a band's output")
+
+    def _outputs(self, done, job, work):
+        if work is paint_tsne_block:
+            return (TaggedOutput(OVERVIEW, (TSNE, block)) for block in done)
+        if work is mosaic_strip:
+            return (TaggedOutput(OVERVIEW, (MOSAIC, strip)) for strip in done)
+        return super()._outputs(done, job, work)
 
 
 class RenderBandFn(_BlockFn):
     """Join one band of the mosaic and draw its blocks: the 4 x 4 top-level tiles of each and
     the two levels below them.
 
-    Input: ``(band, {"layout": [[(key, row)], ...], "thumbs": [...], "labels": [...],
-    "band": [...]})``, lists of rows routed to this band. Outputs: main, each block root's
-    place in the first reduction step (:class:`_BlockFn`); ``written``: ``(level, tiles)``;
-    ``missing``: URIs drawn as placeholders; ``tsne``: ``(block, [point, ...])``, points for
-    one block of ``tsne.jpg``; ``shards``, ``names``: ``(key, [entry, ...])`` for the cell and
-    search indexes; ``cells``: how many cells the band owns.
+    Input: ``(band, [(kind, [(key, row), ...]), ...])``, the lists of rows routed to this band
+    (:func:`_read_to_bands`), ``kind`` one of :data:`INPUTS`. Outputs: main, ``((kind, key),
+    value)`` for :class:`FinishBandsFn`: each block root's place in the first reduction step
+    (``tiles``, :class:`_BlockFn`), points for one block of ``tsne.jpg`` (``tsne``) and
+    lists of entries of the cell and search indexes (``shards``, ``names``); ``tally``:
+    ``("tiles", (level, tiles))``, ``("missing", uri)`` for each placeholder and ``("cells",
+    n)``, the cells the band owns (:class:`RenderTally`).
     """
 
     work = staticmethod(draw_block)
@@ -269,22 +359,29 @@ class RenderBandFn(_BlockFn):
         self.ms = _timer("top_block_ms")
 
     def process(self, element, plan):
-        band, groups = element
+        band, batches = element
+        groups = {kind: [] for kind in INPUTS}
+        for kind, batch in batches:
+            groups[kind].append(batch)
         bands = _bands(plan)
         cells, counts = join_band(band, bands, groups["layout"], groups["thumbs"],
-                                  groups.get("labels", ()))
+                                  groups["labels"])
         for name, count in counts.items():
             Metrics.counter(NAMESPACE, name).inc(count)
         blocks, shards, names, owned = group_band(band, bands, cells)
         del cells
-        queue = self._queue(plan)
+        for ty in _band_mosaic_rows(band, plan, self.config):
+            yield (MOSAIC, ty), None
         for (bx, by), batch in blocks.items():
-            yield from self._outputs(queue.put(bx, by, batch), queue.job)
+            yield from self._put(plan, (bx, by, batch))
         for key, batch in shards.items():
-            yield TaggedOutput(SHARDS, (key, batch))
+            yield (SHARDS, key), batch
         for key, batch in names.items():
-            yield TaggedOutput(NAMES, (key, batch))
-        yield TaggedOutput(CELLS, owned)
+            yield (NAMES, key), batch
+        yield TaggedOutput(TALLY, ("cells", owned))
+
+    def _keyed(self, kind, key, value):
+        return (kind, key), value
 
     def _emit(self, block):
         faults.point("rendering")  # a block of top tiles is written
@@ -292,9 +389,56 @@ class RenderBandFn(_BlockFn):
         self.placeholders.inc(len(block.missing))
         self.ms.update(int(block.ms))
         for uri in block.missing:
-            yield TaggedOutput(MISSING, uri)
+            yield TaggedOutput(TALLY, ("missing", uri))
         for key, points in block.points.items():
-            yield TaggedOutput(TSNE, (key, points))
+            yield (TSNE, key), points
+
+
+class RenderTally(beam.CombineFn):
+    """Everything the last steps check and summarise, gathered in one combine from
+    ``(kind, value)`` pairs: ``tiles`` ``(level, n)`` written; ``cells`` owned by a band;
+    ``missing``, a placeholder's URI (the first :data:`EXAMPLES` by URI are kept as
+    examples); ``shards`` ``(cell-index files, images)``; ``chunk``, a search chunk's
+    directory entry. Not the overviews' parts: a combine's accumulators are encoded more than
+    once, which costs a second for 50 MB of rows of ``mosaic.jpg``."""
+
+    def create_accumulator(self):
+        return {"tiles": {}, "cells": 0, "placeholders": 0, "examples": [], "shards": [0, 0],
+                "chunks": []}
+
+    def add_input(self, acc, element):
+        kind, value = element
+        if kind == "tiles":
+            level, n = value
+            acc["tiles"][level] = acc["tiles"].get(level, 0) + n
+        elif kind == "cells":
+            acc["cells"] += value
+        elif kind == "missing":
+            acc["placeholders"] += 1
+            acc["examples"] = heapq.nsmallest(EXAMPLES, acc["examples"] + [value])
+        elif kind == "shards":
+            acc["shards"] = [acc["shards"][0] + value[0], acc["shards"][1] + value[1]]
+        elif kind == "chunk":
+            acc["chunks"].append(value)
+        else:
+            raise ValueError(f"unknown tally kind {kind!r}")
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = self.create_accumulator()
+        for acc in accs:
+            for level, n in acc["tiles"].items():
+                out["tiles"][level] = out["tiles"].get(level, 0) + n
+            out["cells"] += acc["cells"]
+            out["placeholders"] += acc["placeholders"]
+            out["examples"] = heapq.nsmallest(EXAMPLES, out["examples"] + acc["examples"])
+            out["shards"] = [out["shards"][0] + acc["shards"][0],
+                             out["shards"][1] + acc["shards"][1]]
+            out["chunks"] += acc["chunks"]
+        return out
+
+    def extract_output(self, acc):
+        return acc
 
 
 def reduction_stages(geometry):
@@ -310,20 +454,41 @@ def _routes(_, layout_url, plan, storage_options=None):
     return route_table(layout_url, _bands(plan), storage_options)
 
 
-def _layout_to_bands(part, plan, storage_options=None):
-    """One layout part's rows, one list per band: ``(band, [(key, row), ...])``."""
+def _input_items(_, layout_url, vectors_url, labels_url, storage_options=None):
+    """What the read step reads, one item each: ``(kind, source)``: every row group of the
+    layout and of the vectors table, the labels CSV (if any) and the list of bands."""
+    items = [("layout", part) for part in table_parts(layout_url, storage_options)]
+    items += [("thumbs", part) for part in table_parts(vectors_url, storage_options)]
+    if labels_url:
+        items.append(("labels", labels_url))
+    items.append(("band", None))
+    return items
+
+
+def _read_to_bands(item, plan, routes, storage_options=None):
+    """One input item's rows, one list per band: ``(band, (kind, [(key, row), ...]))``.
+
+    Layout rows go to the bands of their cell, vectors rows and labels to those their URI is
+    routed to (rows of no band are counted: ``vectors_not_in_layout``,
+    ``labels_not_in_layout``); the ``band`` item gives every band an empty entry.
+    """
+    kind, source = item
     bands = _bands(plan)
-    rows, _ = split_by_band(read_layout_part(part, storage_options),
-                            lambda key, row: bands.bands_of_cell(row[1], row[2]))
-    return rows
-
-
-def _routed(pairs, routes, counter):
-    """Pairs routed to their bands by URI key; those of no band are counted on ``counter``."""
-    rows, unrouted = split_by_band(pairs, lambda key, _: routes.bands_of(key))
-    if unrouted:
-        Metrics.counter(NAMESPACE, counter).inc(unrouted)
-    return rows
+    if kind == "layout":
+        rows, _ = split_by_band(read_layout_part(source, storage_options),
+                                lambda key, row: bands.bands_of_cell(row[1], row[2]))
+    elif kind == "band":
+        rows = [(band, []) for band in range(bands.count)]
+    else:
+        if kind == "thumbs":
+            pairs, counter = read_thumbnail_part(source, storage_options), "vectors_not_in_layout"
+        else:
+            pairs, counter = read_labels(source, storage_options), "labels_not_in_layout"
+        rows, unrouted = routes.split(pairs)
+        if unrouted:
+            Metrics.counter(NAMESPACE, counter).inc(unrouted)
+    for band, batch in rows:
+        yield band, (kind, batch)
 
 
 def _plan(_, layout_url, cfg):
@@ -333,14 +498,19 @@ def _plan(_, layout_url, cfg):
     return plan
 
 
-def _write_overviews(_, output, config, plan, tiles_written, tsne_blocks):
-    """Write ``mosaic.jpg`` and ``tsne.jpg``: ``(mosaic summary, tsne summary)``.
+def _write_overviews(_, output, config, plan, tally, parts):
+    """Write ``mosaic.jpg`` and ``tsne.jpg`` once the pyramid is complete (``tally``), from
+    ``parts`` (:class:`FinishBandsFn`'s ``overview`` output): ``(mosaic summary, tsne
+    summary)``.
 
-    With a tile pool, ``tsne.jpg`` is stitched and encoded by one worker while the pool's
-    others and this process make ``mosaic.jpg``.
+    With a tile pool, ``tsne.jpg`` is stitched and encoded by one worker while this process
+    pastes ``mosaic.jpg`` from its rows, or, where its level is made later than the blocks
+    (:func:`_mosaic_rows`), makes it with the pool's other workers.
     """
     g = plan.geometry
     expected = g.tile_count()
+    tiles_written = sum(tally["tiles"].values())
+    tsne_blocks = [part for kind, part in parts if kind == TSNE]
     if tiles_written != expected:
         raise ValueError(f"the pyramid has {tiles_written} tiles, expected {expected}: give "
                          f"RenderConfig(max_levels={reduction_stages(g)}) or more "
@@ -348,9 +518,14 @@ def _write_overviews(_, output, config, plan, tiles_written, tsne_blocks):
     pool = acquire_pool(config.render_workers)
     try:
         write = pool is not None and not process_local(output)
-        job = TileJob(g, plan.tsne, output, config.quality, config.storage_options, write)
+        job = _job(plan, output, config, write)
         tsne = pool.submit(write_tsne_overview, job, tsne_blocks) if write else None
-        mosaic = _write_mosaic_overview(job, config, pool)
+        made = _mosaic_rows(plan, config)
+        if made is None:
+            mosaic = _write_mosaic_overview(job, config, pool)
+        else:
+            mosaic = _paste_mosaic_overview(job, config, made,
+                                            [part for kind, part in parts if kind == MOSAIC])
         tsne = tsne.result() if tsne else write_tsne_overview(job, tsne_blocks)
     finally:
         release_pool(pool)
@@ -358,6 +533,8 @@ def _write_overviews(_, output, config, plan, tiles_written, tsne_blocks):
 
 
 def _write_mosaic_overview(job, config, pool):
+    """Make and write ``mosaic.jpg`` from the tiles of its level: each piece a tile read,
+    decoded and scaled, here or spread over the pool if there is one; its summary."""
     g, output = job.geometry, job.output
 
     def read_tile(level, tx, ty):
@@ -365,44 +542,51 @@ def _write_mosaic_overview(job, config, pool):
         return decode_image(storage.read_bytes(url, config.storage_options))
 
     if pool is None:
-        img = compose_mosaic_overview(g, read_tile, config.overview)
-    else:  # each piece is a tile read, decoded and scaled: spread them over the pool
-        queue = TileQueue(mosaic_piece, job, pool, config.render_workers)
-        level, size, pieces = mosaic_pieces(g, config.overview)
-        done = []
-        for tx, ty, box in pieces:
-            data = None if job.write else storage.read_bytes(
-                storage.url_join(output, g.tile_path(level, tx, ty)), config.storage_options)
-            done += queue.put(level, tx, ty, box, data)
-        img = paste_pieces(size, done + queue.drain())
-    storage.write_bytes(storage.url_join(output, MOSAIC_OVERVIEW), encode_jpeg(img),
+        return _save_mosaic(job, config, compose_mosaic_overview(g, read_tile, config.overview))
+    queue = TileQueue(mosaic_piece, job, pool, config.render_workers)
+    level, size, pieces = mosaic_pieces(g, config.overview)
+    done = []
+    for tx, ty, box in pieces:
+        data = None if job.write else storage.read_bytes(
+            storage.url_join(output, g.tile_path(level, tx, ty)), config.storage_options)
+        done += queue.put(level, tx, ty, box, data)
+    return _save_mosaic(job, config, paste_pieces(size, done + queue.drain()))
+
+
+def _paste_mosaic_overview(job, config, made, strips):
+    """Write ``mosaic.jpg`` from its rows made beside the first reduction step
+    (:func:`_mosaic_rows`); its summary."""
+    _, size, rows = made
+    if len(strips) != len(rows):
+        raise ValueError(f"mosaic.jpg got {len(strips)} of its {len(rows)} rows: the runner "
+                         f"lost or duplicated data")
+    return _save_mosaic(job, config, paste_pieces(size, [
+        (box, Image.frombytes("RGB", (box[2] - box[0], box[3] - box[1]), raw))
+        for box, raw in strips]))
+
+
+def _save_mosaic(job, config, img):
+    storage.write_bytes(storage.url_join(job.output, MOSAIC_OVERVIEW), encode_jpeg(img),
                         config.storage_options)
     return {"file": MOSAIC_OVERVIEW, "width": img.width, "height": img.height}
 
 
 def _write_cell_shard(element, output, storage_options=None):
-    """Write one block's cell index (its entries come in lists); ``(1 shard, images)``."""
+    """Write one block's cell index (its entries come in lists); ``("shards", (1, images))``."""
     (br, bc), batches = element
     entries = [entry for batch in batches for entry in batch]
     name, data = cell_shard(br, bc, entries, CELL_BLOCK)
     storage.write_bytes(storage.url_join(output, name), data, storage_options)
-    return 1, len(entries)
-
-
-def _sum_pairs(pairs):
-    totals = [0, 0]
-    for a, b in pairs:
-        totals[0] += a
-        totals[1] += b
-    return tuple(totals)
+    return "shards", (1, len(entries))
 
 
 def _write_search_chunks(element, output, storage_options=None):
+    """Write one prefix's search chunks; ``("chunk", directory entry)`` for each."""
     prefix, batches = element
     entries = [entry for batch in batches for entry in batch]
     for name, data, entry in search_chunks(prefix, entries):
         storage.write_bytes(storage.url_join(output, name), data, storage_options)
-        yield entry
+        yield "chunk", entry
 
 
 def _write_search_directory(entries, output, storage_options=None):
@@ -428,13 +612,16 @@ def check_counts(cells, placeholders, shards, search, tsne):
         raise ValueError("the render lost data: " + "; ".join(problems))
 
 
-def _write_site(_, output, config, plan, tiles, placeholders, examples, cells, shards,
-                search, overviews, projector):
-    """Last step: ``mosaic.dzi``, the page and ``site.json``, once everything else exists."""
+def _write_site(_, output, config, plan, tally, overviews, projector):
+    """Last step: ``search/index.js``, ``mosaic.dzi``, the page and ``site.json``, once
+    everything else exists (``tally``: :class:`RenderTally`'s)."""
     mosaic, tsne = overviews
+    opts = config.storage_options
+    tiles, cells, shards = tally["tiles"], tally["cells"], tally["shards"]
+    placeholders, examples = tally["placeholders"], tally["examples"]
+    search = _write_search_directory(tally["chunks"], output, opts)
     check_counts(cells, placeholders, shards, search, tsne)
     g = plan.geometry
-    opts = config.storage_options
     storage.write_bytes(storage.url_join(output, DZI_NAME), g.dzi_xml(), opts)
     osd_url = config.osd_url
     if config.osd_files:
@@ -529,71 +716,40 @@ class RenderMosaic(beam.PTransform):
         plan_si = AsSingleton(plan)
 
         routes = AsSingleton(start | "RouteUris" >> beam.Map(_routes, layout_url, plan_si, opts))
-        layout = (start
-                  | "ListLayoutParts" >> beam.FlatMap(lambda _: table_parts(layout_url, opts))
-                  | "SpreadLayoutParts" >> beam.Reshuffle()
-                  | "ReadLayout" >> beam.FlatMap(_layout_to_bands, plan_si, opts))
-        thumbs = (start
-                  | "ListVectorParts" >> beam.FlatMap(lambda _: table_parts(vectors_url, opts))
-                  | "SpreadVectorParts" >> beam.Reshuffle()
-                  | "ReadThumbnails" >> beam.FlatMap(
-                      lambda part, r: _routed(read_thumbnail_part(part, opts), r,
-                                              "vectors_not_in_layout"), routes))
-        # Every band is a work item, even one of holes only.
-        sources = {"layout": layout, "thumbs": thumbs,
-                   "band": plan | "ListBands" >> beam.FlatMap(
-                       lambda p: ((band, None) for band in range(_bands(p).count)))}
-        if cfg.labels:
-            labels_url = cfg.labels
-            # Its own stage (a Reshuffle): fused with Start, the routes it waits for (made from
-            # Start's element) would never be ready.
-            sources["labels"] = (start
-                                 | "SpreadLabels" >> beam.Reshuffle()
-                                 | "ReadLabels" >> beam.FlatMap(
-                                     lambda _, r: _routed(read_labels(labels_url, opts), r,
-                                                          "labels_not_in_layout"), routes))
-        top = (sources
-               | "GroupRowsByBand" >> beam.CoGroupByKey()
+        # One read step for every input, so the rows meet in one grouping with nothing in
+        # between: a CoGroupByKey of several reads costs the in-memory runner a stage that
+        # decodes and encodes every thumbnail once more. It is its own stage (the Reshuffle):
+        # fused with Start, the routes it waits for (made from Start's element) would never
+        # be ready.
+        top = (start
+               | "ListInputs" >> beam.FlatMap(_input_items, layout_url, vectors_url, cfg.labels,
+                                              opts)
+               | "SpreadInputs" >> beam.Reshuffle()
+               | "ReadToBands" >> beam.FlatMap(_read_to_bands, plan_si, routes, opts)
+               | "GroupRowsByBand" >> beam.GroupByKey()
                | "RenderBands" >> beam.ParDo(RenderBandFn(out, cfg), plan_si)
-               .with_outputs(WRITTEN, MISSING, TSNE, SHARDS, NAMES, CELLS, main="parents"))
-        written = [top[WRITTEN]]
-        parents = top.parents
-        for stage in range(1, self._stages(pcoll) + 1):
+               .with_outputs(TALLY, main="handed_on"))
+        finish = (top.handed_on
+                  | "GroupBandOutputs" >> beam.GroupByKey()
+                  | "FinishBands" >> beam.ParDo(FinishBandsFn(out, cfg), plan_si)
+                  .with_outputs(TALLY, OVERVIEW, main="parents"))
+        tally = [top[TALLY], finish[TALLY]]
+        parents = finish.parents
+        for stage in range(2, self._stages(pcoll) + 1):
             reduce_fn = ReduceStepFn(out, cfg)
             lower = (parents
                      | f"GroupTilesStage{stage:02d}" >> beam.GroupByKey()
                      | f"ReduceTilesStage{stage:02d}" >> beam.ParDo(reduce_fn, plan_si)
-                     .with_outputs(WRITTEN, main="parents"))
-            written.append(lower[WRITTEN])
+                     .with_outputs(TALLY, main="parents"))
+            tally.append(lower[TALLY])
             parents = lower.parents
-
-        tiles = (written
-                 | "FlattenWrittenTiles" >> beam.Flatten()
-                 | "SumTilesPerLevel" >> beam.CombinePerKey(sum)
-                 | "CollectTileCounts" >> beam.combiners.ToDict())
-        tiles_total = tiles | "SumTiles" >> beam.Map(lambda d: sum(d.values()))
-
-        tsne = (top[TSNE]
-                | "GroupTsnePoints" >> beam.GroupByKey()
-                | "PaintTsneBlocks" >> beam.ParDo(PaintTsneBlockFn(out, cfg), plan_si)
-                | "CollectTsneBlocks" >> beam.combiners.ToList())
-        overviews = start | "WriteOverviews" >> beam.Map(
-            _write_overviews, out, cfg, plan_si, AsSingleton(tiles_total), AsSingleton(tsne))
-
-        placeholders = top[MISSING] | "CountPlaceholders" >> beam.combiners.Count.Globally()
-        examples = (top[MISSING]
-                    | "SamplePlaceholders" >> beam.combiners.Sample.FixedSizeGlobally(20))
-        cell_count = top[CELLS] | "CountCells" >> beam.CombineGlobally(sum)
-
-        shards = (top[SHARDS]
-                  | "GroupCellsByIndexBlock" >> beam.GroupByKey()
-                  | "WriteCellShards" >> beam.Map(_write_cell_shard, out, opts)
-                  | "CountCellShards" >> beam.CombineGlobally(_sum_pairs))
-        search = (top[NAMES]
-                  | "GroupNamesByPrefix" >> beam.GroupByKey()
-                  | "WriteSearchChunks" >> beam.FlatMap(_write_search_chunks, out, opts)
-                  | "CollectSearchChunks" >> beam.combiners.ToList()
-                  | "WriteSearchDirectory" >> beam.Map(_write_search_directory, out, opts))
+        # Every count and small result in one combine: each combine of its own costs the
+        # in-memory runner a stage or two. Never empty (every band tallies its cells).
+        tally = AsSingleton(tally
+                            | "FlattenTally" >> beam.Flatten()
+                            | "Tally" >> beam.CombineGlobally(RenderTally()).without_defaults())
+        overviews = start | "WriteOverviews" >> beam.Map(_write_overviews, out, cfg, plan_si,
+                                                         tally, AsList(finish[OVERVIEW]))
 
         if cfg.projector:
             labels_url, max_points = cfg.labels, cfg.projector_max_points
@@ -605,6 +761,5 @@ class RenderMosaic(beam.PTransform):
             projector = start | "NoProjector" >> beam.Map(lambda _: None)
 
         return start | "WriteSite" >> beam.Map(
-            _write_site, out, cfg, plan_si, AsSingleton(tiles), AsSingleton(placeholders),
-            AsSingleton(examples), AsSingleton(cell_count), AsSingleton(shards),
-            AsSingleton(search), AsSingleton(overviews), AsSingleton(projector))
+            _write_site, out, cfg, plan_si, tally, AsSingleton(overviews),
+            AsSingleton(projector))
