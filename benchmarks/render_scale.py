@@ -10,7 +10,8 @@ Inputs: thumbnails made exactly as the embedding stage makes them
 thumbnails, reused round-robin up to the size asked for) or ``cifar`` (60,000 photos of
 32x32 px: thumbnails that small decode 10x faster than real ones); a row-major layout on
 the auto grid. Each measurement runs in a fresh process whose whole process tree is sampled
-for resident memory; ``--repeat`` runs each that many times and reports the median.
+for resident memory; ``--repeat`` runs each that many times, in rounds (every measurement
+once, then again), and reports the median.
 
 * ``beam``: the real stage, ``RenderMosaic`` on the DirectRunner (``in_memory``: all levels,
   overviews, indexes, page), once per ``--workers`` value as ``RenderConfig.render_workers``
@@ -365,16 +366,20 @@ def measure(kind, workers, inputs, out, args):
     return result
 
 
-def median_run(kind, workers, inputs, tmp, args):
-    """The run with the median wall time of ``args.repeat``, each into a fresh folder."""
+def one_run(kind, workers, inputs, tmp, args, i):
+    """One measurement into a fresh folder, deleted after."""
     import shutil
 
-    runs = []
-    for i in range(args.repeat):
-        out = os.path.join(tmp, f"site-{kind}-{workers}-{i}")
-        runs.append(measure(kind, workers, inputs, out, args))
+    out = os.path.join(tmp, f"site-{kind}-{workers}-{i}")
+    try:
+        return measure(kind, workers, inputs, out, args)
+    finally:
         shutil.rmtree(out, ignore_errors=True)
-    runs.sort(key=lambda r: r["wall_s"])
+
+
+def median_of(runs):
+    """The run with the median wall time, with every run's wall time."""
+    runs = sorted(runs, key=lambda r: r["wall_s"])
     r = dict(runs[len(runs) // 2])
     r["walls"] = [x["wall_s"] for x in runs]
     r["cells_per_s"] = r["cells"] / r["wall_s"]
@@ -433,8 +438,14 @@ def main(argv=None):
             inputs = write_inputs(n, tmp, args.thumbnails)
             print(f"\n{n:,} cells on a {inputs[2][0]}x{inputs[2][1]} grid, {args.cell} px cells, "
                   f"{args.tile} px tiles", flush=True)
+            # Rounds of every measurement in turn, not each one's repeats in a row: the
+            # machine's speed drifts, and a ratio of runs far apart would measure the drift.
+            runs = {}
+            for i in range(args.repeat):
+                for kind, w in plan:
+                    runs.setdefault((kind, w), []).append(one_run(kind, w, inputs, tmp, args, i))
             for kind, w in plan:
-                r = median_run(kind, w, inputs, tmp, args)
+                r = median_of(runs[(kind, w)])
                 results[(kind, w, n)] = r
                 top = (f", blocks {r['top_level_cells_per_s']:,.0f} cells/s of block time"
                        if r.get("top_level_cells_per_s") else "")

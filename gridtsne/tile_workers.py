@@ -36,8 +36,8 @@ import fsspec
 from PIL import Image
 
 from gridtsne import storage
-from gridtsne.overview import (TSNE_OVERVIEW, TsneCanvas, encode_jpeg, fit_piece, paint_block,
-                               paste_pieces, stitch_blocks)
+from gridtsne.overview import (TSNE_OVERVIEW, TsneCanvas, encode_jpeg, fit_piece, pack_points,
+                               paint_block, paste_pieces, stitch_blocks, unpack_points)
 from gridtsne.tiles import (MosaicGeometry, assemble_parent, decode_image, encode_tile,
                             half_of_encoded, render_top_tile)
 
@@ -105,8 +105,9 @@ class TileDone:
     ``data``: the encoded tile when the caller must write it (``TileJob.write`` False), else
     None; ``parent``: where it goes in the first reduction step (:func:`step_parent`);
     ``owned``: cells counted by this tile; ``missing``: URIs of owned cells drawn as
-    placeholders; ``points``: ``{tsne.jpg block: [point, ...]}`` with each point ``((row,
-    col), px, py, width, height, RGB bytes)``; ``ms``: the tile's time.
+    placeholders; ``points``: ``{tsne.jpg block: points}``, the points ``((row, col), px, py,
+    width, height, RGB bytes)`` packed (:func:`gridtsne.overview.pack_points`); ``ms``: the
+    tile's time.
     """
 
     level: int
@@ -228,7 +229,8 @@ def draw_top_tile(job, tx, ty, cells):
     data, owned, missing, points = _top_tile(job, tx, ty, cells)
     return TileDone(g.max_level, tx, ty, _keep(job, g.max_level, tx, ty, data),
                     step_parent(g, g.max_level, tx, ty), owned=owned, missing=missing,
-                    points=points, ms=(time.perf_counter() - start) * 1000)
+                    points={key: pack_points(p) for key, p in points.items()},
+                    ms=(time.perf_counter() - start) * 1000)
 
 
 def block_depth(geometry):
@@ -270,6 +272,7 @@ def draw_block(job, bx, by, cells):
         for block, pts in points.items():
             done.points.setdefault(block, []).extend(pts)
         done.store(job, top, tx, ty, data)
+    done.points = {key: pack_points(p) for key, p in done.points.items()}
     _reduce_below(job, done, encoded, top)
     done.ms = (time.perf_counter() - start) * 1000
     return done
@@ -330,10 +333,10 @@ def mosaic_strip(job, level, pieces):
 
 def paint_tsne_block(job, bx, by, groups):
     """``(bx, by, JPEG, points owned)``: block ``(bx, by)`` of ``tsne.jpg`` painted from its
-    points, ``groups`` of them as :func:`draw_top_tile` made them; a point is owned by the
+    points, ``groups`` of them packed as :func:`draw_block` makes them; a point is owned by the
     block holding its top-left pixel."""
     decoded = [(order, px, py, Image.frombytes("RGB", (w, h), raw))
-               for points in groups for order, px, py, w, h, raw in points]
+               for packed in groups for order, px, py, w, h, raw in unpack_points(packed)]
     block = paint_block(job.tsne, bx, by, decoded)
     x0, y0, x1, y1 = job.tsne.block_box(bx, by)
     owned = sum(1 for _, px, py, _ in decoded if x0 <= px < x1 and y0 <= py < y1)

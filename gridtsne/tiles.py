@@ -76,9 +76,10 @@ class MosaicGeometry:
     def height(self):
         return self.rows * self.cell
 
-    @property
+    @functools.cached_property
     def max_level(self):
-        """The full-resolution level: the number of halvings down to one pixel."""
+        """The full-resolution level: the number of halvings down to one pixel (computed once:
+        every tile's arithmetic asks for it)."""
         return max(0, math.ceil(math.log2(max(self.width, self.height))))
 
     @property

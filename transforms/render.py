@@ -19,6 +19,7 @@ per Beam worker process. The pixels and file formats are in the Beam-free module
 :mod:`gridtsne.projector`.
 """
 import dataclasses
+import functools
 import heapq
 import json
 import logging
@@ -137,8 +138,12 @@ def _mosaic_rows(plan, config):
     the blocks draw every tile it is made of: then each row is made by :class:`FinishBandsFn`
     beside the first reduction step, once the band that drew it is done. None where the
     overview's level is made later: then :func:`_write_overviews` makes it."""
-    g = plan.geometry
-    level, size, pieces = mosaic_pieces(g, config.overview)
+    return _mosaic_rows_of(plan.geometry, config.overview)
+
+
+@functools.lru_cache(maxsize=8)
+def _mosaic_rows_of(g, longest):
+    level, size, pieces = mosaic_pieces(g, longest)
     if level < g.max_level - block_depth(g):
         return None
     rows = {}
