@@ -19,7 +19,6 @@ per Beam worker process. The pixels and file formats are in the Beam-free module
 :mod:`gridtsne.projector`.
 """
 import dataclasses
-import functools
 import heapq
 import json
 import logging
@@ -45,19 +44,19 @@ from gridtsne.site import (CELL_BLOCK, DEFAULT_OSD_URL, SEARCH_DIRECTORY, SUMMAR
                            cell_shard, is_url, read_labels, read_osd_files, search_chunks,
                            search_directory, write_osd_files, write_page)
 from gridtsne.tile_workers import (TileJob, TileQueue, acquire_pool, block_depth, check_workers,
-                                   draw_block, mosaic_piece, paint_tsne_block, process_local,
+                                   draw_block, mosaic_strip, paint_tsne_block, process_local,
                                    reduce_block, reduction_steps, release_pool, step_depth,
-                                   mosaic_strip, subtree, write_tsne_overview)
+                                   subtree, write_tsne_overview)
 from gridtsne.tiles import DZI_NAME, MosaicGeometry, decode_image
 from transforms import progress_metrics
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "gridtsne.render"
-TALLY, OVERVIEW = "tally", "overview"
+TALLY = "tally"
 # What a band hands on, keyed by kind (FinishBandsFn): tiles for the first reduction step,
 # points for tsne.jpg, entries of the cell and search indexes.
-TILES, TSNE, SHARDS, NAMES, MOSAIC = "tiles", "tsne", "shards", "names", "mosaic"
+TILES, TSNE, SHARDS, NAMES = "tiles", "tsne", "shards", "names"
 # What is routed to a band: layout rows, vectors rows (thumbnails), labels, and one empty
 # "band" entry per band, so that a band of holes only is a work item too.
 INPUTS = ("layout", "thumbs", "labels", "band")
@@ -131,36 +130,6 @@ def _timer(name):
 def _job(plan, output, config, write):
     return TileJob(plan.geometry, plan.tsne, output, config.quality, config.storage_options,
                    write)
-
-
-def _mosaic_rows(plan, config):
-    """``(level, size, {tile row: pieces})`` of ``mosaic.jpg`` (:func:`mosaic_pieces`) where
-    the blocks draw every tile it is made of: then each row is made by :class:`FinishBandsFn`
-    beside the first reduction step, once the band that drew it is done. None where the
-    overview's level is made later: then :func:`_write_overviews` makes it."""
-    return _mosaic_rows_of(plan.geometry, config.overview)
-
-
-@functools.lru_cache(maxsize=8)
-def _mosaic_rows_of(g, longest):
-    level, size, pieces = mosaic_pieces(g, longest)
-    if level < g.max_level - block_depth(g):
-        return None
-    rows = {}
-    for tx, ty, box in pieces:
-        rows.setdefault(ty, []).append((tx, ty, box))
-    return level, size, rows
-
-
-def _band_mosaic_rows(band, plan, config):
-    """The rows of ``mosaic.jpg`` (:func:`_mosaic_rows`) whose tiles band ``band`` draws."""
-    made = _mosaic_rows(plan, config)
-    if made is None:
-        return []
-    bands, g = _bands(plan), plan.geometry
-    shift = made[0] - (g.max_level - bands.depth)  # levels from the blocks' roots down to it
-    first, last = (band * bands.rows) << shift, ((band + 1) * bands.rows) << shift
-    return [ty for ty in sorted(made[2]) if first <= ty < last]
 
 
 class _PoolFn(beam.DoFn):
@@ -291,19 +260,17 @@ class ReduceStepFn(_BlockFn):
 
 
 class FinishBandsFn(ReduceStepFn):
-    """Everything the bands hand on, in one stage: the first reduction step, the parts of both
-    overviews and both indexes. As stages of their own, each cost the in-memory runner its
-    start and end while the tile workers waited; here the workers paint, scale and reduce
-    while this process writes the indexes.
+    """Everything the bands hand on, in one stage: the first reduction step, the blocks of
+    ``tsne.jpg`` and both indexes. As stages of their own, each cost the in-memory runner its
+    start and end while the tile workers waited; here the workers paint and reduce while this
+    process writes the indexes.
 
     Input: ``((kind, key), values)``, as :class:`RenderBandFn` keys them:
 
     * ``tiles``: a root and its tiles, as :class:`ReduceStepFn` takes them;
     * ``tsne``: a 512 px block of ``tsne.jpg`` and its points (grouped by the top-level tile
-      that made them), painted into ``("tsne", (bx, by, JPEG, points whose top-left pixel
-      lies in it))`` (output ``overview``);
-    * ``mosaic``: a tile row of ``mosaic.jpg``'s level (:func:`_mosaic_rows`), made into
-      ``("mosaic", (box, RGB bytes))`` (output ``overview``): 50 MB at most in all;
+      that made them), painted into ``(bx, by, JPEG, points whose top-left pixel lies in
+      it)`` (output ``tsne``);
     * ``shards``: a 32 x 32 block of cells and its cell-index entries, written as one file,
       ``("shards", (1, images))`` (tally);
     * ``names``: a search prefix and its entries, written in chunks, ``("chunk", directory
@@ -316,13 +283,6 @@ class FinishBandsFn(ReduceStepFn):
             yield from super().process((key, values), plan)
         elif kind == TSNE:
             yield from self._put(plan, (key[0], key[1], list(values)), paint_tsne_block, 4)
-        elif kind == MOSAIC:
-            level, _, rows = _mosaic_rows(plan, self.config)
-            if self._writes():
-                yield from self._put(plan, (level, rows[key]), mosaic_strip, 1)
-            else:  # the workers cannot read this process's memory
-                yield TaggedOutput(OVERVIEW, (MOSAIC, mosaic_strip(
-                    _job(plan, self.output, self.config, write=True), level, rows[key])))
         elif kind == SHARDS:
             yield TaggedOutput(TALLY, _write_cell_shard((key, values), self.output,
                                                         self.config.storage_options))
@@ -335,9 +295,7 @@ class FinishBandsFn(ReduceStepFn):
 
     def _outputs(self, done, job, work):
         if work is paint_tsne_block:
-            return (TaggedOutput(OVERVIEW, (TSNE, block)) for block in done)
-        if work is mosaic_strip:
-            return (TaggedOutput(OVERVIEW, (MOSAIC, strip)) for strip in done)
+            return (TaggedOutput(TSNE, block) for block in done)
         return super()._outputs(done, job, work)
 
 
@@ -375,8 +333,6 @@ class RenderBandFn(_BlockFn):
             Metrics.counter(NAMESPACE, name).inc(count)
         blocks, shards, names, owned = group_band(band, bands, cells)
         del cells
-        for ty in _band_mosaic_rows(band, plan, self.config):
-            yield (MOSAIC, ty), None
         for (bx, by), batch in blocks.items():
             yield from self._put(plan, (bx, by, batch))
         for key, batch in shards.items():
@@ -404,8 +360,8 @@ class RenderTally(beam.CombineFn):
     ``(kind, value)`` pairs: ``tiles`` ``(level, n)`` written; ``cells`` owned by a band;
     ``missing``, a placeholder's URI (the first :data:`EXAMPLES` by URI are kept as
     examples); ``shards`` ``(cell-index files, images)``; ``chunk``, a search chunk's
-    directory entry. Not the overviews' parts: a combine's accumulators are encoded more than
-    once, which costs a second for 50 MB of rows of ``mosaic.jpg``."""
+    directory entry. Only small values: a combine's accumulators are encoded more than once
+    (50 MB of pixels in them cost the in-memory runner a second)."""
 
     def create_accumulator(self):
         return {"tiles": {}, "cells": 0, "placeholders": 0, "examples": [], "shards": [0, 0],
@@ -503,71 +459,45 @@ def _plan(_, layout_url, cfg):
     return plan
 
 
-def _write_overviews(_, output, config, plan, tally, parts):
-    """Write ``mosaic.jpg`` and ``tsne.jpg`` once the pyramid is complete (``tally``), from
-    ``parts`` (:class:`FinishBandsFn`'s ``overview`` output): ``(mosaic summary, tsne
+def _write_overviews(_, output, config, plan, tally, tsne_blocks):
+    """Write ``mosaic.jpg`` and ``tsne.jpg`` once the pyramid is complete (``tally``),
+    ``tsne.jpg`` from its painted blocks (:class:`FinishBandsFn`): ``(mosaic summary, tsne
     summary)``.
 
-    With a tile pool, ``tsne.jpg`` is stitched and encoded by one worker while this process
-    pastes ``mosaic.jpg`` from its rows, or, where its level is made later than the blocks
-    (:func:`_mosaic_rows`), makes it with the pool's other workers.
+    With a tile pool, the workers make ``mosaic.jpg`` row by row (a row of tiles of its
+    level, each read, decoded and scaled: :func:`gridtsne.tile_workers.mosaic_strip`) while
+    this process stitches and encodes ``tsne.jpg``, then this process pastes and encodes
+    ``mosaic.jpg``. Its 50 MB of rows come back through the pool's pipes: as a runner's
+    output they cost the in-memory runner a quarter of a second more.
     """
     g = plan.geometry
     expected = g.tile_count()
     tiles_written = sum(tally["tiles"].values())
-    tsne_blocks = [part for kind, part in parts if kind == TSNE]
     if tiles_written != expected:
         raise ValueError(f"the pyramid has {tiles_written} tiles, expected {expected}: give "
                          f"RenderConfig(max_levels={reduction_stages(g)}) or more "
                          f"for this {g.max_level + 1}-level pyramid")
     pool = acquire_pool(config.render_workers)
     try:
-        write = pool is not None and not process_local(output)
-        job = _job(plan, output, config, write)
-        tsne = pool.submit(write_tsne_overview, job, tsne_blocks) if write else None
-        made = _mosaic_rows(plan, config)
-        if made is None:
-            mosaic = _write_mosaic_overview(job, config, pool)
-        else:
-            mosaic = _paste_mosaic_overview(job, config, made,
-                                            [part for kind, part in parts if kind == MOSAIC])
-        tsne = tsne.result() if tsne else write_tsne_overview(job, tsne_blocks)
+        job = _job(plan, output, config, write=True)
+        if pool is None or process_local(output):  # no workers, or they cannot read the tiles
+            mosaic = _save_mosaic(job, config, compose_mosaic_overview(
+                g, lambda level, tx, ty: decode_image(storage.read_bytes(
+                    job.tile_url(level, tx, ty), config.storage_options)), config.overview))
+            return mosaic, write_tsne_overview(job, tsne_blocks)
+        level, size, pieces = mosaic_pieces(g, config.overview)
+        rows = {}
+        for tx, ty, box in pieces:
+            rows.setdefault(ty, []).append((tx, ty, box))
+        # Every row queued at once (at most 50 MB of pixels in all), before tsne.jpg.
+        strips = [pool.submit(mosaic_strip, job, level, rows[ty]) for ty in sorted(rows)]
+        tsne = write_tsne_overview(job, tsne_blocks)
+        img = paste_pieces(size, [(box, Image.frombytes(
+            "RGB", (box[2] - box[0], box[3] - box[1]), raw))
+            for box, raw in (strip.result() for strip in strips)])
+        return _save_mosaic(job, config, img), tsne
     finally:
         release_pool(pool)
-    return mosaic, tsne
-
-
-def _write_mosaic_overview(job, config, pool):
-    """Make and write ``mosaic.jpg`` from the tiles of its level: each piece a tile read,
-    decoded and scaled, here or spread over the pool if there is one; its summary."""
-    g, output = job.geometry, job.output
-
-    def read_tile(level, tx, ty):
-        url = storage.url_join(output, g.tile_path(level, tx, ty))
-        return decode_image(storage.read_bytes(url, config.storage_options))
-
-    if pool is None:
-        return _save_mosaic(job, config, compose_mosaic_overview(g, read_tile, config.overview))
-    queue = TileQueue(mosaic_piece, job, pool, config.render_workers)
-    level, size, pieces = mosaic_pieces(g, config.overview)
-    done = []
-    for tx, ty, box in pieces:
-        data = None if job.write else storage.read_bytes(
-            storage.url_join(output, g.tile_path(level, tx, ty)), config.storage_options)
-        done += queue.put(level, tx, ty, box, data)
-    return _save_mosaic(job, config, paste_pieces(size, done + queue.drain()))
-
-
-def _paste_mosaic_overview(job, config, made, strips):
-    """Write ``mosaic.jpg`` from its rows made beside the first reduction step
-    (:func:`_mosaic_rows`); its summary."""
-    _, size, rows = made
-    if len(strips) != len(rows):
-        raise ValueError(f"mosaic.jpg got {len(strips)} of its {len(rows)} rows: the runner "
-                         f"lost or duplicated data")
-    return _save_mosaic(job, config, paste_pieces(size, [
-        (box, Image.frombytes("RGB", (box[2] - box[0], box[3] - box[1]), raw))
-        for box, raw in strips]))
 
 
 def _save_mosaic(job, config, img):
@@ -737,7 +667,7 @@ class RenderMosaic(beam.PTransform):
         finish = (top.handed_on
                   | "GroupBandOutputs" >> beam.GroupByKey()
                   | "FinishBands" >> beam.ParDo(FinishBandsFn(out, cfg), plan_si)
-                  .with_outputs(TALLY, OVERVIEW, main="parents"))
+                  .with_outputs(TALLY, TSNE, main="parents"))
         tally = [top[TALLY], finish[TALLY]]
         parents = finish.parents
         for stage in range(2, self._stages(pcoll) + 1):
@@ -754,7 +684,7 @@ class RenderMosaic(beam.PTransform):
                             | "FlattenTally" >> beam.Flatten()
                             | "Tally" >> beam.CombineGlobally(RenderTally()).without_defaults())
         overviews = start | "WriteOverviews" >> beam.Map(_write_overviews, out, cfg, plan_si,
-                                                         tally, AsList(finish[OVERVIEW]))
+                                                         tally, AsList(finish[TSNE]))
 
         if cfg.projector:
             labels_url, max_points = cfg.labels, cfg.projector_max_points
