@@ -277,6 +277,35 @@ def test_lost_data_fails_loudly_instead_of_leaving_holes(tmp_path, collection):
         check_counts(11, 2, (1, 11), (3, 10), tsne)
 
 
+def test_the_tally_adds_up_however_the_runner_splits_it():
+    """Every count of the render goes through one combine: split into accumulators in any
+    way and merged, it must give the same totals and the first 20 placeholders by URI."""
+    from transforms.render import RenderTally
+
+    items = [("tiles", (level % 3, 2)) for level in range(30)] + [("cells", 7)] * 5
+    items += [("missing", f"/p/{i:03d}.jpg") for i in range(50, 0, -1)]
+    items += [("shards", (1, 4)), ("shards", (1, 3)), ("chunk", ["a", "b", "c", 2])]
+    fn = RenderTally()
+
+    def run(parts):
+        accs = []
+        for part in parts:
+            acc = fn.create_accumulator()
+            for item in part:
+                acc = fn.add_input(acc, item)
+            accs.append(acc)
+        return fn.extract_output(fn.merge_accumulators(accs))
+
+    whole = run([items])
+    assert whole["tiles"] == {0: 20, 1: 20, 2: 20} and whole["cells"] == 35
+    assert whole["placeholders"] == 50
+    assert whole["examples"] == [f"/p/{i:03d}.jpg" for i in range(1, 21)]
+    assert whole["shards"] == [2, 7] and whole["chunks"] == [["a", "b", "c", 2]]
+    assert run([items[i::3] for i in range(3)]) == whole
+    with pytest.raises(ValueError, match="unknown tally kind 'tsne'"):
+        fn.add_input(fn.create_accumulator(), ("tsne", None))
+
+
 def test_too_few_reduction_stages_is_a_clear_error(tmp_path, collection):
     records, cells = collection
     # An 80 x 80 grid of 64 px tiles: the blocks' roots have 20 x 20 tiles, too many for one

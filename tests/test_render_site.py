@@ -68,6 +68,17 @@ def test_tsne_canvas_blocks_and_stitching():
         overview.TsneCanvas.plan(0, float("nan"), 0, 1, count=3, cell=64)
 
 
+def test_packed_points_come_back_as_they_went():
+    points = [((3, 4), 10, 20, 2, 3, bytes(range(18))), ((0, 1), 0, 0, 1, 1, b"abc"),
+              ((7, 7), 5, 6, 3, 2, bytes(range(100, 118)))]
+    back = overview.unpack_points(overview.pack_points(points))
+    assert [(o, px, py, w, h, bytes(raw)) for o, px, py, w, h, raw in back] == points
+    assert overview.unpack_points(overview.pack_points([])) == []
+    numbers, pixels = overview.pack_points(points)
+    with pytest.raises(ValueError, match="hold 38 bytes of pixels, their sizes 39"):
+        overview.unpack_points((numbers, pixels[:-1]))
+
+
 def test_cell_shard_and_search_index_are_jsonp():
     name, data = site.cell_shard(1, 0, [(33, 2, "s3://b/x/cat.jpg", "cat", 640, 480, 1234),
                                         (32, 5, "s3://b/x/</script>.jpg", None, None, None, None)])

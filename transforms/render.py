@@ -8,9 +8,14 @@ Work items and what each holds:
   joined, so the next band is joined while they draw;
 * a block of 4 x 4 top-level tiles: the thumbnails of the cells it covers, drawn once, and
   the two levels below it made from those tiles (:func:`gridtsne.tile_workers.draw_block`);
-* a tile of a lower level: its (up to four) children, keyed by parent and read back from
-  the output, one Beam stage per level;
-* a block of ``tsne.jpg``, a cell-index block, a search-index prefix: only their own rows.
+* a root of a reduction step: the tiles of one level below it (up to sixteen), keyed by the
+  root and read back from the output, one Beam stage per step; the first step shares its
+  stage with the rest the bands hand on (:class:`FinishBandsFn`):
+* a block of ``tsne.jpg``, a cell-index block, a search-index prefix: only their own rows;
+* a row of ``mosaic.jpg``: the tiles of one row of its level, read back
+  (:func:`_write_overviews`).
+
+Every count the last steps check is gathered in one combine (:class:`RenderTally`).
 
 So no worker ever holds the full mosaic. Every file goes through :mod:`gridtsne.storage`.
 Tiles are drawn by :mod:`gridtsne.tile_workers`, on ``RenderConfig.render_workers`` processes
