@@ -25,10 +25,11 @@ from pipelines.beam_runner import is_direct, new_pipeline
 from pipelines.options import (StorageOptions, add_flag, local_abs, refuse_empty_values,
                                stage_help, storage_options_from, wants_help)
 from gridtsne.render_inputs import plan_render
+from gridtsne.render_outputs import reduction_stages
 from gridtsne.site import DEFAULT_OSD_URL, SUMMARY_FILE, is_url
 from gridtsne.tile_workers import available_cores
 from gridtsne.tiles import FORMATS
-from transforms.render import RenderConfig, RenderMosaic, reduction_stages
+from transforms.render import RenderConfig, RenderMosaic
 
 log = logging.getLogger(__name__)
 

@@ -253,7 +253,8 @@ def test_lost_data_fails_loudly_instead_of_leaving_holes(tmp_path, collection):
     """A runner that drops elements must not yield a site that silently lacks images."""
     from gridtsne.overview import TsneCanvas
     from gridtsne.render_inputs import RenderPlan
-    from transforms.render import ReduceStepFn, check_counts
+    from gridtsne.render_outputs import check_counts
+    from transforms.render import ReduceStepFn
 
     g = tiles.MosaicGeometry(16, 16, cell=64, tile=128)  # 1,024 px: level 8 has 2x2 tiles
     plan = RenderPlan(g, TsneCanvas.plan(0, 1, 0, 1, count=1, cell=64), 1)

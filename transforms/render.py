@@ -13,7 +13,7 @@ Work items and what each holds:
   stage with the rest the bands hand on (:class:`FinishBandsFn`):
 * a block of ``tsne.jpg``, a cell-index block, a search-index prefix: only their own rows;
 * a row of ``mosaic.jpg``: the tiles of one row of its level, read back
-  (:func:`_write_overviews`).
+  (:func:`gridtsne.render_outputs.write_overviews`).
 
 Every count the last steps check is gathered in one combine (:class:`RenderTally`).
 
@@ -21,12 +21,11 @@ So no worker ever holds the full mosaic. Every file goes through :mod:`gridtsne.
 Tiles are drawn by :mod:`gridtsne.tile_workers`, on ``RenderConfig.render_workers`` processes
 per Beam worker process. The pixels and file formats are in the Beam-free modules
 :mod:`gridtsne.tiles`, :mod:`gridtsne.overview`, :mod:`gridtsne.site` and
-:mod:`gridtsne.projector`.
+:mod:`gridtsne.projector`; the last writes (overviews, indexes, page, ``site.json``) and their
+checks in :mod:`gridtsne.render_outputs`.
 """
 import dataclasses
 import heapq
-import json
-import logging
 import typing
 
 import apache_beam as beam
@@ -34,28 +33,22 @@ from apache_beam import typehints
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsList, AsSingleton, TaggedOutput
 from apache_beam.transforms.window import GlobalWindows
-from PIL import Image
 
-from gridtsne import __version__, faults, storage
-from gridtsne.overview import (DEFAULT_LONGEST, MOSAIC_OVERVIEW, TSNE_OVERVIEW, check_longest,
-                               compose_mosaic_overview, encode_jpeg, mosaic_pieces,
-                               paste_pieces)
+from gridtsne import faults, storage
+from gridtsne.overview import DEFAULT_LONGEST, check_longest
 from gridtsne.projector import export_projector
 from gridtsne.render_inputs import (declared_geometry, plan_render, read_layout_part,
                                     read_thumbnail_part, table_parts)
 from gridtsne.render_join import Bands, group_band, join_band, route_table, split_by_band
+from gridtsne.render_outputs import (reduction_stages, tile_job, write_cell_shard,
+                                     write_overviews, write_search_chunks, write_site)
 from gridtsne.labels import LabelsCsv, labels_csv
-from gridtsne.site import (CELL_BLOCK, DEFAULT_OSD_URL, SEARCH_DIRECTORY, SUMMARY_FILE, PageConfig,
-                           cell_shard, is_url, read_labels, read_osd_files, search_chunks,
-                           search_directory, write_osd_files, write_page)
-from gridtsne.tile_workers import (TileJob, TileQueue, acquire_pool, block_depth, check_workers,
-                                   draw_block, mosaic_strip, paint_tsne_block, process_local,
-                                   reduce_block, reduction_steps, release_pool, step_depth,
-                                   subtree, write_tsne_overview)
-from gridtsne.tiles import DZI_NAME, MosaicGeometry, decode_image
+from gridtsne.site import DEFAULT_OSD_URL, is_url, read_labels, read_osd_files
+from gridtsne.tile_workers import (TileQueue, acquire_pool, block_depth, check_workers,
+                                   draw_block, paint_tsne_block, process_local, reduce_block,
+                                   release_pool, step_depth, subtree)
+from gridtsne.tiles import MosaicGeometry
 from transforms import progress_metrics
-
-log = logging.getLogger(__name__)
 
 NAMESPACE = "gridtsne.render"
 TALLY = "tally"
@@ -132,11 +125,6 @@ def _timer(name):
     return Metrics.distribution(NAMESPACE, name)
 
 
-def _job(plan, output, config, write):
-    return TileJob(plan.geometry, plan.tsne, output, config.quality, config.storage_options,
-                   write)
-
-
 class _PoolFn(beam.DoFn):
     """Base of the DoFns whose work runs in :class:`gridtsne.tile_workers.TileQueue`.
 
@@ -174,7 +162,7 @@ class _PoolFn(beam.DoFn):
         work = work or self.work
         queue = self.queues.get(work)
         if queue is None:
-            job = _job(plan, self.output, self.config, self._writes())
+            job = tile_job(plan, self.output, self.config, self._writes())
             queue = self.queues[work] = TileQueue(work, job, self.pool,
                                                   self.config.render_workers,
                                                   batch or self.batch)
@@ -289,10 +277,10 @@ class FinishBandsFn(ReduceStepFn):
         elif kind == TSNE:
             yield from self._put(plan, (key[0], key[1], list(values)), paint_tsne_block, 4)
         elif kind == SHARDS:
-            yield TaggedOutput(TALLY, _write_cell_shard((key, values), self.output,
+            yield TaggedOutput(TALLY, write_cell_shard((key, values), self.output,
                                                         self.config.storage_options))
         elif kind == NAMES:
-            for entry in _write_search_chunks((key, values), self.output,
+            for entry in write_search_chunks((key, values), self.output,
                                               self.config.storage_options):
                 yield TaggedOutput(TALLY, entry)
         else:
@@ -407,11 +395,6 @@ class RenderTally(beam.CombineFn):
         return acc
 
 
-def reduction_stages(geometry):
-    """Runner stages the pyramid's reduction steps need (at least 1)."""
-    return max(1, len(reduction_steps(geometry)))
-
-
 def _bands(plan):
     return Bands.plan(plan.geometry, block_depth(plan.geometry))
 
@@ -462,142 +445,6 @@ def _plan(_, layout_url, cfg):
                        cfg.storage_options)
     progress_metrics.counter(NAMESPACE, "tiles_planned").inc(plan.geometry.tile_count())
     return plan
-
-
-def _write_overviews(_, output, config, plan, tally, tsne_blocks):
-    """Write ``mosaic.jpg`` and ``tsne.jpg`` once the pyramid is complete (``tally``),
-    ``tsne.jpg`` from its painted blocks (:class:`FinishBandsFn`): ``(mosaic summary, tsne
-    summary)``.
-
-    With a tile pool, the workers make ``mosaic.jpg`` row by row (a row of tiles of its
-    level, each read, decoded and scaled: :func:`gridtsne.tile_workers.mosaic_strip`) while
-    this process stitches and encodes ``tsne.jpg``, then this process pastes and encodes
-    ``mosaic.jpg``. Its 50 MB of rows come back through the pool's pipes: as a runner's
-    output they cost the in-memory runner a quarter of a second more.
-    """
-    g = plan.geometry
-    expected = g.tile_count()
-    tiles_written = sum(tally["tiles"].values())
-    if tiles_written != expected:
-        raise ValueError(f"the pyramid has {tiles_written} tiles, expected {expected}: give "
-                         f"RenderConfig(max_levels={reduction_stages(g)}) or more "
-                         f"for this {g.max_level + 1}-level pyramid")
-    pool = acquire_pool(config.render_workers)
-    try:
-        job = _job(plan, output, config, write=True)
-        if pool is None or process_local(output):  # no workers, or they cannot read the tiles
-            mosaic = _save_mosaic(job, config, compose_mosaic_overview(
-                g, lambda level, tx, ty: decode_image(storage.read_bytes(
-                    job.tile_url(level, tx, ty), config.storage_options)), config.overview))
-            return mosaic, write_tsne_overview(job, tsne_blocks)
-        level, size, pieces = mosaic_pieces(g, config.overview)
-        rows = {}
-        for tx, ty, box in pieces:
-            rows.setdefault(ty, []).append((tx, ty, box))
-        # Every row queued at once (at most 50 MB of pixels in all), before tsne.jpg.
-        strips = [pool.submit(mosaic_strip, job, level, rows[ty]) for ty in sorted(rows)]
-        tsne = write_tsne_overview(job, tsne_blocks)
-        img = paste_pieces(size, [(box, Image.frombytes(
-            "RGB", (box[2] - box[0], box[3] - box[1]), raw))
-            for box, raw in (strip.result() for strip in strips)])
-        return _save_mosaic(job, config, img), tsne
-    finally:
-        release_pool(pool)
-
-
-def _save_mosaic(job, config, img):
-    storage.write_bytes(storage.url_join(job.output, MOSAIC_OVERVIEW), encode_jpeg(img),
-                        config.storage_options)
-    return {"file": MOSAIC_OVERVIEW, "width": img.width, "height": img.height}
-
-
-def _write_cell_shard(element, output, storage_options=None):
-    """Write one block's cell index (its entries come in lists); ``("shards", (1, images))``."""
-    (br, bc), batches = element
-    entries = [entry for batch in batches for entry in batch]
-    name, data = cell_shard(br, bc, entries, CELL_BLOCK)
-    storage.write_bytes(storage.url_join(output, name), data, storage_options)
-    return "shards", (1, len(entries))
-
-
-def _write_search_chunks(element, output, storage_options=None):
-    """Write one prefix's search chunks; ``("chunk", directory entry)`` for each."""
-    prefix, batches = element
-    entries = [entry for batch in batches for entry in batch]
-    for name, data, entry in search_chunks(prefix, entries):
-        storage.write_bytes(storage.url_join(output, name), data, storage_options)
-        yield "chunk", entry
-
-
-def _write_search_directory(entries, output, storage_options=None):
-    """Write ``search/index.js``; ``(chunks, names indexed)``."""
-    storage.write_bytes(storage.url_join(output, SEARCH_DIRECTORY), search_directory(entries),
-                        storage_options)
-    return len(entries), sum(e[3] for e in entries)
-
-
-def check_counts(cells, placeholders, shards, search, tsne):
-    """Every image must be in the cell index, the search index and (if drawable) tsne.jpg.
-
-    A runner that loses elements would otherwise leave a page that quietly lacks images.
-    """
-    problems = []
-    if shards[1] != cells:
-        problems.append(f"the cell index holds {shards[1]} of {cells} images")
-    if search[1] != cells:
-        problems.append(f"the search index holds {search[1]} of {cells} images")
-    if tsne["points"] != cells - placeholders:
-        problems.append(f"tsne.jpg shows {tsne['points']} of {cells - placeholders} images")
-    if problems:
-        raise ValueError("the render lost data: " + "; ".join(problems))
-
-
-def _write_site(_, output, config, plan, tally, overviews, projector):
-    """Last step: ``search/index.js``, ``mosaic.dzi``, the page and ``site.json``, once
-    everything else exists (``tally``: :class:`RenderTally`'s)."""
-    mosaic, tsne = overviews
-    opts = config.storage_options
-    tiles, cells, shards = tally["tiles"], tally["cells"], tally["shards"]
-    placeholders, examples = tally["placeholders"], tally["examples"]
-    search = _write_search_directory(tally["chunks"], output, opts)
-    check_counts(cells, placeholders, shards, search, tsne)
-    g = plan.geometry
-    storage.write_bytes(storage.url_join(output, DZI_NAME), g.dzi_xml(), opts)
-    osd_url = config.osd_url
-    if config.osd_files:
-        osd_url = write_osd_files(config.osd_files, output, opts)
-    page = PageConfig(title=config.title, rows=g.rows, cols=g.cols, cell=g.cell, tile=g.tile,
-                      ext=g.ext, width=g.width, height=g.height, images=cells, osd_url=osd_url,
-                      labels=bool(config.labels), projector=projector is not None)
-    write_page(output, page, opts)
-    summary = {
-        "images": cells,
-        "grid": {"rows": g.rows, "cols": g.cols, "holes": g.rows * g.cols - cells},
-        "cell": g.cell, "tile": g.tile, "format": g.fmt, "quality": config.quality,
-        "levels": g.max_level + 1,
-        "tiles": {str(level): n for level, n in sorted(tiles.items())},
-        "tiles_total": sum(tiles.values()),
-        "placeholders": placeholders,
-        "placeholder_examples": sorted(examples),
-        "index": {"cell_shards": shards[0], "search_chunks": search[0],
-                  "cell_block": CELL_BLOCK},
-        "overviews": {"mosaic": mosaic, "tsne": tsne},
-        "projector": projector,
-        "files": {"page": "index.html", "dzi": DZI_NAME, "tiles": "mosaic_files/",
-                  "mosaic": MOSAIC_OVERVIEW, "tsne": TSNE_OVERVIEW, "cells": "cells/",
-                  "search": "search/index.js", "summary": SUMMARY_FILE},
-        "osd_url": osd_url,
-        "labels": config.labels and config.labels.url,
-        "gridtsne_version": __version__,
-    }
-    storage.write_bytes(storage.url_join(output, SUMMARY_FILE),
-                        json.dumps(summary, indent=2, sort_keys=True).encode(), opts)
-    if placeholders:
-        log.warning("%d of %d images had a missing or undecodable thumbnail and were drawn as "
-                    "placeholders, e.g. %s", placeholders, cells, sorted(examples)[:3])
-    log.info("rendered %d images into a %d-level pyramid of %d tiles at %s", cells,
-             g.max_level + 1, summary["tiles_total"], output)
-    return summary
 
 
 def _start(pcoll):
@@ -688,8 +535,9 @@ class RenderMosaic(beam.PTransform):
         tally = AsSingleton(tally
                             | "FlattenTally" >> beam.Flatten()
                             | "Tally" >> beam.CombineGlobally(RenderTally()).without_defaults())
-        overviews = start | "WriteOverviews" >> beam.Map(_write_overviews, out, cfg, plan_si,
-                                                         tally, AsList(finish[TSNE]))
+        overviews = start | "WriteOverviews" >> beam.Map(
+            lambda _, *args: write_overviews(*args), out, cfg, plan_si, tally,
+            AsList(finish[TSNE]))
 
         if cfg.projector:
             labels_url, max_points = cfg.labels, cfg.projector_max_points
@@ -701,5 +549,5 @@ class RenderMosaic(beam.PTransform):
             projector = start | "NoProjector" >> beam.Map(lambda _: None)
 
         return start | "WriteSite" >> beam.Map(
-            _write_site, out, cfg, plan_si, tally, AsSingleton(overviews),
-            AsSingleton(projector))
+            lambda _, *args: write_site(*args), out, cfg, plan_si, tally,
+            AsSingleton(overviews), AsSingleton(projector))
