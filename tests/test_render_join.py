@@ -131,3 +131,33 @@ def test_blocks_and_steps_make_the_bytes_of_tiles_drawn_and_reduced_one_by_one(t
                 roots.append(done.parent)
     assert roots == [] and made == one
     assert owned == len(cells)
+
+
+def test_routes_split_sends_each_pair_where_bands_of_does():
+    """``Routes.split`` looks a whole part up at once; per band it must hold exactly what
+    ``split_by_band`` with ``bands_of`` gives: keys of one band, of two (a cell straddling a
+    band edge), twice in the layout, and of none (counted)."""
+    g = MosaicGeometry(ROWS, COLS, cell=100, tile=128)
+    bands = Bands.plan(g, tile_workers.block_depth(g), cells_per_band=64)
+    places = np.random.default_rng(2).permutation(ROWS * COLS)[:200]
+    layout = [(uri_key(f"/p/{i}.jpg"), (f"/p/{i}.jpg", int(p) // COLS, int(p) % COLS, 0.0, 0.0))
+              for i, p in enumerate(places)]
+    layout.append((layout[0][0], (layout[0][1][0], 22, 18, 0.0, 0.0)))  # /p/0 twice
+    routes = _routes(layout, bands)
+    pairs = [(key, i) for i, (key, _) in enumerate(layout[:-1])]
+    pairs += [(uri_key("/p/extra.jpg"), -1), (pairs[5][0], -5)]  # unrouted; a duplicate row
+    assert sum(len(routes.bands_of(key)) > 1 for key, _ in pairs) > 10
+
+    def per_band(split):
+        rows, unrouted = split
+        out = collections.defaultdict(list)
+        for band, batch in rows:
+            out[band] += batch
+        return {band: sorted(batch) for band, batch in out.items()}, unrouted
+
+    want = per_band(split_by_band(pairs, lambda key, _: routes.bands_of(key)))
+    assert want[1] == 1 and len(want[0]) == bands.count
+    assert per_band(routes.split(iter(pairs))) == want
+    assert routes.split([]) == ([], 0)
+    empty = Routes(np.array([], np.uint64), np.array([], np.int32))
+    assert empty.split(pairs[:3]) == ([], 3)
