@@ -317,3 +317,62 @@ def test_too_few_reduction_stages_is_a_clear_error(tmp_path, collection):
                          RenderConfig(cell=64, tile=64, max_levels=1))
     with pytest.raises(Exception, match=r"RenderConfig\(max_levels=2\) or more"):
         p.run().wait_until_finish()
+
+
+def test_bands_meet_the_same_on_every_runner(tmp_path):
+    """A collection over two bands, one cell straddling their edge, with labels: rendered on
+    the in-memory DirectRunner, the PortableRunner (with a tile pool) and the DirectRunner's
+    multi_processing mode (bundles in two processes), every file is byte-identical, and the
+    straddling cell shows its own thumbnail on both sides of the edge (the second band got
+    its thumbnail through the route table, not a placeholder)."""
+    from gridtsne.render_join import Bands
+    from gridtsne.tile_workers import block_depth
+
+    rows, cols = 200, 20
+    photos = [thumbnail_jpeg(arr) for _, arr in sorted(real_photos().items())]
+    records = [{"uri": f"/photos/{i:03d}.jpg", "thumbnail": photos[i % len(photos)]}
+               for i in range(60)]
+    records.append({"uri": "/photos/broken.jpg", "thumbnail": b"\xff\xd8 not really"})
+    places = np.random.default_rng(3).choice(rows * cols, size=len(records), replace=False)
+    places[:3] = [106 * cols + 3, 105 * cols + 4, 107 * cols + 5]  # at the bands' edge
+    cells = [(r["uri"], int(p) // cols, int(p) % cols) for r, p in zip(records, places)]
+    vectors, layout = write_tables(str(tmp_path / "in"), records, cells, rows, cols, parts=3)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("uri,label\n/photos/000.jpg,straddler\n/photos/005.jpg,five\n"
+                      "/photos/not-there.jpg,x\n")
+    g = MosaicGeometry(rows, cols, cell=48, tile=64)
+    assert Bands.plan(g, block_depth(g)).bands_of_cell(106, 3) == [0, 1]
+
+    def render(name, *flags):
+        out = str(tmp_path / name)
+        summary = render_pipeline.run(["--vectors", vectors, "--layout", layout, "--output",
+                                       out, "--cell", "48", "--tile", "64", "--labels",
+                                       str(labels), *flags])
+        assert (summary["images"], summary["placeholders"]) == (61, 1)
+        fs, base = storage.filesystem(out)
+        return {p[len(base):]: fs.cat_file(p) for p in fs.find(base)}
+
+    one = render("in_memory", "--render_workers", "1")
+    assert one == render("portable", "--runner=PortableRunner", "--job_endpoint=embed",
+                         "--environment_type=LOOPBACK", "--render_workers", "2")
+    assert one == render("processes", "--direct_running_mode", "multi_processing",
+                         "--direct_num_workers", "2", "--render_workers", "1")
+
+    # Cell (106, 3): x 144..192, y 5088..5136 px, in top tiles (2, 79) and (2, 80).
+    top = Image.new("RGB", (64, 128))
+    for ty in (79, 80):
+        top.paste(Image.open(tmp_path / "in_memory" / g.tile_path(g.max_level, 2, ty)),
+                  (0, (ty - 79) * 64))
+    cell = np.asarray(top.crop((16, 32, 64, 80)), dtype=np.float64)
+    canvas = Image.new("RGB", (48, 48), BACKGROUND)
+    fitted = tiles.fit_thumbnail(photos[0], g.inner)
+    canvas.paste(fitted, ((48 - fitted.width) // 2, (48 - fitted.height) // 2))
+    want = np.asarray(canvas, dtype=np.float64)
+    holder = np.asarray(tiles.placeholder(g.inner), dtype=np.float64)  # 48 px: no pad
+    # JPEG q85 of 64 px tiles: about 7 from its own pixels, above 60 from a placeholder.
+    assert np.abs(cell - want).mean() < 12
+    assert np.abs(cell[32:] - want[32:]).mean() < 12  # the part the second band drew
+    assert np.abs(cell[32:] - holder[32:]).mean() > 40
+    shard = [c for name, data in one.items() if name.startswith("/cells/")
+             for c in _jsonp(data)["cells"]]
+    assert ["/photos/000.jpg", "straddler"] in [c[2:4] for c in shard] and len(shard) == 61
