@@ -163,9 +163,11 @@ def join_band(band, bands, layouts, thumbs, labels=()):
     row becomes one cell ``(uri, row, col, x, y, thumbnail, width, height, bytes, label)``;
     a layout row without a vectors row gets thumbnail None (drawn as a placeholder). Counts,
     for the cells this band owns (:meth:`Bands.owner`), so that each is counted once:
-    ``duplicate_vector_rows`` (rows past the first for one key; the first is used) and
-    ``layout_rows_without_vectors`` (keys). Thumbnails of keys the band's layout lacks are
-    ignored: the read step counts rows that no band wants.
+    ``duplicate_vector_rows`` (rows past the first for one key) and
+    ``layout_rows_without_vectors`` (keys). Of a key's several vectors rows, the one used is
+    chosen by content (:func:`_chosen_row`), not by arrival: the runner's grouping keeps no
+    order, and every band a cell straddles must draw the same thumbnail. Thumbnails of keys
+    the band's layout lacks are ignored: the read step counts rows that no band wants.
     """
     found = {}
     for batch in thumbs:
@@ -186,9 +188,18 @@ def join_band(band, bands, layouts, thumbs, labels=()):
                     counts["layout_rows_without_vectors"] += 1
                 elif len(rows) > 1:
                     counts["duplicate_vector_rows"] += len(rows) - 1
-            thumb, width, height, nbytes = rows[0] if rows else (None, None, None, None)
+            thumb, width, height, nbytes = _chosen_row(rows) if rows else (None,) * 4
             cells.append((uri, row, col, x, y, thumb, width, height, nbytes, named.get(key)))
     return cells, counts
+
+
+def _chosen_row(rows):
+    """One of a key's vectors rows ``(thumbnail, width, height, bytes)``, the same whatever
+    their order: one with a thumbnail if any, then the smallest."""
+    if len(rows) == 1:
+        return rows[0]
+    return min(rows, key=lambda r: (r[0] is None, r[0] or b"",
+                                    tuple(-1 if v is None else v for v in r[1:])))
 
 
 def group_band(band, bands, cells, block=CELL_BLOCK):
