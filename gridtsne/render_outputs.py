@@ -39,7 +39,8 @@ def write_overviews(output, config, plan, tally, tsne_blocks):
     level, each read, decoded and scaled: :func:`gridtsne.tile_workers.mosaic_strip`) while
     this process stitches and encodes ``tsne.jpg``, then this process pastes and encodes
     ``mosaic.jpg``. Its 50 MB of rows come back through the pool's pipes: as a runner's
-    output they cost the in-memory runner a quarter of a second more.
+    output they cost the in-memory runner a quarter of a second more. Without a pool, or
+    where the workers cannot read the tiles (``memory://``), this process does it all.
     """
     g = plan.geometry
     expected = g.tile_count()

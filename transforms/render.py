@@ -261,9 +261,9 @@ class FinishBandsFn(ReduceStepFn):
     Input: ``((kind, key), values)``, as :class:`RenderBandFn` keys them:
 
     * ``tiles``: a root and its tiles, as :class:`ReduceStepFn` takes them;
-    * ``tsne``: a 512 px block of ``tsne.jpg`` and its points (grouped by the top-level tile
-      that made them), painted into ``(bx, by, JPEG, points whose top-left pixel lies in
-      it)`` (output ``tsne``);
+    * ``tsne``: a 512 px block of ``tsne.jpg`` and its points (packed per mosaic block that
+      made them, :func:`gridtsne.tile_workers.draw_block`), painted into ``(bx, by, JPEG,
+      points whose top-left pixel lies in it)`` (output ``tsne``);
     * ``shards``: a 32 x 32 block of cells and its cell-index entries, written as one file,
       ``("shards", (1, images))`` (tally);
     * ``names``: a search prefix and its entries, written in chunks, ``("chunk", directory
