@@ -10,7 +10,7 @@ Work items and what each holds:
   the two levels below it made from those tiles (:func:`gridtsne.tile_workers.draw_block`);
 * a root of a reduction step: the tiles of one level below it (up to sixteen), keyed by the
   root and read back from the output, one Beam stage per step; the first step shares its
-  stage with the rest the bands hand on (:class:`FinishBandsFn`):
+  stage with the rest the bands hand on (:class:`FinishBandsFn`);
 * a block of ``tsne.jpg``, a cell-index block, a search-index prefix: only their own rows;
 * a row of ``mosaic.jpg``: the tiles of one row of its level, read back
   (:func:`gridtsne.render_outputs.write_overviews`).
@@ -403,13 +403,14 @@ def _routes(_, layout_url, plan, storage_options=None):
     return route_table(layout_url, _bands(plan), storage_options)
 
 
-def _input_items(_, layout_url, vectors_url, labels_url, storage_options=None):
+def _input_items(_, layout_url, vectors_url, labels, storage_options=None):
     """What the read step reads, one item each: ``(kind, source)``: every row group of the
-    layout and of the vectors table, the labels CSV (if any) and the list of bands."""
+    layout and of the vectors table, the labels CSV (``labels``: a URL or a
+    :class:`gridtsne.labels.LabelsCsv`, if any) and the list of bands."""
     items = [("layout", part) for part in table_parts(layout_url, storage_options)]
     items += [("thumbs", part) for part in table_parts(vectors_url, storage_options)]
-    if labels_url:
-        items.append(("labels", labels_url))
+    if labels:
+        items.append(("labels", labels))
     items.append(("band", None))
     return items
 
