@@ -87,7 +87,8 @@ def compose_mosaic_overview(geometry, read_tile, longest=DEFAULT_LONGEST):
 
     ``read_tile(level, tx, ty)`` returns that tile as a PIL image; each is scaled to its own
     rectangle of the output (:func:`mosaic_pieces`). The pieces are independent:
-    :func:`gridtsne.tile_workers.mosaic_piece` makes them on a pool instead.
+    :func:`gridtsne.tile_workers.mosaic_strip` makes them a tile row at a time on a pool
+    instead.
     """
     level, size, pieces = mosaic_pieces(geometry, longest)
     return paste_pieces(size, ((box, fit_piece(geometry, level, tx, ty, box,

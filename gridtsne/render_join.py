@@ -95,6 +95,20 @@ class Routes:
     hashes: np.ndarray
     bands: np.ndarray
 
+    @classmethod
+    def of(cls, cells, bands):
+        """The routes of ``(uri key, row, col)`` cells, each to the bands of its cell
+        (:class:`Bands`)."""
+        hashes, targets = [], []
+        for key, row, col in cells:
+            h = key_hash(key)
+            for band in bands.bands_of_cell(row, col):
+                hashes.append(h)
+                targets.append(band)
+        h = np.array(hashes, dtype=np.uint64)
+        order = np.argsort(h, kind="stable")
+        return cls(h[order], np.array(targets, dtype=np.int32)[order])
+
     def bands_of(self, key):
         h = np.uint64(key_hash(key))
         lo = int(np.searchsorted(self.hashes, h, "left"))
@@ -105,13 +119,12 @@ class Routes:
         """``split_by_band(pairs, lambda key, _: self.bands_of(key))``, looked up for all
         pairs at once (one search of the table per part, not two per row)."""
         pairs = list(pairs)
-        if not pairs:
-            return [], 0
+        if not pairs or not len(self.bands):
+            return [], len(pairs)
         h = np.fromiter((key_hash(key) for key, _ in pairs), dtype=np.uint64, count=len(pairs))
         lo = np.searchsorted(self.hashes, h, "left")
         hi = np.searchsorted(self.hashes, h, "right")
-        first = self.bands[np.minimum(lo, len(self.bands) - 1)].tolist() if len(self.bands) \
-            else [0] * len(pairs)
+        first = self.bands[np.minimum(lo, len(self.bands) - 1)].tolist()
         out, unrouted = {}, 0
         for pair, a, b, band in zip(pairs, lo.tolist(), hi.tolist(), first):
             if b - a == 1:  # one band: most rows
@@ -126,20 +139,16 @@ class Routes:
 
 def route_table(layout_url, bands, storage_options=None):
     """:class:`Routes` for every URI of ``layout.parquet`` (its uri, row and col columns)."""
-    hashes, targets = [], []
-    for batch in storage.iter_parquet_batches(layout_url, columns=["uri", "row", "col"],
-                                              storage_options=storage_options):
-        for uri, row, col in zip(batch.column("uri").to_pylist(), batch.column("row").to_pylist(),
-                                 batch.column("col").to_pylist()):
-            if uri is None or row is None or col is None:
-                continue  # the layout reader names the bad row
-            h = key_hash(uri_key(uri))
-            for band in bands.bands_of_cell(row, col):
-                hashes.append(h)
-                targets.append(band)
-    h = np.array(hashes, dtype=np.uint64)
-    order = np.argsort(h, kind="stable")
-    return Routes(h[order], np.array(targets, dtype=np.int32)[order])
+    def cells():
+        for batch in storage.iter_parquet_batches(layout_url, columns=["uri", "row", "col"],
+                                                  storage_options=storage_options):
+            for uri, row, col in zip(batch.column("uri").to_pylist(),
+                                     batch.column("row").to_pylist(),
+                                     batch.column("col").to_pylist()):
+                if uri is not None and row is not None and col is not None:
+                    yield uri_key(uri), row, col  # the layout reader names a bad row
+
+    return Routes.of(cells(), bands)
 
 
 def split_by_band(pairs, bands_of):

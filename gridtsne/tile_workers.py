@@ -309,11 +309,10 @@ def reduce_block(job, root, rx, ry, level, children):
     return done
 
 
-def mosaic_piece(job, level, tx, ty, box, data=None):
-    """``(box, image)``: tile ``(tx, ty)`` of ``level`` scaled to its ``box`` of ``mosaic.jpg``
-    (:func:`gridtsne.overview.mosaic_pieces`); ``data`` None means read it from the output."""
-    if data is None:
-        data = storage.read_bytes(job.tile_url(level, tx, ty), job.storage_options)
+def mosaic_piece(job, level, tx, ty, box):
+    """``(box, image)``: tile ``(tx, ty)`` of ``level``, read back from the output, scaled to
+    its ``box`` of ``mosaic.jpg`` (:func:`gridtsne.overview.mosaic_pieces`)."""
+    data = storage.read_bytes(job.tile_url(level, tx, ty), job.storage_options)
     return box, fit_piece(job.geometry, level, tx, ty, box, decode_image(data))
 
 

@@ -17,14 +17,7 @@ ROWS, COLS = 23, 19
 
 
 def _routes(layout_pairs, bands):
-    hashes, targets = [], []
-    for key, (_, row, col, _, _) in layout_pairs:
-        for band in bands.bands_of_cell(row, col):
-            hashes.append(key_hash(key))
-            targets.append(band)
-    h = np.array(hashes, dtype=np.uint64)
-    order = np.argsort(h, kind="stable")
-    return Routes(h[order], np.array(targets, dtype=np.int32)[order])
+    return Routes.of(((key, row, col) for key, (_, row, col, _, _) in layout_pairs), bands)
 
 
 def test_every_cell_reaches_every_block_it_overlaps_and_is_counted_once():
