@@ -96,6 +96,17 @@ def write_search_chunks(element, output, storage_options=None):
         yield "chunk", entry
 
 
+def cell_shard_work(job, key, batches):
+    """:func:`write_cell_shard` as a tile worker's item (``job``: a
+    :class:`gridtsne.tile_workers.TileJob` that writes): ``[("shards", (1, images))]``."""
+    return [write_cell_shard((key, batches), job.output, job.storage_options)]
+
+
+def search_chunks_work(job, prefix, batches):
+    """:func:`write_search_chunks` as a tile worker's item: its ``("chunk", entry)`` list."""
+    return list(write_search_chunks((prefix, batches), job.output, job.storage_options))
+
+
 def write_search_directory(entries, output, storage_options=None):
     """Write ``search/index.js``; ``(chunks, names indexed)``."""
     storage.write_bytes(storage.url_join(output, SEARCH_DIRECTORY), search_directory(entries),

@@ -15,7 +15,10 @@ Work items and what each holds:
 * a row of ``mosaic.jpg``: the tiles of one row of its level, read back
   (:func:`gridtsne.render_outputs.write_overviews`).
 
-Every count the last steps check is gathered in one combine (:class:`RenderTally`).
+Every count the last steps check is gathered in one combine (:class:`RenderTally`). Where
+every stage runs in the launching process (the in-memory DirectRunner), the bulk of the
+bytes, the thumbnails and the tsne points, skip the runner's coders: the runner carries refs
+to them (:mod:`transforms.handoff`).
 
 So no worker ever holds the full mosaic. Every file goes through :mod:`gridtsne.storage`.
 Tiles are drawn by :mod:`gridtsne.tile_workers`, on ``RenderConfig.render_workers`` processes
@@ -40,8 +43,8 @@ from gridtsne.projector import export_projector
 from gridtsne.render_inputs import (declared_geometry, plan_render, read_layout_part,
                                     read_thumbnail_part, table_parts)
 from gridtsne.render_join import Bands, group_band, join_band, route_table, split_by_band
-from gridtsne.render_outputs import (reduction_stages, tile_job, write_cell_shard,
-                                     write_overviews, write_search_chunks, write_site)
+from gridtsne.render_outputs import (cell_shard_work, reduction_stages, search_chunks_work,
+                                     tile_job, write_overviews, write_site)
 from gridtsne.labels import LabelsCsv, labels_csv
 from gridtsne.site import DEFAULT_OSD_URL, is_url, read_labels, read_osd_files
 from gridtsne.tile_workers import (TileQueue, acquire_pool, block_depth, check_workers,
@@ -49,6 +52,7 @@ from gridtsne.tile_workers import (TileQueue, acquire_pool, block_depth, check_w
                                    release_pool, step_depth, subtree)
 from gridtsne.tiles import MosaicGeometry
 from transforms import progress_metrics
+from transforms.handoff import Handoff, runs_in_this_process
 
 NAMESPACE = "gridtsne.render"
 TALLY = "tally"
@@ -85,7 +89,9 @@ class RenderConfig:
     render_workers: processes that draw, encode and write tiles in each Beam worker process
     (1: the runner's own thread, one item at a time, as on Dataflow and Flink, where the
     runner spreads tiles over workers; ``pipelines.render`` defaults to every core on the
-    DirectRunner, see :func:`pipelines.render.default_render_workers`).
+    DirectRunner, see :func:`pipelines.render.default_render_workers`); handoff: whether the
+    thumbnails skip the runner between the read step and the bands (None: where every stage
+    runs in the launching process, :func:`transforms.handoff.runs_in_this_process`).
     """
 
     cell: int = 128
@@ -103,6 +109,7 @@ class RenderConfig:
     osd_files: typing.Optional[tuple] = None
     storage_options: typing.Optional[dict] = None
     render_workers: int = 1
+    handoff: typing.Optional[bool] = None
 
     def __post_init__(self):
         # Local files are read here, on the launcher: workers cannot see its disk.
@@ -119,6 +126,8 @@ class RenderConfig:
         if not self.osd_url:
             raise ValueError(f"osd_url must not be empty, got {self.osd_url!r}")
         check_workers(self.render_workers)
+        if self.handoff not in (None, True, False):
+            raise ValueError(f"handoff must be None, True or False, got {self.handoff!r}")
 
 
 def _timer(name):
@@ -137,9 +146,10 @@ class _PoolFn(beam.DoFn):
     work = None  # the per-item function of gridtsne.tile_workers
     batch = 16  # items per task sent to a worker process
 
-    def __init__(self, output, config):
+    def __init__(self, output, config, handoff=Handoff(False)):
         self.output = output
         self.config = config
+        self.handoff = handoff  # what the stages before and after hand on in this process
 
     def setup(self):
         self.pool = acquire_pool(self.config.render_workers)
@@ -255,14 +265,15 @@ class ReduceStepFn(_BlockFn):
 class FinishBandsFn(ReduceStepFn):
     """Everything the bands hand on, in one stage: the first reduction step, the blocks of
     ``tsne.jpg`` and both indexes. As stages of their own, each cost the in-memory runner its
-    start and end while the tile workers waited; here the workers paint and reduce while this
-    process writes the indexes.
+    start and end while the tile workers waited; here the workers paint, reduce and write the
+    indexes (this process writes the indexes only where they cannot: ``memory://``).
 
     Input: ``((kind, key), values)``, as :class:`RenderBandFn` keys them:
 
     * ``tiles``: a root and its tiles, as :class:`ReduceStepFn` takes them;
     * ``tsne``: a 512 px block of ``tsne.jpg`` and its points (packed per mosaic block that
-      made them, :func:`gridtsne.tile_workers.draw_block`), painted into ``(bx, by, JPEG,
+      made them, :func:`gridtsne.tile_workers.draw_block`; through the handoff where it is
+      on, :class:`transforms.handoff.Handoff`), painted into ``(bx, by, JPEG,
       points whose top-left pixel lies in it)`` (output ``tsne``);
     * ``shards``: a 32 x 32 block of cells and its cell-index entries, written as one file,
       ``("shards", (1, images))`` (tally);
@@ -275,20 +286,24 @@ class FinishBandsFn(ReduceStepFn):
         if kind == TILES:
             yield from super().process((key, values), plan)
         elif kind == TSNE:
-            yield from self._put(plan, (key[0], key[1], list(values)), paint_tsne_block, 4)
-        elif kind == SHARDS:
-            yield TaggedOutput(TALLY, write_cell_shard((key, values), self.output,
-                                                        self.config.storage_options))
-        elif kind == NAMES:
-            for entry in write_search_chunks((key, values), self.output,
-                                              self.config.storage_options):
-                yield TaggedOutput(TALLY, entry)
+            yield from self._put(plan, (key[0], key[1], [self.handoff.receive(v)
+                                                         for v in values]),
+                                 paint_tsne_block, 4)
+        elif kind in (SHARDS, NAMES):
+            work = cell_shard_work if kind == SHARDS else search_chunks_work
+            if self._writes():  # the workers write the index files (or this thread, inline)
+                yield from self._put(plan, (key, list(values)), work, 8)
+            else:
+                for entry in work(tile_job(plan, self.output, self.config, True), key, values):
+                    yield TaggedOutput(TALLY, entry)
         else:
             raise ValueError(f"unknown kind {kind!r} of a band's output")
 
     def _outputs(self, done, job, work):
         if work is paint_tsne_block:
             return (TaggedOutput(TSNE, block) for block in done)
+        if work in (cell_shard_work, search_chunks_work):
+            return (TaggedOutput(TALLY, entry) for entries in done for entry in entries)
         return super()._outputs(done, job, work)
 
 
@@ -299,7 +314,8 @@ class RenderBandFn(_BlockFn):
     Input: ``(band, [(kind, [(key, row), ...]), ...])``, the lists of rows routed to this band
     (:func:`_read_to_bands`), ``kind`` one of :data:`INPUTS`. Outputs: main, ``((kind, key),
     value)`` for :class:`FinishBandsFn`: each block root's place in the first reduction step
-    (``tiles``, :class:`_BlockFn`), points for one block of ``tsne.jpg`` (``tsne``) and
+    (``tiles``, :class:`_BlockFn`), points for one block of ``tsne.jpg`` (``tsne``, through
+    the handoff where it is on) and
     lists of entries of the cell and search indexes (``shards``, ``names``); ``tally``:
     ``("tiles", (level, tiles))``, ``("missing", uri)`` for each placeholder and ``("cells",
     n)``, the cells the band owns (:class:`RenderTally`).
@@ -318,7 +334,7 @@ class RenderBandFn(_BlockFn):
         band, batches = element
         groups = {kind: [] for kind in INPUTS}
         for kind, batch in batches:
-            groups[kind].append(batch)
+            groups[kind].append(self.handoff.receive(batch))
         bands = _bands(plan)
         cells, counts = join_band(band, bands, groups["layout"], groups["thumbs"],
                                   groups["labels"])
@@ -345,7 +361,7 @@ class RenderBandFn(_BlockFn):
         for uri in block.missing:
             yield TaggedOutput(TALLY, ("missing", uri))
         for key, points in block.points.items():
-            yield (TSNE, key), points
+            yield (TSNE, key), self.handoff.send(points)
 
 
 class RenderTally(beam.CombineFn):
@@ -415,12 +431,14 @@ def _input_items(_, layout_url, vectors_url, labels, storage_options=None):
     return items
 
 
-def _read_to_bands(item, plan, routes, storage_options=None):
+def _read_to_bands(item, plan, routes, handoff, storage_options=None):
     """One input item's rows, one list per band: ``(band, (kind, [(key, row), ...]))``.
 
     Layout rows go to the bands of their cell, vectors rows and labels to those their URI is
     routed to (rows of no band are counted: ``vectors_not_in_layout``,
-    ``labels_not_in_layout``); the ``band`` item gives every band an empty entry.
+    ``labels_not_in_layout``); the ``band`` item gives every band an empty entry. Lists of
+    vectors rows (the thumbnails: nearly all the bytes) go through ``handoff``
+    (:class:`transforms.handoff.Handoff`): where it is on, the runner carries a ref.
     """
     kind, source = item
     bands = _bands(plan)
@@ -438,7 +456,18 @@ def _read_to_bands(item, plan, routes, storage_options=None):
         if unrouted:
             Metrics.counter(NAMESPACE, counter).inc(unrouted)
     for band, batch in rows:
-        yield band, (kind, batch)
+        yield band, (kind, handoff.send(batch) if kind == "thumbs" else batch)
+
+
+def _write_site(_, handoff, *args):
+    """:func:`gridtsne.render_outputs.write_site`, once every handed-off value was taken: a
+    list of thumbnails left over was meant for a band that never ran, points for a block of
+    ``tsne.jpg`` never painted."""
+    left = handoff.drop()
+    if left:
+        raise RuntimeError(f"{left} handed-off thumbnail lists or tsne points were never "
+                           f"taken: the runner never ran the stage they were meant for")
+    return write_site(*args)
 
 
 def _plan(_, layout_url, cfg):
@@ -500,6 +529,8 @@ class RenderMosaic(beam.PTransform):
         opts = cfg.storage_options
         start = _start(pcoll)
         layout_url, vectors_url = self.layout_url, self.vectors_url
+        handoff = Handoff(runs_in_this_process(pcoll.pipeline) if cfg.handoff is None
+                          else cfg.handoff)
         plan = start | "PlanRender" >> beam.Map(_plan, layout_url, cfg)
         plan_si = AsSingleton(plan)
 
@@ -513,13 +544,14 @@ class RenderMosaic(beam.PTransform):
                | "ListInputs" >> beam.FlatMap(_input_items, layout_url, vectors_url, cfg.labels,
                                               opts)
                | "SpreadInputs" >> beam.Reshuffle()
-               | "ReadToBands" >> beam.FlatMap(_read_to_bands, plan_si, routes, opts)
+               | "ReadToBands" >> beam.FlatMap(_read_to_bands, plan_si, routes, handoff,
+                                                opts)
                | "GroupRowsByBand" >> beam.GroupByKey()
-               | "RenderBands" >> beam.ParDo(RenderBandFn(out, cfg), plan_si)
+               | "RenderBands" >> beam.ParDo(RenderBandFn(out, cfg, handoff), plan_si)
                .with_outputs(TALLY, main="handed_on"))
         finish = (top.handed_on
                   | "GroupBandOutputs" >> beam.GroupByKey()
-                  | "FinishBands" >> beam.ParDo(FinishBandsFn(out, cfg), plan_si)
+                  | "FinishBands" >> beam.ParDo(FinishBandsFn(out, cfg, handoff), plan_si)
                   .with_outputs(TALLY, TSNE, main="parents"))
         tally = [top[TALLY], finish[TALLY]]
         parents = finish.parents
@@ -550,5 +582,5 @@ class RenderMosaic(beam.PTransform):
             projector = start | "NoProjector" >> beam.Map(lambda _: None)
 
         return start | "WriteSite" >> beam.Map(
-            lambda _, *args: write_site(*args), out, cfg, plan_si, tally,
-            AsSingleton(overviews), AsSingleton(projector))
+            _write_site, handoff, out, cfg, plan_si, tally, AsSingleton(overviews),
+            AsSingleton(projector))
