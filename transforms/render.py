@@ -90,8 +90,9 @@ class RenderConfig:
     (1: the runner's own thread, one item at a time, as on Dataflow and Flink, where the
     runner spreads tiles over workers; ``pipelines.render`` defaults to every core on the
     DirectRunner, see :func:`pipelines.render.default_render_workers`); handoff: whether the
-    thumbnails skip the runner between the read step and the bands (None: where every stage
-    runs in the launching process, :func:`transforms.handoff.runs_in_this_process`).
+    thumbnails (read step to bands) and the ``tsne.jpg`` points (bands to ``FinishBands``)
+    skip the runner (None: where every stage runs in the launching process,
+    :func:`transforms.handoff.runs_in_this_process`).
     """
 
     cell: int = 128
