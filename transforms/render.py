@@ -531,7 +531,7 @@ class RenderMosaic(beam.PTransform):
         start = _start(pcoll)
         layout_url, vectors_url = self.layout_url, self.vectors_url
         handoff = Handoff(runs_in_this_process(pcoll.pipeline) if cfg.handoff is None
-                          else cfg.handoff)
+                          else cfg.handoff).drop_with(pcoll.pipeline)
         plan = start | "PlanRender" >> beam.Map(_plan, layout_url, cfg)
         plan_si = AsSingleton(plan)
 
