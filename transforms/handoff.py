@@ -19,13 +19,16 @@ the same number: nothing is lost or swapped without a word.
 import dataclasses
 import itertools
 import os
-import threading
 import uuid
 import weakref
 
-_values = {}  # (handoff id, number) -> value, for every Handoff of this process
-_lock = threading.Lock()
+# handoff id -> {number: value}, for every Handoff of this process. No lock: each change is
+# one operation on a dict of str or int keys (atomic), and a lock could deadlock, because
+# drop also runs from the garbage collector (drop_with), which may fire in any thread at any
+# allocation, one made while that thread held the lock included.
+_values = {}
 _numbers = itertools.count()
+_MISSING = object()
 # This process, in every Ref it makes: each process counts its refs from 0, so a number alone
 # would find another value here when a stage runs in another process (Beam's worker
 # processes, a forked child).
@@ -89,8 +92,7 @@ class Handoff:
         if not self.enabled:
             return value
         ref = Ref(self.id, _process, next(_numbers))
-        with _lock:
-            _values[(ref.handoff, ref.number)] = value
+        _values.setdefault(self.id, {})[ref.number] = value
         return ref
 
     def receive(self, value):
@@ -102,9 +104,8 @@ class Handoff:
                                f"this process: the runner ran the stage that took it in "
                                f"another process than the one that made it; run with the "
                                f"DirectRunner's in_memory mode or turn the handoff off")
-        with _lock:
-            found = _values.pop((value.handoff, value.number), _values)
-        if found is _values:
+        found = _values.get(value.handoff, {}).pop(value.number, _MISSING)
+        if found is _MISSING:
             raise RuntimeError(f"handed-off value {value.number} of {value.handoff} is not in "
                                f"this process any more: it was taken already (the runner ran "
                                f"a bundle twice) or dropped; turn the handoff off on this "
@@ -121,14 +122,9 @@ class Handoff:
 
     def drop(self):
         """Forget every value of this handoff still kept; how many there were."""
-        with _lock:
-            keys = [k for k in _values if k[0] == self.id]
-            for key in keys:
-                del _values[key]
-        return len(keys)
+        return len(_values.pop(self.id, {}))
 
 
 def kept():
     """How many handed-off values this process keeps, of every handoff."""
-    with _lock:
-        return len(_values)
+    return sum(len(values) for values in list(_values.values()))
