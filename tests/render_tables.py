@@ -94,3 +94,10 @@ def write_tables(base, records, cells, rows, cols, parts=2, meta_keys=("rows", "
     layout_url = storage.url_join(base, schema.LAYOUT_FILE)
     storage.write_parquet(layout_url, layout_table(cells, rows, cols, meta_keys))
     return vectors_url, layout_url
+
+
+def site_digests(url):
+    """Every file under ``url`` (any fsspec URL): ``{path below it: SHA-256 of its bytes}``,
+    to compare two sites file by file."""
+    fs, base = storage.filesystem(url)
+    return {p[len(base):]: hashlib.sha256(fs.cat_file(p)).hexdigest() for p in fs.find(base)}

@@ -1,7 +1,6 @@
 """The render's in-process handoff: thumbnails and tsne points that skip the in-memory
 runner's coders, and only where every stage runs in this process."""
 import gc
-import hashlib
 import logging
 import multiprocessing
 
@@ -10,9 +9,9 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from gridtsne import storage
 from pipelines.beam_runner import new_pipeline
-from tests.render_tables import real_photos, thumbnail_jpeg, write_tables
+from tests.render_tables import (real_photos, site_digests, thumbnail_jpeg,
+                                 write_tables)
 from transforms import render
 from transforms.handoff import Handoff, Ref, kept, runs_in_this_process
 from transforms.render import RenderConfig, RenderMosaic
@@ -104,11 +103,6 @@ def tables(tmp_path_factory):
     return write_tables(str(tmp_path_factory.mktemp("tables")), records, cells, 6, 6)
 
 
-def _digests(url):
-    fs, base = storage.filesystem(url)
-    return {p[len(base):]: hashlib.sha256(fs.cat_file(p)).hexdigest() for p in fs.find(base)}
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_render_hands_off_thumbnails_and_points_and_writes_the_same_bytes(
         tmp_path, tables, monkeypatch, workers):
@@ -134,7 +128,7 @@ def test_a_render_hands_off_thumbnails_and_points_and_writes_the_same_bytes(
                              RenderConfig(cell=48, tile=64, render_workers=workers,
                                           handoff=on))
         p.run().wait_until_finish()
-        sites[name] = _digests(str(tmp_path / name))
+        sites[name] = site_digests(str(tmp_path / name))
     assert "list" in sent and "tuple" in sent  # thumbnails (row lists) and packed points
     assert kept() == before  # every handed-off value was taken
     assert sites["on"] == sites["off"]

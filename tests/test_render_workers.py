@@ -1,15 +1,15 @@
 """Rendering on every core: the tile pool gives the very same site as one tile at a time."""
-import hashlib
 import os
 
 import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from gridtsne import storage, tile_workers, tiles
+from gridtsne import tile_workers, tiles
 from gridtsne.render_inputs import plan_render
 from pipelines import render as render_pipeline
-from tests.render_tables import real_photos, thumbnail_jpeg, write_tables
+from tests.render_tables import (real_photos, site_digests, thumbnail_jpeg,
+                                 write_tables)
 from transforms.render import RenderConfig
 
 ROWS, COLS = 8, 8
@@ -36,11 +36,6 @@ def _render(tables, output, workers, *flags):
                                 "--render_workers", str(workers), *flags])
 
 
-def _digests(url):
-    fs, base = storage.filesystem(url)
-    return {p[len(base):]: hashlib.sha256(fs.cat_file(p)).hexdigest() for p in fs.find(base)}
-
-
 @pytest.mark.parametrize("cell,tile,fmt", [(48, 64, "jpeg"), (64, 128, "webp")])
 def test_pool_renders_the_same_bytes_as_one_tile_at_a_time(tmp_path, tables, cell, tile, fmt):
     """Every file of the site (tiles of every level, both overviews, indexes, page) is
@@ -54,10 +49,10 @@ def test_pool_renders_the_same_bytes_as_one_tile_at_a_time(tmp_path, tables, cel
     in_memory = _render(tables, memory, 2, *flags)
     assert inline == pooled == in_memory
     assert inline["placeholders"] == 2 and inline["images"] == 42
-    one = _digests(str(tmp_path / "one"))
+    one = site_digests(str(tmp_path / "one"))
     assert len([f for f in one if "mosaic_files/" in f]) == inline["tiles_total"]
-    assert one == _digests(str(tmp_path / "pool"))
-    assert one == _digests(memory)
+    assert one == site_digests(str(tmp_path / "pool"))
+    assert one == site_digests(memory)
 
 
 def test_each_thumbnail_is_decoded_once_for_every_level(tmp_path, tables, monkeypatch):
